@@ -1,0 +1,65 @@
+"""Write kernels generated from the rules to a real module file and import it.
+
+Numba's on-disk cache (``cache=True``) works only for functions defined in a source file, and
+it does not notice when an inlined function in *another* file changes. So the generated
+module is written to a file whose name carries a hash of its own text, of ``rules.py`` and of
+the Numba version: any change gives a new file, hence a fresh cache, and an unchanged one is
+reused by every later process (no recompilation).
+
+The file lives in ``$FASTGD_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastgd`` (``~/.cache/fastgd``),
+else the system temporary directory; Numba keeps its compiled kernels beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+import numba
+
+from fastgd import rules
+
+
+def cache_dir() -> Path:
+    """Directory for generated kernel modules (created if needed, must be writable)."""
+    explicit = os.environ.get("FASTGD_CACHE_DIR")
+    candidates = [Path(explicit)] if explicit else []
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    candidates += [Path(xdg) / "fastgd", Path(tempfile.gettempdir()) / "fastgd"]
+    for path in candidates:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(path, os.W_OK):
+            return path
+    raise OSError(f"no writable cache directory among {[str(p) for p in candidates]}")
+
+
+def load_generated(prefix: str, source: str) -> ModuleType:
+    """Import ``source`` as a module from a content-addressed file under :func:`cache_dir`."""
+    digest = hashlib.sha256()
+    for part in (source, Path(rules.__file__).read_text(), numba.__version__):
+        digest.update(part.encode())
+    path = cache_dir() / f"{prefix}_{digest.hexdigest()[:16]}.py"
+    if not path.exists():
+        # Write then rename, so another process never imports a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(source)
+        os.replace(tmp, path)
+    # Numba's cache finds the module again by name when it loads a kernel: register it.
+    name = f"_fastgd_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

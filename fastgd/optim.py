@@ -1,0 +1,498 @@
+"""Optimizer classes with the names, hyperparameters, defaults and formulas of torch.optim.
+
+``params`` is one array, a sequence of arrays (or of ``(name, array)`` pairs), or a list of
+parameter-group dicts with per-group options. Arrays are NumPy arrays, memmaps, torch CPU
+tensors or anything NumPy views without copying; they are updated in place. ``step(grads)``
+takes the gradients in the same structure (``None`` skips a parameter); without ``grads`` the
+``.grad`` attribute of each parameter (torch tensors) is used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastgd import algorithms
+from fastgd.dispatch import as_ndarray, check_like, flat, memory_order, zeros_like
+from fastgd.functional import ArrayLike, launch_flat
+from fastgd.hyperparams import (
+    StepScalars,
+    adadelta_scalars,
+    adagrad_scalars,
+    adam_scalars,
+    adamax_scalars,
+    nadam_scalars,
+    number,
+    rmsprop_scalars,
+    sgd_scalars,
+)
+
+__all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "Adamax",
+           "NAdam"]
+
+
+def _param_groups(params: Any) -> tuple[list[dict[str, Any]], bool]:
+    """Normalise ``params`` to a list of groups; also says whether it was a single array."""
+    if isinstance(params, np.ndarray) or hasattr(params, "__array_interface__") or (
+            type(params).__module__.startswith("torch") and hasattr(params, "detach")):
+        return [{"params": [params]}], True
+    if isinstance(params, (str, bytes, Mapping)) or not isinstance(params, Iterable):
+        raise TypeError("params must be an array, a sequence of arrays or a list of "
+                        f"parameter-group dicts, got {type(params).__name__}")
+    items = list(params)
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    if all(isinstance(item, Mapping) for item in items):
+        return [dict(item) for item in items], False
+    if any(isinstance(item, Mapping) for item in items):
+        raise TypeError("params mixes parameter-group dicts and arrays")
+    return [{"params": items}], False
+
+
+def _unnamed(param: Any) -> Any:
+    if isinstance(param, tuple) and len(param) == 2 and isinstance(param[0], str):
+        return param[1]
+    return param
+
+
+class Optimizer:
+    """Base class: parameter groups, per-parameter state, ``step`` and state dicts.
+
+    Subclasses set ``spec`` (the update rule), implement :meth:`_scalars` (the per-step
+    scalars of a group at step ``t``) and may override :meth:`_initial_state`.
+    """
+
+    spec: algorithms.RuleSpec
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        self.defaults = dict(defaults)
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}
+        self._views: list[np.ndarray] = []
+        self._orders: list[str] = []
+        groups, self._single = _param_groups(params)
+        self._check_hyperparameters(self.defaults)
+        for group in groups:
+            self.add_param_group(group)
+
+    # -- parameters -----------------------------------------------------------------
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of parameters with its own options (the others take ``defaults``)."""
+        if not isinstance(param_group, Mapping) or "params" not in param_group:
+            raise TypeError("a parameter group must be a dict with a 'params' entry")
+        group = dict(param_group)
+        raw = group["params"]
+        if isinstance(raw, np.ndarray) or hasattr(raw, "__array_interface__") or (
+                type(raw).__module__.startswith("torch") and hasattr(raw, "detach")):
+            raw = [raw]
+        originals = [_unnamed(p) for p in raw]
+        if not originals:
+            raise ValueError("optimizer got an empty parameter list")
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise TypeError(f"unknown option(s) in parameter group: {sorted(unknown)}")
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self._check_hyperparameters(group)
+        first = len(self._views)
+        views = [as_ndarray(p, f"params[{first + i}]", writable=True)
+                 for i, p in enumerate(originals)]
+        orders = [memory_order(v, f"params[{first + i}]") for i, v in enumerate(views)]
+        _check_disjoint(self._views + views)
+        group["params"] = originals
+        self.param_groups.append(group)
+        self._views += views
+        self._orders += orders
+
+    def _check_hyperparameters(self, group: Mapping[str, Any]) -> None:
+        self._scalars(group, 1, {})
+
+    # -- stepping -------------------------------------------------------------------
+    def step(self, grads: Any = None) -> None:
+        """Apply one update to every parameter that has a gradient, in place.
+
+        All gradients and hyperparameters are checked before any array is written.
+        """
+        grads_flat = self._grad_list(grads)
+        work = []
+        scalar_cache: dict[tuple[int, int], StepScalars] = {}
+        index = 0
+        for g_index, group in enumerate(self.param_groups):
+            for _ in group["params"]:
+                grad = grads_flat[index]
+                if grad is not None:
+                    view, order = self._views[index], self._orders[index]
+                    name = f"grads[{index}]"
+                    garr = as_ndarray(grad, name, writable=False)
+                    check_like(garr, view, order, name, f"params[{index}]")
+                    if garr.size and np.may_share_memory(garr, view):
+                        raise ValueError(f"{name} shares memory with params[{index}]")
+                    state = self.state.get(index, {})
+                    t = state.get("step", 0) + 1
+                    key = (g_index, t)
+                    if key not in scalar_cache or self._per_param_scalars:
+                        scalar_cache[key] = self._scalars(group, t, state)
+                    work.append((index, group, flat(garr, order), scalar_cache[key], t))
+                index += 1
+        for index, group, gflat, scalars, t in work:
+            state = self.state.setdefault(index, {})
+            view, order = self._views[index], self._orders[index]
+            for name in self.spec.states:
+                required = name in scalars.optional or name not in dict(self.spec.optional)
+                if required and name not in state:
+                    state[name] = self._initial_state(group, view, name)
+            arrays = [flat(view, order), gflat] + [
+                flat(state[name], order) for name in self.spec.states
+                if name in scalars.optional or name not in dict(self.spec.optional)]
+            launch_flat(self.spec, arrays, scalars)
+            self._after_step(state, group, t)
+            state["step"] = t
+
+    _per_param_scalars = False
+
+    def _after_step(self, state: dict[str, Any], group: Mapping[str, Any], t: int) -> None:
+        """Hook for scalar state that changes every step (NAdam's ``mu_product``)."""
+
+    def _grad_list(self, grads: Any) -> list[Any]:
+        n = len(self._views)
+        if grads is None:
+            originals = [p for group in self.param_groups for p in group["params"]]
+            if not all(hasattr(p, "grad") for p in originals):
+                raise TypeError("step() needs grads unless every parameter has a .grad")
+            return [p.grad for p in originals]
+        if self._single and not isinstance(grads, (list, tuple)):
+            return [grads]
+        if isinstance(grads, (np.ndarray, str, bytes)) or not isinstance(grads, Sequence):
+            raise TypeError(f"grads must be a sequence of {n} arrays (like params), "
+                            f"got {type(grads).__name__}")
+        groups = self.param_groups
+        if len(groups) > 1 and len(grads) == len(groups) and all(
+                isinstance(g, (list, tuple)) for g in grads):
+            for i, (g, group) in enumerate(zip(grads, groups)):
+                if len(g) != len(group["params"]):
+                    raise ValueError(f"grads[{i}] has {len(g)} arrays, parameter group {i} "
+                                     f"has {len(group['params'])}")
+            grads = [g for per_group in grads for g in per_group]
+        if len(grads) != n:
+            raise ValueError(f"got {len(grads)} gradients for {n} parameters")
+        return list(grads)
+
+    def _scalars(self, group: Mapping[str, Any], t: int, state: Mapping[str, Any]
+                 ) -> StepScalars:
+        raise NotImplementedError
+
+    def _initial_state(self, group: Mapping[str, Any], param: np.ndarray, name: str
+                       ) -> np.ndarray:
+        return zeros_like(param)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the ``.grad`` of parameters that have one (torch tensors)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if getattr(p, "grad", None) is not None:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.detach().zero_()
+
+    # -- learning rate ----------------------------------------------------------------
+    @property
+    def lr(self) -> float:
+        """The learning rate (of every group; use ``param_groups`` when groups differ)."""
+        rates = {group["lr"] for group in self.param_groups}
+        if len(rates) != 1:
+            raise ValueError("parameter groups have different learning rates; read "
+                             "param_groups[i]['lr']")
+        return rates.pop()
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        number("lr", value)
+        for group in self.param_groups:
+            group["lr"] = value
+
+    # -- state dicts ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """``{'state': {index: {...}}, 'param_groups': [...]}`` of plain numbers and copies."""
+        state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
+                 for i, s in self.state.items()}
+        groups, start = [], 0
+        for group in self.param_groups:
+            options = {k: v for k, v in group.items() if k != "params"}
+            options["params"] = list(range(start, start + len(group["params"])))
+            start += len(group["params"])
+            groups.append(options)
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; a mismatched one is refused with nothing changed."""
+        if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
+            raise ValueError("state_dict must have exactly the keys 'state' and 'param_groups'")
+        saved_groups = list(state_dict["param_groups"])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, this "
+                             f"optimizer has {len(self.param_groups)}")
+        start = 0
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if set(saved) != set(group):
+                raise ValueError(f"param_groups[{i}] has options {sorted(saved)}, expected "
+                                 f"{sorted(group)} (a state dict of another optimizer?)")
+            count = len(group["params"])
+            if list(saved["params"]) != list(range(start, start + count)):
+                raise ValueError(f"param_groups[{i}] holds {len(saved['params'])} parameters "
+                                 f"{list(saved['params'])[:5]}..., expected {count}")
+            start += count
+            self._check_hyperparameters({k: v for k, v in saved.items() if k != "params"})
+        new_state = {}
+        for key, entry in dict(state_dict["state"]).items():
+            index = _state_index(key, len(self._views))
+            new_state[index] = self._checked_state(index, entry)
+        for saved, group in zip(saved_groups, self.param_groups):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+        self.state = new_state
+
+    def _checked_state(self, index: int, entry: Any) -> dict[str, Any]:
+        name = f"state[{index}]"
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"{name} must be a dict")
+        scalar_keys = {"step"} | set(self._scalar_state)
+        unknown = set(entry) - set(self.spec.states) - scalar_keys
+        if unknown:
+            raise ValueError(f"{name} has unknown entries {sorted(unknown)} (a state dict of "
+                             "another optimizer?)")
+        if "step" not in entry:
+            raise ValueError(f"{name} has no 'step'")
+        step = entry["step"]
+        if isinstance(step, np.ndarray) and step.ndim == 0:
+            step = step.item()
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"{name}['step'] must be a non-negative integer, got {step!r}")
+        result: dict[str, Any] = {"step": int(step)}
+        for key in self._scalar_state:
+            if key not in entry:
+                raise ValueError(f"{name} has no {key!r}")
+            result[key] = number(f"{name}[{key!r}]", entry[key], low=-math.inf)
+        view = self._views[index]
+        for key in self.spec.states:
+            if key in entry:
+                arr = np.asarray(entry[key])
+                if arr.shape != view.shape or arr.dtype != view.dtype:
+                    raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
+                                     f"{view.dtype} {view.shape} like params[{index}]")
+                copy = zeros_like(view)
+                copy[...] = arr
+                result[key] = copy
+        required = [k for k in self.spec.states if k not in dict(self.spec.optional)]
+        missing = [k for k in required if k not in result]
+        if missing and result["step"] > 0:
+            raise ValueError(f"{name} lacks {missing}")
+        return result
+
+    _scalar_state: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params"]
+        return "\n".join(lines) + "\n)"
+
+
+def _state_index(key: Any, count: int) -> int:
+    try:
+        index = int(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"state key {key!r} is not a parameter index") from None
+    if not 0 <= index < count:
+        raise ValueError(f"state key {key!r} is out of range for {count} parameters")
+    return index
+
+
+def _check_disjoint(views: list[np.ndarray]) -> None:
+    """Parameters must not share memory (the same array twice would be updated twice)."""
+    spans = sorted((v.__array_interface__["data"][0], v.nbytes, i)
+                   for i, v in enumerate(views) if v.nbytes)
+    for (start_a, size_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+        if start_b < start_a + size_a:
+            raise ValueError(f"params[{min(a, b)}] and params[{max(a, b)}] share memory "
+                             "(a parameter listed twice?)")
+
+
+def _betas(group: Mapping[str, Any]) -> tuple[Any, Any]:
+    betas = group["betas"]
+    if not isinstance(betas, Sequence) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return betas[0], betas[1]
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum; see
+    :func:`fastgd.functional.sgd` for the math. State: ``momentum_buffer``."""
+
+    spec = algorithms.SGD
+
+    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 *, maximize: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=nesterov,
+                                      maximize=maximize))
+
+    _per_param_scalars = True
+
+    def _scalars(self, group, t, state):
+        return sgd_scalars(lr=group["lr"], momentum=group["momentum"],
+                           dampening=group["dampening"], weight_decay=group["weight_decay"],
+                           nesterov=group["nesterov"], maximize=group["maximize"],
+                           first_step="momentum_buffer" not in state)
+
+
+class Adagrad(Optimizer):
+    """Adagrad; see :func:`fastgd.functional.adagrad`. State: ``sum``."""
+
+    spec = algorithms.ADAGRAD
+
+    def __init__(self, params: Any, lr: float = 1e-2, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10, *, maximize: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value,
+                                      eps=eps, maximize=maximize))
+
+    def _check_hyperparameters(self, group):
+        super()._check_hyperparameters(group)
+        number("initial_accumulator_value", group["initial_accumulator_value"])
+
+    def _scalars(self, group, t, state):
+        return adagrad_scalars(step=t, lr=group["lr"], lr_decay=group["lr_decay"],
+                               weight_decay=group["weight_decay"], eps=group["eps"],
+                               maximize=group["maximize"])
+
+    def _initial_state(self, group, param, name):
+        return zeros_like(param, fill=group["initial_accumulator_value"])
+
+
+class Adadelta(Optimizer):
+    """Adadelta; see :func:`fastgd.functional.adadelta`. State: ``square_avg``,
+    ``acc_delta``."""
+
+    spec = algorithms.ADADELTA
+
+    def __init__(self, params: Any, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
+                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    def _scalars(self, group, t, state):
+        return adadelta_scalars(lr=group["lr"], rho=group["rho"], eps=group["eps"],
+                                weight_decay=group["weight_decay"], maximize=group["maximize"])
+
+
+class RMSprop(Optimizer):
+    """RMSprop with optional momentum and centering; see :func:`fastgd.functional.rmsprop`.
+    State: ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered)."""
+
+    spec = algorithms.RMSPROP
+
+    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+                 *, maximize: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=centered,
+                                      maximize=maximize))
+
+    def _scalars(self, group, t, state):
+        return rmsprop_scalars(lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
+                               weight_decay=group["weight_decay"], momentum=group["momentum"],
+                               centered=group["centered"], maximize=group["maximize"])
+
+
+class Adam(Optimizer):
+    """Adam (AMSGrad with ``amsgrad=True``; AdamW with ``decoupled_weight_decay=True``); see
+    :func:`fastgd.functional.adam`. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``."""
+
+    spec = algorithms.ADAM
+    _decoupled_default = False
+
+    def __init__(self, params: Any, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 decoupled_weight_decay: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      amsgrad=amsgrad, maximize=maximize,
+                                      decoupled_weight_decay=decoupled_weight_decay))
+
+    def _scalars(self, group, t, state):
+        beta1, beta2 = _betas(group)
+        return adam_scalars(step=t, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                            weight_decay=group["weight_decay"],
+                            decoupled_weight_decay=group["decoupled_weight_decay"],
+                            amsgrad=group["amsgrad"], maximize=group["maximize"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, ``p *= 1 - lr * weight_decay`` (default 1e-2)."""
+
+    def __init__(self, params: Any, lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
+                 maximize: bool = False) -> None:
+        Optimizer.__init__(self, params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, decoupled_weight_decay=True))
+
+
+class Adamax(Optimizer):
+    """Adamax; see :func:`fastgd.functional.adamax`. State: ``exp_avg``, ``exp_inf``."""
+
+    spec = algorithms.ADAMAX
+
+    def __init__(self, params: Any, lr: float = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      maximize=maximize))
+
+    def _scalars(self, group, t, state):
+        beta1, beta2 = _betas(group)
+        return adamax_scalars(step=t, lr=group["lr"], beta1=beta1, beta2=beta2,
+                              eps=group["eps"], weight_decay=group["weight_decay"],
+                              maximize=group["maximize"])
+
+
+class NAdam(Optimizer):
+    """NAdam; see :func:`fastgd.functional.nadam`. State: ``exp_avg``, ``exp_avg_sq`` and the
+    number ``mu_product``."""
+
+    spec = algorithms.NADAM
+    _scalar_state = ("mu_product",)
+    _per_param_scalars = True
+
+    def __init__(self, params: Any, lr: float = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum_decay: float = 4e-3,
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      maximize=maximize))
+
+    def _nadam(self, group, t, state):
+        beta1, beta2 = _betas(group)
+        return nadam_scalars(step=t, mu_product=state.get("mu_product", 1.0), lr=group["lr"],
+                             beta1=beta1, beta2=beta2, eps=group["eps"],
+                             weight_decay=group["weight_decay"],
+                             momentum_decay=group["momentum_decay"],
+                             decoupled_weight_decay=group["decoupled_weight_decay"],
+                             maximize=group["maximize"])
+
+    def _scalars(self, group, t, state):
+        return self._nadam(group, t, state)[0]
+
+    def _after_step(self, state, group, t):
+        state["mu_product"] = self._nadam(group, t, state)[1]

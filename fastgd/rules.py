@@ -1,0 +1,188 @@
+"""Per-element update rules: the math of every algorithm, in exactly one place.
+
+Each rule maps the scalars of one element (parameter ``p``, gradient ``g`` and the
+algorithm's state) to their new values. The CPU kernels (``prange`` and serial loops) and
+the CUDA kernels are all generated from these functions, so the targets cannot drift apart.
+
+Conventions that keep the loops fast and exact:
+
+* Rules take scalars only and contain no float literals: every coefficient (``1 - beta``,
+  bias corrections, the decayed learning rate) is computed once per step on the host and
+  passed in, already cast to the array dtype, so a float32 loop stays in float32.
+* Arguments come in this order: ``p, g``, the state values, the coefficients, the runtime
+  flags (loop-invariant booleans), and last the *structural* flags that say which optional
+  state arrays exist; the kernel generator writes those as literals.
+* Optional state that is absent is passed as a placeholder scalar and its result discarded.
+* NaN and Inf propagate as in ``torch.optim``; ``nan_max`` is a NaN-propagating maximum
+  like ``torch.maximum``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+
+rule = numba.njit(inline="always", error_model="numpy")
+
+
+@rule
+def nan_max(a, b):
+    """``max(a, b)`` that returns NaN when either argument is NaN (``torch.maximum``)."""
+    return a if (a >= b or a != a) else b
+
+
+@rule
+def sgd_rule(p, g, momentum_buffer, lr, weight_decay, momentum, one_minus_dampening,
+             maximize, l2, first_step, nesterov, use_momentum):
+    """SGD with optional momentum, dampening and Nesterov momentum.
+
+    ``g += wd * p``; with momentum ``buf = g`` on the first step, else
+    ``buf = momentum * buf + (1 - dampening) * g``; ``d = g + momentum * buf`` (Nesterov) or
+    ``d = buf``; without momentum ``d = g``. Then ``p -= lr * d``.
+    """
+    if maximize:
+        g = -g
+    if l2:
+        g = g + weight_decay * p
+    if use_momentum:
+        if first_step:
+            momentum_buffer = g
+        else:
+            momentum_buffer = momentum * momentum_buffer + one_minus_dampening * g
+        if nesterov:
+            d = g + momentum * momentum_buffer
+        else:
+            d = momentum_buffer
+    else:
+        d = g
+    return p - lr * d, momentum_buffer
+
+
+@rule
+def adagrad_rule(p, g, sum, clr, weight_decay, eps, maximize, l2):
+    """Adagrad: ``g += wd * p; sum += g * g; p -= clr * g / (sqrt(sum) + eps)``.
+
+    ``clr = lr / (1 + (t - 1) * lr_decay)`` is computed on the host.
+    """
+    if maximize:
+        g = -g
+    if l2:
+        g = g + weight_decay * p
+    sum = sum + g * g
+    return p - clr * g / (math.sqrt(sum) + eps), sum
+
+
+@rule
+def adadelta_rule(p, g, square_avg, acc_delta, lr, weight_decay, rho, one_minus_rho, eps,
+                  maximize, l2):
+    """Adadelta.
+
+    ``square_avg = rho * square_avg + (1 - rho) * g * g``;
+    ``delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g``;
+    ``acc_delta = rho * acc_delta + (1 - rho) * delta * delta``; ``p -= lr * delta``.
+    """
+    if maximize:
+        g = -g
+    if l2:
+        g = g + weight_decay * p
+    square_avg = rho * square_avg + one_minus_rho * g * g
+    delta = math.sqrt(acc_delta + eps) / math.sqrt(square_avg + eps) * g
+    acc_delta = rho * acc_delta + one_minus_rho * delta * delta
+    return p - lr * delta, square_avg, acc_delta
+
+
+@rule
+def rmsprop_rule(p, g, square_avg, momentum_buffer, grad_avg, lr, weight_decay, alpha,
+                 one_minus_alpha, eps, momentum, maximize, l2, use_momentum, centered):
+    """RMSprop with optional momentum and centering.
+
+    ``square_avg = alpha * square_avg + (1 - alpha) * g * g``; centered:
+    ``grad_avg = alpha * grad_avg + (1 - alpha) * g``,
+    ``avg = sqrt(square_avg - grad_avg**2) + eps``, else ``avg = sqrt(square_avg) + eps``;
+    momentum: ``buf = momentum * buf + g / avg; p -= lr * buf``, else ``p -= lr * g / avg``.
+    """
+    if maximize:
+        g = -g
+    if l2:
+        g = g + weight_decay * p
+    square_avg = alpha * square_avg + one_minus_alpha * g * g
+    if centered:
+        grad_avg = alpha * grad_avg + one_minus_alpha * g
+        avg = math.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        avg = math.sqrt(square_avg) + eps
+    if use_momentum:
+        momentum_buffer = momentum * momentum_buffer + g / avg
+        p = p - lr * momentum_buffer
+    else:
+        p = p - lr * g / avg
+    return p, square_avg, momentum_buffer, grad_avg
+
+
+@rule
+def adam_rule(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, weight_decay,
+              decay_factor, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bc2, eps,
+              maximize, l2, decoupled, amsgrad):
+    """Adam / AdamW (/ AMSGrad).
+
+    L2: ``g += wd * p``; decoupled (AdamW): ``p *= 1 - lr * wd`` (``decay_factor``);
+    ``m = beta1 * m + (1 - beta1) * g``; ``v = beta2 * v + (1 - beta2) * g * g``;
+    ``s = v`` or, with AMSGrad, ``vmax = max(vmax, v); s = vmax``;
+    ``p -= (lr / bc1) * m / (sqrt(s) / sqrt(bc2) + eps)`` with ``bc_i = 1 - beta_i**t``.
+    """
+    if maximize:
+        g = -g
+    if decoupled:
+        p = p * decay_factor
+    if l2:
+        g = g + weight_decay * p
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    if amsgrad:
+        max_exp_avg_sq = nan_max(max_exp_avg_sq, exp_avg_sq)
+        second = max_exp_avg_sq
+    else:
+        second = exp_avg_sq
+    p = p - step_size * exp_avg / (math.sqrt(second) / sqrt_bc2 + eps)
+    return p, exp_avg, exp_avg_sq, max_exp_avg_sq
+
+
+@rule
+def adamax_rule(p, g, exp_avg, exp_inf, clr, weight_decay, beta1, one_minus_beta1, beta2,
+                eps, maximize, l2):
+    """Adamax: ``m = beta1 * m + (1 - beta1) * g; u = max(beta2 * u, |g| + eps)``;
+    ``p -= (lr / (1 - beta1**t)) * m / u``.
+    """
+    if maximize:
+        g = -g
+    if l2:
+        g = g + weight_decay * p
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_inf = nan_max(beta2 * exp_inf, abs(g) + eps)
+    return p - clr * exp_avg / exp_inf, exp_avg, exp_inf
+
+
+@rule
+def nadam_rule(p, g, exp_avg, exp_avg_sq, grad_coef, avg_coef, weight_decay, decay_factor,
+               beta1, one_minus_beta1, beta2, one_minus_beta2, bc2, eps, maximize, l2,
+               decoupled):
+    """NAdam (Nesterov-accelerated Adam with momentum decay).
+
+    ``m``, ``v`` as in Adam; ``denom = sqrt(v / bc2) + eps``;
+    ``p -= lr (1 - mu_t) / (1 - prod_{i<=t} mu_i) * g / denom``;
+    ``p -= lr mu_{t+1} / (1 - prod_{i<=t+1} mu_i) * m / denom`` (``grad_coef``,
+    ``avg_coef`` from the host).
+    """
+    if maximize:
+        g = -g
+    if decoupled:
+        p = p * decay_factor
+    if l2:
+        g = g + weight_decay * p
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    denom = math.sqrt(exp_avg_sq / bc2) + eps
+    p = p - grad_coef * g / denom
+    p = p - avg_coef * exp_avg / denom
+    return p, exp_avg, exp_avg_sq
