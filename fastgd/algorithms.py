@@ -51,7 +51,7 @@ class RuleSpec:
         return tuple(s for s in self.states if s not in optional or s in present_optional)
 
     def kernel_name(self, present_optional: tuple[str, ...], target: str) -> str:
-        return "__".join((self.name, *present_optional, target))
+        return "_".join((self.name, *present_optional, target))
 
 
 SGD = RuleSpec(

@@ -17,7 +17,7 @@ import numpy as np
 
 from fastgd import algorithms
 from fastgd.dispatch import as_ndarray, check_like, flat, memory_order, zeros_like
-from fastgd.functional import ArrayLike, launch_flat
+from fastgd.functional import launch_flat
 from fastgd.hyperparams import (
     StepScalars,
     adadelta_scalars,
@@ -171,7 +171,7 @@ class Optimizer:
         groups = self.param_groups
         if len(groups) > 1 and len(grads) == len(groups) and all(
                 isinstance(g, (list, tuple)) for g in grads):
-            for i, (g, group) in enumerate(zip(grads, groups)):
+            for i, (g, group) in enumerate(zip(grads, groups, strict=True)):
                 if len(g) != len(group["params"]):
                     raise ValueError(f"grads[{i}] has {len(g)} arrays, parameter group {i} "
                                      f"has {len(group['params'])}")
@@ -236,7 +236,7 @@ class Optimizer:
             raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, this "
                              f"optimizer has {len(self.param_groups)}")
         start = 0
-        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             if set(saved) != set(group):
                 raise ValueError(f"param_groups[{i}] has options {sorted(saved)}, expected "
                                  f"{sorted(group)} (a state dict of another optimizer?)")
@@ -250,7 +250,7 @@ class Optimizer:
         for key, entry in dict(state_dict["state"]).items():
             index = _state_index(key, len(self._views))
             new_state[index] = self._checked_state(index, entry)
-        for saved, group in zip(saved_groups, self.param_groups):
+        for saved, group in zip(saved_groups, self.param_groups, strict=True):
             group.update({k: v for k, v in saved.items() if k != "params"})
         self.state = new_state
 
@@ -317,7 +317,7 @@ def _check_disjoint(views: list[np.ndarray]) -> None:
     """Parameters must not share memory (the same array twice would be updated twice)."""
     spans = sorted((v.__array_interface__["data"][0], v.nbytes, i)
                    for i, v in enumerate(views) if v.nbytes)
-    for (start_a, size_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+    for (start_a, size_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
         if start_b < start_a + size_a:
             raise ValueError(f"params[{min(a, b)}] and params[{max(a, b)}] share memory "
                              "(a parameter listed twice?)")

@@ -1,0 +1,232 @@
+"""Throughput benchmarks: every optimizer step against a memory roofline and baselines.
+
+An element-wise update is memory-bound: it must read ``param``, ``grad`` and each state
+array once and write ``param`` and each state array once, ``(3 + 2 * n_states) * itemsize``
+bytes per element. The *roofline* is a fused copy kernel that moves exactly those bytes
+(same arrays, same reads and writes, trivial arithmetic), measured in the same run. Baselines
+are a plain NumPy implementation (with its temporaries) and ``torch.optim`` with its fastest
+CPU implementation (``fused=True`` where torch has it, else ``foreach=True``) when torch is
+installed. Repetitions are interleaved and the median is reported, which is robust to the
+noise of a shared machine.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+import fastgd
+from fastgd import cpu
+from fastgd.codegen import load_generated
+from fastgd.dispatch import flat, zeros_like
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    cls: type
+    options: dict[str, Any]
+    states: tuple[str, ...]
+    torch_name: str
+
+
+CASES: dict[str, Case] = {c.name: c for c in (
+    Case("sgd", fastgd.SGD, {"lr": 1e-3, "momentum": 0.9}, ("momentum_buffer",), "SGD"),
+    Case("adagrad", fastgd.Adagrad, {}, ("sum",), "Adagrad"),
+    Case("adadelta", fastgd.Adadelta, {}, ("square_avg", "acc_delta"), "Adadelta"),
+    Case("rmsprop", fastgd.RMSprop, {}, ("square_avg",), "RMSprop"),
+    Case("adam", fastgd.Adam, {}, ("exp_avg", "exp_avg_sq"), "Adam"),
+    Case("adamw", fastgd.AdamW, {}, ("exp_avg", "exp_avg_sq"), "AdamW"),
+    Case("adamax", fastgd.Adamax, {}, ("exp_avg", "exp_inf"), "Adamax"),
+    Case("nadam", fastgd.NAdam, {}, ("exp_avg", "exp_avg_sq"), "NAdam"),
+)}
+
+
+def bytes_per_step(case: Case, size: int, dtype: np.dtype) -> int:
+    """Bytes a fused step must move: param and states read and written, grad read."""
+    return (3 + 2 * len(case.states)) * size * np.dtype(dtype).itemsize
+
+
+@cache
+def _copy_kernels() -> Any:
+    sources = []
+    for k in range(4):
+        states = [f"s{j}" for j in range(k)]
+        body = "; ".join(["g = grad[i]", "param[i] = param[i] + g",
+                          *(f"{s}[i] = {s}[i] + g" for s in states)])
+        sources.append(cpu.kernel_pair_source(f"copy{k}", ["param", "grad", *states],
+                                              2 + k, body))
+    return load_generated("bench_kernels", "import numba\n" + "".join(sources))
+
+
+def roofline_step(arrays: list[np.ndarray]) -> None:
+    """The memory roofline: read every array once, write param and states once."""
+    cpu.run_pair(_copy_kernels(), f"copy{len(arrays) - 2}", arrays, ())
+
+
+# -- NumPy baselines: what a careful NumPy user writes (in-place where NumPy allows) ----------
+def _numpy_step(name: str, p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    if name == "sgd":
+        s[0] *= 0.9
+        s[0] += g
+        p -= 1e-3 * s[0]
+    elif name == "adagrad":
+        s[0] += g * g
+        p -= 1e-2 * g / (np.sqrt(s[0]) + 1e-10)
+    elif name == "adadelta":
+        s[0] *= 0.9
+        s[0] += 0.1 * g * g
+        delta = np.sqrt(s[1] + 1e-6) / np.sqrt(s[0] + 1e-6) * g
+        s[1] *= 0.9
+        s[1] += 0.1 * delta * delta
+        p -= delta
+    elif name == "rmsprop":
+        s[0] *= 0.99
+        s[0] += 0.01 * g * g
+        p -= 1e-2 * g / (np.sqrt(s[0]) + eps)
+    elif name in ("adam", "adamw", "nadam"):
+        if name == "adamw":
+            p *= 1 - 1e-3 * 1e-2
+        s[0] *= b1
+        s[0] += (1 - b1) * g
+        s[1] *= b2
+        s[1] += (1 - b2) * g * g
+        if name == "nadam":
+            denom = np.sqrt(s[1] / (1 - b2**t)) + eps
+            p -= 1e-4 * g / denom
+            p -= 1e-3 * s[0] / denom
+        else:
+            p -= 1e-3 / (1 - b1**t) * s[0] / (np.sqrt(s[1]) / math.sqrt(1 - b2**t) + eps)
+    elif name == "adamax":
+        s[0] *= b1
+        s[0] += (1 - b1) * g
+        np.maximum(b2 * s[1], np.abs(g) + eps, out=s[1])
+        p -= 2e-3 / (1 - b1**t) * s[0] / s[1]
+    else:
+        raise ValueError(name)
+
+
+def _torch_stepper(case: Case, p: np.ndarray, g: np.ndarray) -> tuple[Callable[[], Any], str]:
+    import torch
+
+    tp = torch.nn.Parameter(torch.tensor(p))
+    tp.grad = torch.tensor(g)
+    cls = getattr(torch.optim, case.torch_name)
+    for flavour in ("fused", "foreach"):
+        try:
+            opt = cls([tp], **case.options, **{flavour: True})
+            opt.step()
+            return opt.step, flavour
+        except (RuntimeError, TypeError, ValueError):
+            continue
+    raise RuntimeError(f"torch.optim.{case.torch_name} has no fused or foreach step here")
+
+
+@dataclass
+class Result:
+    algorithm: str
+    dtype: str
+    size: int
+    seconds: float
+    gbps: float
+    roofline_seconds: float
+    pct_roofline: float
+    numpy_speedup: float | None
+    torch_speedup: float | None
+    torch_impl: str | None
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = True,
+             rng: np.random.Generator | None = None) -> Result:
+    """Benchmark one (algorithm, size, dtype): fastgd step, roofline and baselines."""
+    rng = rng or np.random.default_rng(0)
+    dtype = np.dtype(dtype)
+    p = rng.standard_normal(size).astype(dtype)
+    g = rng.standard_normal(size).astype(dtype)
+    opt = case.cls([p], **case.options)
+    opt.step([g])  # compiles (or loads from cache) and allocates state
+    state = opt.state[0]
+    copy_arrays = [p, g] + [flat(state[s], "C") for s in case.states]
+    fns: dict[str, Callable[[], Any]] = {
+        "fastgd": lambda: opt.step([g]),
+        "roofline": lambda: roofline_step(copy_arrays),
+    }
+    torch_impl = None
+    if baselines:
+        pn, sn = p.copy(), [zeros_like(p) + 1 for _ in case.states]
+        counter = iter(range(1, 1 << 60))
+        fns["numpy"] = lambda: _numpy_step(case.name, pn, g, sn, next(counter))
+        try:
+            fns["torch"], torch_impl = _torch_stepper(case, p, g)
+        except ImportError:
+            pass
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for key, fn in fns.items():
+            times[key].append(_timed(fn))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    moved = bytes_per_step(case, size, dtype)
+    return Result(
+        algorithm=case.name, dtype=dtype.name, size=size, seconds=med["fastgd"],
+        gbps=moved / med["fastgd"] / 1e9, roofline_seconds=med["roofline"],
+        pct_roofline=100.0 * med["roofline"] / med["fastgd"],
+        numpy_speedup=med["numpy"] / med["fastgd"] if "numpy" in med else None,
+        torch_speedup=med["torch"] / med["fastgd"] if "torch" in med else None,
+        torch_impl=torch_impl)
+
+
+def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], repeat: int,
+        baselines: bool = True, progress: bool = True) -> list[Result]:
+    """Benchmark every combination, with a progress bar."""
+    from tqdm import tqdm
+
+    combos = [(a, s, d) for a in algorithms for d in dtypes for s in sizes]
+    results = []
+    for name, size, dtype in tqdm(combos, desc="fastgd bench", disable=not progress,
+                                  unit="case"):
+        results.append(run_case(CASES[name], size, dtype, repeat, baselines))
+    return results
+
+
+def format_table(results: list[Result]) -> str:
+    """A plain-text table of results."""
+    def ratio(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}x"
+
+    header = ("algorithm", "dtype", "size", "time/step", "GB/s", "% roofline", "vs numpy",
+              "vs torch")
+    rows = [header]
+    for r in results:
+        rows.append((r.algorithm, r.dtype, str(r.size), _fmt_time(r.seconds), f"{r.gbps:.1f}",
+                     f"{r.pct_roofline:.0f}%", ratio(r.numpy_speedup),
+                     ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
+                       enumerate(zip(row, widths, strict=True))) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def as_records(results: list[Result]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]

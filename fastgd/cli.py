@@ -1,0 +1,115 @@
+"""The ``fastgd`` command line: ``fastgd bench`` measures every kernel on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from typing import Any
+
+from fastgd import bench
+
+
+def _csv(choices: list[str] | None = None):
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        bad = [t for t in items if choices is not None and t not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"unknown {bad}; choose from {choices}")
+        return items
+    return parse
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(eval_size(t)) for t in text.split(",") if t.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sizes
+
+
+def eval_size(text: str) -> int:
+    """``'16777216'``, ``'2**24'`` or ``'1e5'`` as an integer."""
+    text = text.strip()
+    if "**" in text:
+        base, exp = text.split("**")
+        return int(base) ** int(exp)
+    value = float(text)
+    if not value.is_integer():
+        raise ValueError(f"size {text!r} is not an integer")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastgd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="time every optimizer step against the memory roofline",
+                       description="Time one optimizer step per algorithm, size and dtype; "
+                       "compare with a fused copy kernel that moves the same bytes (the "
+                       "roofline), with NumPy and with torch.optim when installed.")
+    b.add_argument("--algorithms", type=_csv(list(bench.CASES)), default=list(bench.CASES),
+                   help="comma-separated (default: all)")
+    b.add_argument("--sizes", type=_sizes, default=[2**24],
+                   help="comma-separated element counts, e.g. 1e3,1e5,2**24 (default 2**24)")
+    b.add_argument("--dtypes", type=_csv(["float32", "float64"]),
+                   default=["float32", "float64"])
+    b.add_argument("--device", choices=["cpu"], default="cpu")
+    b.add_argument("--repeat", type=int, default=7, help="timed repetitions (median kept)")
+    b.add_argument("--no-baselines", action="store_true", help="skip NumPy and torch")
+    b.add_argument("--json", metavar="FILE", help="write results as JSON ('-' for stdout)")
+    b.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.repeat < 1:
+        raise SystemExit("fastgd bench: --repeat must be >= 1")
+    results = bench.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
+                        baselines=not args.no_baselines, progress=not args.quiet)
+    if args.json != "-":
+        print(f"fastgd bench on {platform.processor() or platform.machine()}, "
+              f"{_threads()} threads")
+        print(bench.format_table(results))
+    if args.json:
+        payload = {"machine": _machine(), "results": bench.as_records(results)}
+        text = json.dumps(payload, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as handle:
+                handle.write(text + "\n")
+    if args.plot:
+        from fastgd.plotting import plot_bench
+
+        plot_bench(results, args.plot)
+    return 0
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
+
+
+def _machine() -> dict[str, Any]:
+    import numba
+    import numpy
+
+    return {"platform": platform.platform(), "processor": platform.processor(),
+            "python": platform.python_version(), "numba": numba.__version__,
+            "numpy": numpy.__version__, "threads": _threads()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return _bench(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Independent NumPy float64 reference implementations of fastgd's update rules.
+
+Written from ``/work/shared/ALGORITHMS.md`` (the torch.optim single-tensor formulas); this
+module never imports fastgd. Each class holds the state of *one* parameter: construct it with
+the hyperparameters (torch.optim names and defaults), then call :meth:`Reference.step` with
+the parameter and its gradient; it returns the new parameter (float64) and keeps its state
+(float64 arrays named like torch.optim's state keys) in :attr:`Reference.state`.
+
+Everything is computed in float64 with plain, unfused NumPy expressions, one line per line of
+ALGORITHMS.md, so that a mismatch points at the formula, not at rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
+    "AdamaxRef", "NAdamRef", "REFERENCES", "nadam_mu",
+]
+
+
+class Reference:
+    """One parameter's optimizer state and update rule (float64)."""
+
+    #: Hyperparameter names and their defaults (those of torch.optim).
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        unknown = set(hyperparameters) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown hyperparameters {sorted(unknown)}")
+        self.hp = {**self.defaults, **hyperparameters}
+        self.t = 0
+        self.state: dict[str, Any] = {}
+
+    def step(self, param: Any, grad: Any) -> np.ndarray:
+        """Return the parameter after one step (a new float64 array); update the state."""
+        p = np.array(param, dtype=np.float64)
+        g = np.array(grad, dtype=np.float64)
+        if p.shape != g.shape:
+            raise ValueError(f"param {p.shape} and grad {g.shape} differ in shape")
+        self.t += 1
+        if self.hp.get("maximize", False):
+            g = -g
+        return self._update(p, g)
+
+    def _update(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _zeros(self, p: np.ndarray, name: str, fill: float = 0.0) -> np.ndarray:
+        if name not in self.state:
+            self.state[name] = np.full(p.shape, fill, dtype=np.float64)
+        return self.state[name]
+
+
+class SGDRef(Reference):
+    """SGD; ``torch_first_step=False`` starts from a zero buffer and applies the general
+    momentum rule from the first step on (the EMA form reached through the functional API
+    with ``first_step=False``)."""
+
+    defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                    maximize=False, torch_first_step=True)
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        super().__init__(**hyperparameters)
+        hp = self.hp
+        if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
+            raise ValueError("nesterov requires momentum > 0 and dampening == 0")
+
+    def _update(self, p, g):
+        hp = self.hp
+        if hp["weight_decay"] != 0:
+            g = g + hp["weight_decay"] * p
+        momentum = hp["momentum"]
+        if momentum != 0:
+            if "momentum_buffer" not in self.state:
+                if hp["torch_first_step"]:
+                    buf = g.copy()
+                else:
+                    buf = momentum * np.zeros_like(g) + (1.0 - hp["dampening"]) * g
+            else:
+                buf = momentum * self.state["momentum_buffer"] + (1.0 - hp["dampening"]) * g
+            self.state["momentum_buffer"] = buf
+            d = g + momentum * buf if hp["nesterov"] else buf
+        else:
+            d = g
+        return p - hp["lr"] * d
+
+
+class AdagradRef(Reference):
+    defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
+                    eps=1e-10, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        total = self._zeros(p, "sum", hp["initial_accumulator_value"])
+        if hp["weight_decay"] != 0:
+            g = g + hp["weight_decay"] * p
+        clr = hp["lr"] / (1.0 + (self.t - 1) * hp["lr_decay"])
+        total = total + g * g
+        self.state["sum"] = total
+        return p - clr * g / (np.sqrt(total) + hp["eps"])
+
+
+class AdadeltaRef(Reference):
+    defaults = dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        rho, eps = hp["rho"], hp["eps"]
+        square_avg = self._zeros(p, "square_avg")
+        acc_delta = self._zeros(p, "acc_delta")
+        if hp["weight_decay"] != 0:
+            g = g + hp["weight_decay"] * p
+        square_avg = rho * square_avg + (1.0 - rho) * g * g
+        delta = np.sqrt(acc_delta + eps) / np.sqrt(square_avg + eps) * g
+        acc_delta = rho * acc_delta + (1.0 - rho) * delta * delta
+        self.state["square_avg"], self.state["acc_delta"] = square_avg, acc_delta
+        return p - hp["lr"] * delta
+
+
+class RMSpropRef(Reference):
+    defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                    centered=False, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        alpha, eps, momentum = hp["alpha"], hp["eps"], hp["momentum"]
+        square_avg = self._zeros(p, "square_avg")
+        if hp["weight_decay"] != 0:
+            g = g + hp["weight_decay"] * p
+        square_avg = alpha * square_avg + (1.0 - alpha) * g * g
+        self.state["square_avg"] = square_avg
+        if hp["centered"]:
+            grad_avg = alpha * self._zeros(p, "grad_avg") + (1.0 - alpha) * g
+            self.state["grad_avg"] = grad_avg
+            avg = np.sqrt(square_avg - grad_avg * grad_avg) + eps
+        else:
+            avg = np.sqrt(square_avg) + eps
+        if momentum > 0:
+            buf = momentum * self._zeros(p, "momentum_buffer") + g / avg
+            self.state["momentum_buffer"] = buf
+            return p - hp["lr"] * buf
+        return p - hp["lr"] * g / avg
+
+
+class AdamRef(Reference):
+    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                    maximize=False, decoupled_weight_decay=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        lr, wd, eps = hp["lr"], hp["weight_decay"], hp["eps"]
+        beta1, beta2 = hp["betas"]
+        exp_avg = self._zeros(p, "exp_avg")
+        exp_avg_sq = self._zeros(p, "exp_avg_sq")
+        if hp["decoupled_weight_decay"]:
+            p = p * (1.0 - lr * wd)
+        elif wd != 0:
+            g = g + wd * p
+        exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
+        self.state["exp_avg"], self.state["exp_avg_sq"] = exp_avg, exp_avg_sq
+        bc1 = 1.0 - beta1 ** self.t
+        bc2 = 1.0 - beta2 ** self.t
+        if hp["amsgrad"]:
+            # np.maximum propagates NaN, like torch.maximum.
+            s = np.maximum(self._zeros(p, "max_exp_avg_sq"), exp_avg_sq)
+            self.state["max_exp_avg_sq"] = s
+        else:
+            s = exp_avg_sq
+        return p - (lr / bc1) * exp_avg / (np.sqrt(s) / math.sqrt(bc2) + eps)
+
+
+class AdamWRef(AdamRef):
+    defaults = {**AdamRef.defaults, "weight_decay": 1e-2, "decoupled_weight_decay": True}
+
+
+class AdamaxRef(Reference):
+    defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        beta1, beta2 = hp["betas"]
+        exp_avg = self._zeros(p, "exp_avg")
+        exp_inf = self._zeros(p, "exp_inf")
+        if hp["weight_decay"] != 0:
+            g = g + hp["weight_decay"] * p
+        exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
+        exp_inf = np.maximum(beta2 * exp_inf, np.abs(g) + hp["eps"])
+        self.state["exp_avg"], self.state["exp_inf"] = exp_avg, exp_inf
+        return p - (hp["lr"] / (1.0 - beta1 ** self.t)) * exp_avg / exp_inf
+
+
+def nadam_mu(beta1: float, momentum_decay: float, t: int) -> float:
+    """``mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * momentum_decay))``."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+
+
+class NAdamRef(Reference):
+    defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                    momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False)
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        super().__init__(**hyperparameters)
+        self.state["mu_product"] = 1.0
+
+    def _update(self, p, g):
+        hp = self.hp
+        lr, wd, eps, t = hp["lr"], hp["weight_decay"], hp["eps"], self.t
+        beta1, beta2 = hp["betas"]
+        exp_avg = self._zeros(p, "exp_avg")
+        exp_avg_sq = self._zeros(p, "exp_avg_sq")
+        if wd != 0:
+            if hp["decoupled_weight_decay"]:
+                p = p * (1.0 - lr * wd)
+            else:
+                g = g + wd * p
+        mu = nadam_mu(beta1, hp["momentum_decay"], t)
+        mu_next = nadam_mu(beta1, hp["momentum_decay"], t + 1)
+        mu_product = self.state["mu_product"] * mu
+        mu_product_next = mu_product * mu_next
+        bc2 = 1.0 - beta2 ** t
+        exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
+        denom = np.sqrt(exp_avg_sq / bc2) + eps
+        p = p - lr * (1.0 - mu) / (1.0 - mu_product) * g / denom
+        p = p - lr * mu_next / (1.0 - mu_product_next) * exp_avg / denom
+        self.state.update(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, mu_product=mu_product)
+        return p
+
+
+#: Reference class per optimizer name (fastgd / torch.optim class names).
+REFERENCES: dict[str, type[Reference]] = {
+    "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
+    "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
+}

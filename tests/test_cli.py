@@ -1,0 +1,43 @@
+"""`fastgd bench`: table, JSON and plot on tiny sizes."""
+
+import json
+
+import pytest
+
+from fastgd import bench, cli
+
+
+def test_bench_json(capsys):
+    assert cli.main(["bench", "--algorithms", "adam,sgd", "--sizes", "1000,2**12",
+                     "--dtypes", "float32", "--repeat", "2", "--quiet", "--json", "-"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    results = payload["results"]
+    assert {(r["algorithm"], r["size"]) for r in results} == {
+        ("adam", 1000), ("adam", 4096), ("sgd", 1000), ("sgd", 4096)}
+    for r in results:
+        assert r["seconds"] > 0 and r["gbps"] > 0 and r["pct_roofline"] > 0
+        assert r["numpy_speedup"] > 0
+        assert set(r) >= {"dtype", "roofline_seconds", "torch_speedup", "torch_impl"}
+
+
+def test_bench_table_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "bench.png"
+    assert cli.main(["bench", "--algorithms", "nadam", "--sizes", "100", "--dtypes",
+                     "float64", "--repeat", "1", "--quiet", "--no-baselines",
+                     "--plot", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "nadam" in text and "% roofline" in text
+    assert out.stat().st_size > 1000
+
+
+def test_bytes_per_step_counts_reads_and_writes():
+    assert bench.bytes_per_step(bench.CASES["adam"], 10, "float32") == 7 * 10 * 4
+    assert bench.bytes_per_step(bench.CASES["rmsprop"], 10, "float64") == 5 * 10 * 8
+
+
+@pytest.mark.parametrize("argv", [["bench", "--algorithms", "nope"],
+                                  ["bench", "--sizes", "1.5"], ["bench", "--sizes", "0"]])
+def test_bench_rejects_bad_options(argv):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
