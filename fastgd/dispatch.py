@@ -20,6 +20,15 @@ def _is_torch_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
+def is_device(x: Any) -> bool:
+    """Whether ``x`` is a GPU array (``__cuda_array_interface__``, or a simulator array)."""
+    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ == "FakeCUDAArray"
+
+
+def _where(device: bool) -> str:
+    return "a GPU array" if device else "a host array"
+
+
 def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
     """Zero-copy NumPy view of ``x``; anything that would need a copy is refused.
 
@@ -29,8 +38,6 @@ def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
     """
     if isinstance(x, np.ndarray):
         arr = x
-    elif hasattr(x, "__cuda_array_interface__"):
-        raise TypeError(f"{name} is a GPU array; the CPU kernels need host (NumPy) memory")
     elif _is_torch_tensor(x):
         try:
             arr = x.detach().numpy()
@@ -49,70 +56,132 @@ def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
     else:
         raise TypeError(f"{name} must be a NumPy array or a tensor that NumPy can view "
                         f"without a copy, got {type(x).__name__}")
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    _check_dtype(arr, name)
     if writable and not arr.flags.writeable:
         raise ValueError(f"{name} is read-only; fastgd updates arrays in place")
     return arr
 
 
-def memory_order(arr: np.ndarray, name: str) -> str:
+def as_device_array(x: Any, name: str, *, writable: bool) -> Any:
+    """Zero-copy Numba device-array view of a CUDA array (Numba, CuPy, torch CUDA)."""
+    from fastgd import cuda
+
+    interface = getattr(x, "__cuda_array_interface__", None)
+    if writable and interface is not None and interface["data"][1]:
+        raise ValueError(f"{name} is read-only; fastgd updates arrays in place")
+    arr = cuda.as_device_array(x)
+    _check_dtype(arr, name)
+    return arr
+
+
+def as_array(x: Any, name: str, *, writable: bool, device: bool) -> Any:
+    """:func:`as_ndarray` or :func:`as_device_array`; refuses a host/GPU mix."""
+    if is_device(x) != device:
+        raise TypeError(f"{name} is {_where(not device)} but param is {_where(device)}; "
+                        "all arrays of an update must live on the same device")
+    if device:
+        return as_device_array(x, name, writable=writable)
+    return as_ndarray(x, name, writable=writable)
+
+
+def _check_dtype(arr: Any, name: str) -> None:
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+
+
+def memory_order(arr: Any, name: str) -> str:
     """``'C'`` or ``'F'``: the order in which ``arr`` is one contiguous block."""
-    if arr.flags.c_contiguous:
+    if arr.flags["C_CONTIGUOUS"]:
         return "C"
-    if arr.flags.f_contiguous:
+    if arr.flags["F_CONTIGUOUS"]:
         return "F"
     raise ValueError(f"{name} must be contiguous (C or Fortran order), got strides "
                      f"{arr.strides}; fastgd never updates a copy")
 
 
-def check_like(arr: np.ndarray, ref: np.ndarray, order: str, name: str,
-               ref_name: str = "param") -> None:
+def check_like(arr: Any, ref: Any, order: str, name: str, ref_name: str = "param") -> None:
     """``arr`` must match ``ref`` in shape, dtype and memory order."""
-    if arr.shape != ref.shape:
-        raise ValueError(f"{name} has shape {arr.shape}, expected {ref.shape} like {ref_name}")
+    if tuple(arr.shape) != tuple(ref.shape):
+        raise ValueError(f"{name} has shape {tuple(arr.shape)}, expected {tuple(ref.shape)} "
+                         f"like {ref_name}")
     if arr.dtype != ref.dtype:
         raise TypeError(f"{name} has dtype {arr.dtype}, expected {ref.dtype} like {ref_name}")
-    contiguous = arr.flags.c_contiguous if order == "C" else arr.flags.f_contiguous
-    if not contiguous:
+    if not arr.flags[f"{order}_CONTIGUOUS"]:
         raise ValueError(f"{name} must be contiguous in the same ({order}) order as "
                          f"{ref_name}; got strides {arr.strides}")
 
 
-def flat(arr: np.ndarray, order: str) -> np.ndarray:
-    """1-D view of a contiguous array (never a copy)."""
-    return arr.reshape(-1, order=order)
+def flat(arr: Any, order: str) -> Any:
+    """1-D view of a contiguous (host or device) array; never a copy."""
+    return arr.reshape(arr.size, order=order)
 
 
-def check_no_overlap(arrays: Mapping[str, np.ndarray]) -> None:
+def shares_memory(a: Any, b: Any) -> bool:
+    """Whether two contiguous arrays of the same device overlap in memory."""
+    if not (a.size and b.size):
+        return False
+    if isinstance(a, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    from fastgd import cuda
+
+    span_a, span_b = cuda.device_span(a), cuda.device_span(b)
+    if span_a is None or span_b is None:
+        return False
+    return span_a[0] < span_b[0] + span_b[1] and span_b[0] < span_a[0] + span_a[1]
+
+
+def check_no_overlap(arrays: Mapping[str, Any]) -> None:
     """Refuse arrays that share memory: an in-place update of one would corrupt another."""
-    items = [(n, a) for n, a in arrays.items() if a.size]
+    items = list(arrays.items())
     for i, (name_a, a) in enumerate(items):
         for name_b, b in items[i + 1:]:
-            if np.may_share_memory(a, b):
+            if shares_memory(a, b):
                 raise ValueError(f"{name_a} and {name_b} share memory; pass separate arrays")
 
 
-def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> list[np.ndarray]:
-    """Check ``param``, ``grad`` and the state arrays; return their flat views in order."""
-    p = as_ndarray(param, "param", writable=True)
+def check_same_gpu(arrays: Mapping[str, Any]) -> None:
+    """Device arrays of one update must all be on the same GPU."""
+    from fastgd import cuda
+
+    ordinals = {name: cuda.device_ordinal(arr) for name, arr in arrays.items()}
+    first = next(iter(ordinals.values()))
+    for name, ordinal in ordinals.items():
+        if ordinal != first:
+            raise ValueError(f"{name} is on GPU {ordinal} but param is on GPU {first}")
+
+
+def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> list[Any]:
+    """Check ``param``, ``grad`` and the state arrays; return their flat views in order.
+
+    Host arrays give NumPy views, GPU arrays Numba device-array views.
+    """
+    device = is_device(param)
+    p = as_array(param, "param", writable=True, device=device)
     order = memory_order(p, "param")
-    arrays = {"param": p, "grad": as_ndarray(grad, "grad", writable=False)}
+    arrays = {"param": p, "grad": as_array(grad, "grad", writable=False, device=device)}
     for name, value in states.items():
-        arrays[name] = as_ndarray(value, name, writable=True)
+        arrays[name] = as_array(value, name, writable=True, device=device)
     for name, arr in arrays.items():
         if name != "param":
             check_like(arr, p, order, name)
     check_no_overlap(arrays)
+    if device:
+        check_same_gpu(arrays)
     return [flat(a, order) for a in arrays.values()]
 
 
-def zeros_like(param: np.ndarray, fill: float = 0.0) -> np.ndarray:
-    """A new array like ``param`` whose address has the same offset modulo 64 bytes.
+def zeros_like(param: Any, fill: float = 0.0) -> Any:
+    """A new array like ``param`` (on its device) filled with ``fill``.
+
+    On the host its address has the same offset modulo 64 bytes as ``param``.
 
     Kernels align their vector loop on ``param``; a state array with the same offset is then
     aligned too (plain ``np.zeros`` gives 16-byte alignment, whatever ``param`` has).
     """
+    if not isinstance(param, np.ndarray):
+        from fastgd import cuda
+
+        return cuda.zeros_like(param, fill)
     offset = param.ctypes.data % _ALIGN
     buffer = np.empty(param.nbytes + 2 * _ALIGN, dtype=np.uint8)
     start = (offset - buffer.ctypes.data) % _ALIGN
@@ -120,6 +189,31 @@ def zeros_like(param: np.ndarray, fill: float = 0.0) -> np.ndarray:
     arr = buffer[start:start + param.nbytes].view(param.dtype).reshape(param.shape, order=order)
     arr.fill(fill)
     return arr
+
+
+def to_host(arr: Any) -> np.ndarray:
+    """A host (NumPy) copy of a host or device array."""
+    return arr.copy() if isinstance(arr, np.ndarray) else arr.copy_to_host()
+
+
+def from_host(values: np.ndarray, like: Any) -> Any:
+    """A new array like ``like`` (same device, shape, dtype, alignment) holding ``values``."""
+    if isinstance(like, np.ndarray):
+        arr = zeros_like(like)
+        arr[...] = values
+        return arr
+    from fastgd import cuda
+
+    return cuda.to_device(values, like)
+
+
+def span(arr: Any) -> tuple[int, int] | None:
+    """(address, bytes) of a contiguous host or device array (None where unknown)."""
+    if isinstance(arr, np.ndarray):
+        return arr.__array_interface__["data"][0], arr.nbytes
+    from fastgd import cuda
+
+    return cuda.device_span(arr)
 
 
 def cast_scalars(dtype: np.dtype, values: tuple[float, ...]) -> tuple[Any, ...]:

@@ -5,6 +5,11 @@ name the argument, with nothing written), then updates ``param`` and the state a
 place in a single pass. State arrays must have ``param``'s shape, dtype and memory order;
 their names follow ``torch.optim``'s state keys. ``step`` is the 1-based number of the step
 being taken (``t``). ``g`` below is the gradient, negated when ``maximize=True``.
+
+Host arrays run on the CPU. GPU arrays (anything with ``__cuda_array_interface__``: Numba
+device arrays, CuPy, torch CUDA tensors) run on the GPU, in place, queued on ``stream``
+(default: the legacy default stream, see :mod:`fastgd.cuda`); mixing host and GPU arrays is
+refused.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ __all__ = ["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw", "adamax", "
 
 
 def run_step(spec: algorithms.RuleSpec, param: ArrayLike, grad: ArrayLike,
-             states: dict[str, ArrayLike | None], scalars: StepScalars) -> None:
+             states: dict[str, ArrayLike | None], scalars: StepScalars,
+             stream: Any = None) -> None:
     """Check the arrays, then apply one step of ``spec`` with precomputed ``scalars``."""
     optional = {state for state, _ in spec.optional}
     for name in scalars.optional:
@@ -41,20 +47,30 @@ def run_step(spec: algorithms.RuleSpec, param: ArrayLike, grad: ArrayLike,
     used = {name: states[name] for name in spec.states
             if name not in optional or name in scalars.optional}
     arrays = prepare(param, grad, used)
-    launch_flat(spec, arrays, scalars)
+    launch_flat(spec, arrays, scalars, stream)
 
 
-def launch_flat(spec: algorithms.RuleSpec, arrays: list[np.ndarray],
-                scalars: StepScalars) -> None:
-    """Run a step on already checked flat arrays (param, grad, states in rule order)."""
+def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScalars,
+                stream: Any = None) -> None:
+    """Run a step on already checked flat arrays (param, grad, states in rule order).
+
+    NumPy arrays run on the CPU; device arrays on the GPU, queued on ``stream``.
+    """
     coefficients = cast_scalars(arrays[0].dtype, scalars.coefficients)
-    cpu.launch(spec, scalars.optional, arrays, coefficients + scalars.flags)
+    if isinstance(arrays[0], np.ndarray):
+        if stream is not None:
+            raise TypeError("stream applies to GPU arrays only")
+        cpu.launch(spec, scalars.optional, arrays, coefficients + scalars.flags)
+    else:
+        from fastgd import cuda
+
+        cuda.launch(spec, scalars.optional, arrays, coefficients + scalars.flags, stream)
 
 
 def sgd(param: ArrayLike, grad: ArrayLike, momentum_buffer: ArrayLike | None = None, *,
         lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
         weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
-        first_step: bool = False) -> None:
+        first_step: bool = False, stream: Any = None) -> None:
     """Stochastic gradient descent, with optional (Nesterov) momentum.
 
     ``g += weight_decay * p``; if ``momentum != 0``:
@@ -69,12 +85,13 @@ def sgd(param: ArrayLike, grad: ArrayLike, momentum_buffer: ArrayLike | None = N
     scalars = sgd_scalars(lr=lr, momentum=momentum, dampening=dampening,
                           weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
                           first_step=first_step)
-    run_step(algorithms.SGD, param, grad, {"momentum_buffer": momentum_buffer}, scalars)
+    run_step(algorithms.SGD, param, grad, {"momentum_buffer": momentum_buffer}, scalars, stream)
 
 
 def adagrad(param: ArrayLike, grad: ArrayLike, sum: ArrayLike, *, step: int,  # noqa: A002
             lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-            eps: float = 1e-10, maximize: bool = False) -> None:
+            eps: float = 1e-10, maximize: bool = False,
+            stream: Any = None) -> None:
     """Adagrad.
 
     ``g += weight_decay * p; sum += g * g;
@@ -82,12 +99,13 @@ def adagrad(param: ArrayLike, grad: ArrayLike, sum: ArrayLike, *, step: int,  # 
     """
     scalars = adagrad_scalars(step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                               eps=eps, maximize=maximize)
-    run_step(algorithms.ADAGRAD, param, grad, {"sum": sum}, scalars)
+    run_step(algorithms.ADAGRAD, param, grad, {"sum": sum}, scalars, stream)
 
 
 def adadelta(param: ArrayLike, grad: ArrayLike, square_avg: ArrayLike, acc_delta: ArrayLike,
              *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
-             weight_decay: float = 0.0, maximize: bool = False) -> None:
+             weight_decay: float = 0.0, maximize: bool = False,
+             stream: Any = None) -> None:
     """Adadelta.
 
     ``square_avg = rho * square_avg + (1 - rho) g^2``;
@@ -97,14 +115,14 @@ def adadelta(param: ArrayLike, grad: ArrayLike, square_avg: ArrayLike, acc_delta
     scalars = adadelta_scalars(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
                                maximize=maximize)
     run_step(algorithms.ADADELTA, param, grad,
-             {"square_avg": square_avg, "acc_delta": acc_delta}, scalars)
+             {"square_avg": square_avg, "acc_delta": acc_delta}, scalars, stream)
 
 
 def rmsprop(param: ArrayLike, grad: ArrayLike, square_avg: ArrayLike,
             momentum_buffer: ArrayLike | None = None, grad_avg: ArrayLike | None = None, *,
             lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
             weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-            maximize: bool = False) -> None:
+            maximize: bool = False, stream: Any = None) -> None:
     """RMSprop.
 
     ``square_avg = alpha * square_avg + (1 - alpha) g^2``; if ``centered``:
@@ -117,14 +135,14 @@ def rmsprop(param: ArrayLike, grad: ArrayLike, square_avg: ArrayLike,
     scalars = rmsprop_scalars(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                               momentum=momentum, centered=centered, maximize=maximize)
     run_step(algorithms.RMSPROP, param, grad, {"square_avg": square_avg,
-             "momentum_buffer": momentum_buffer, "grad_avg": grad_avg}, scalars)
+             "momentum_buffer": momentum_buffer, "grad_avg": grad_avg}, scalars, stream)
 
 
 def adam(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_avg_sq: ArrayLike,
          max_exp_avg_sq: ArrayLike | None = None, *, step: int, lr: float = 1e-3,
          beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
          weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
-         maximize: bool = False) -> None:
+         maximize: bool = False, stream: Any = None) -> None:
     """Adam (AMSGrad when ``max_exp_avg_sq`` is given).
 
     ``g += weight_decay * p`` (or, decoupled, ``p *= 1 - lr * weight_decay``);
@@ -137,22 +155,24 @@ def adam(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_avg_sq: Arra
                            decoupled_weight_decay=decoupled_weight_decay,
                            amsgrad=max_exp_avg_sq is not None, maximize=maximize)
     run_step(algorithms.ADAM, param, grad, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
-             "max_exp_avg_sq": max_exp_avg_sq}, scalars)
+             "max_exp_avg_sq": max_exp_avg_sq}, scalars, stream)
 
 
 def adamw(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_avg_sq: ArrayLike,
           max_exp_avg_sq: ArrayLike | None = None, *, step: int, lr: float = 1e-3,
           beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 1e-2, maximize: bool = False) -> None:
+          weight_decay: float = 1e-2, maximize: bool = False,
+          stream: Any = None) -> None:
     """AdamW: :func:`adam` with decoupled weight decay ``p *= 1 - lr * weight_decay``."""
     adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, beta1=beta1,
          beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=True,
-         maximize=maximize)
+         maximize=maximize, stream=stream)
 
 
 def adamax(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_inf: ArrayLike, *,
            step: int, lr: float = 2e-3, beta1: float = 0.9, beta2: float = 0.999,
-           eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False) -> None:
+           eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
+             stream: Any = None) -> None:
     """Adamax (Adam with the infinity norm).
 
     ``m = beta1 m + (1 - beta1) g``; ``u = max(beta2 u, |g| + eps)``;
@@ -160,14 +180,15 @@ def adamax(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_inf: Array
     """
     scalars = adamax_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                              weight_decay=weight_decay, maximize=maximize)
-    run_step(algorithms.ADAMAX, param, grad, {"exp_avg": exp_avg, "exp_inf": exp_inf}, scalars)
+    run_step(algorithms.ADAMAX, param, grad, {"exp_avg": exp_avg, "exp_inf": exp_inf}, scalars,
+             stream)
 
 
 def nadam(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_avg_sq: ArrayLike, *,
           step: int, mu_product: float, lr: float = 2e-3, beta1: float = 0.9,
           beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
           momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False,
-          maximize: bool = False) -> float:
+          maximize: bool = False, stream: Any = None) -> float:
     """NAdam; returns the new ``mu_product`` to pass to the next step (start with 1.0).
 
     ``mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay))``; ``P_t = P_{t-1} mu_t``
@@ -180,5 +201,5 @@ def nadam(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_avg_sq: Arr
         weight_decay=weight_decay, momentum_decay=momentum_decay,
         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
     run_step(algorithms.NADAM, param, grad, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
-             scalars)
+             scalars, stream)
     return new_mu_product

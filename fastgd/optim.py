@@ -16,7 +16,18 @@ from typing import Any
 import numpy as np
 
 from fastgd import algorithms
-from fastgd.dispatch import as_ndarray, check_like, flat, memory_order, zeros_like
+from fastgd.dispatch import (
+    as_array,
+    check_like,
+    flat,
+    from_host,
+    is_device,
+    memory_order,
+    shares_memory,
+    span,
+    to_host,
+    zeros_like,
+)
 from fastgd.functional import launch_flat
 from fastgd.hyperparams import (
     StepScalars,
@@ -98,7 +109,7 @@ class Optimizer:
             group.setdefault(key, value)
         self._check_hyperparameters(group)
         first = len(self._views)
-        views = [as_ndarray(p, f"params[{first + i}]", writable=True)
+        views = [as_array(p, f"params[{first + i}]", writable=True, device=is_device(p))
                  for i, p in enumerate(originals)]
         orders = [memory_order(v, f"params[{first + i}]") for i, v in enumerate(views)]
         _check_disjoint(self._views + views)
@@ -111,10 +122,11 @@ class Optimizer:
         self._scalars(group, 1, {})
 
     # -- stepping -------------------------------------------------------------------
-    def step(self, grads: Any = None) -> None:
+    def step(self, grads: Any = None, *, stream: Any = None) -> None:
         """Apply one update to every parameter that has a gradient, in place.
 
-        All gradients and hyperparameters are checked before any array is written.
+        All gradients and hyperparameters are checked before any array is written. GPU
+        parameters are updated on ``stream`` (see :mod:`fastgd.cuda`).
         """
         grads_flat = self._grad_list(grads)
         work = []
@@ -126,9 +138,9 @@ class Optimizer:
                 if grad is not None:
                     view, order = self._views[index], self._orders[index]
                     name = f"grads[{index}]"
-                    garr = as_ndarray(grad, name, writable=False)
+                    garr = as_array(grad, name, writable=False, device=is_device(view))
                     check_like(garr, view, order, name, f"params[{index}]")
-                    if garr.size and np.may_share_memory(garr, view):
+                    if shares_memory(garr, view):
                         raise ValueError(f"{name} shares memory with params[{index}]")
                     state = self.state.get(index, {})
                     t = state.get("step", 0) + 1
@@ -147,7 +159,7 @@ class Optimizer:
             arrays = [flat(view, order), gflat] + [
                 flat(state[name], order) for name in self.spec.states
                 if name in scalars.optional or name not in dict(self.spec.optional)]
-            launch_flat(self.spec, arrays, scalars)
+            launch_flat(self.spec, arrays, scalars, stream)
             self._after_step(state, group, t)
             state["step"] = t
 
@@ -217,8 +229,8 @@ class Optimizer:
     # -- state dicts ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """``{'state': {index: {...}}, 'param_groups': [...]}`` of plain numbers and copies."""
-        state = {i: {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s.items()}
-                 for i, s in self.state.items()}
+        state = {i: {k: (v if isinstance(v, (int, float)) else to_host(v))
+                     for k, v in s.items()} for i, s in self.state.items()}
         groups, start = [], 0
         for group in self.param_groups:
             options = {k: v for k, v in group.items() if k != "params"}
@@ -284,9 +296,7 @@ class Optimizer:
                 if arr.shape != view.shape or arr.dtype != view.dtype:
                     raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
                                      f"{view.dtype} {view.shape} like params[{index}]")
-                copy = zeros_like(view)
-                copy[...] = arr
-                result[key] = copy
+                result[key] = from_host(arr, view)
         required = [k for k in self.spec.states if k not in dict(self.spec.optional)]
         missing = [k for k in required if k not in result]
         if missing and result["step"] > 0:
@@ -313,10 +323,9 @@ def _state_index(key: Any, count: int) -> int:
     return index
 
 
-def _check_disjoint(views: list[np.ndarray]) -> None:
+def _check_disjoint(views: list[Any]) -> None:
     """Parameters must not share memory (the same array twice would be updated twice)."""
-    spans = sorted((v.__array_interface__["data"][0], v.nbytes, i)
-                   for i, v in enumerate(views) if v.nbytes)
+    spans = sorted((*s, i) for i, s in enumerate(map(span, views)) if s and s[1])
     for (start_a, size_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
         if start_b < start_a + size_a:
             raise ValueError(f"params[{min(a, b)}] and params[{max(a, b)}] share memory "

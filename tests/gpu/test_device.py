@@ -1,0 +1,120 @@
+"""The CUDA target agrees with the CPU path, in place, for every algorithm and option."""
+
+import itertools
+
+import numpy as np
+import pytest
+from numba import cuda
+
+import fastgd
+import fastgd.functional as F
+from fastgd import cuda as fastgd_cuda
+
+SIZES = (0, 1, 7, 33, 300)  # not multiples of the block size; 300 > one grid (grid-stride)
+TOL = {np.float32: dict(rtol=0, atol=1e-5), np.float64: dict(rtol=0, atol=1e-12)}
+
+CONFIGS = [
+    (fastgd.SGD, dict(lr=0.1)),
+    (fastgd.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, maximize=True)),
+    (fastgd.SGD, dict(lr=0.1, momentum=0.8, nesterov=True)),
+    (fastgd.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.01,
+                          initial_accumulator_value=0.1, maximize=True)),
+    (fastgd.Adadelta, dict(lr=0.5, rho=0.8, weight_decay=0.01, maximize=True)),
+    *[(fastgd.RMSprop, dict(lr=0.01, alpha=0.9, momentum=m, centered=c, weight_decay=0.01))
+      for m, c in itertools.product((0.0, 0.5), (False, True))],
+    *[(cls, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, amsgrad=a, maximize=True))
+      for cls, a in itertools.product((fastgd.Adam, fastgd.AdamW), (False, True))],
+    (fastgd.Adam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
+    (fastgd.Adamax, dict(lr=0.01, betas=(0.7, 0.9), weight_decay=0.01, maximize=True)),
+    (fastgd.NAdam, dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01)),
+    (fastgd.NAdam, dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cls, options", CONFIGS,
+                         ids=[f"{c.__name__}-{i}" for i, (c, _) in enumerate(CONFIGS)])
+def test_device_matches_cpu(cls, options, dtype):
+    rng = np.random.default_rng(len(str(options)))
+    host = [rng.standard_normal(n).astype(dtype) for n in SIZES] + [
+        rng.standard_normal((3, 5)).astype(dtype), np.asfortranarray(
+            rng.standard_normal((4, 3)).astype(dtype)), np.array(0.5, dtype)]
+    device = [cuda.to_device(p) for p in host]
+    opt_host, opt_device = cls(host, **options), cls(device, **options)
+    for _ in range(3):
+        grads = [np.require(rng.standard_normal(p.shape).astype(dtype),
+                            requirements="C" if p.flags.c_contiguous else "F") for p in host]
+        opt_host.step(grads)
+        opt_device.step([cuda.to_device(g) for g in grads])
+    for p, d in zip(host, device):
+        np.testing.assert_allclose(d.copy_to_host(), p, **TOL[dtype])
+    for index, state in opt_device.state_dict()["state"].items():
+        for key, value in state.items():
+            reference = opt_host.state[index][key]
+            np.testing.assert_allclose(value, reference, **TOL[dtype], err_msg=key)
+
+
+def test_functional_updates_device_arrays_in_place():
+    rng = np.random.default_rng(1)
+    p, g = rng.standard_normal(100), rng.standard_normal(100)
+    hp, hm, hv = p.copy(), np.zeros(100), np.zeros(100)
+    dp, dg = cuda.to_device(p), cuda.to_device(g)
+    dm, dv = cuda.to_device(np.zeros(100)), cuda.to_device(np.zeros(100))
+    stream = cuda.stream()
+    for t in (1, 2, 3):
+        F.adam(hp, g, hm, hv, step=t, lr=0.1, weight_decay=0.01)
+        F.adam(dp, dg, dm, dv, step=t, lr=0.1, weight_decay=0.01, stream=stream)
+    stream.synchronize()
+    np.testing.assert_allclose(dp.copy_to_host(), hp, atol=1e-12, rtol=0)
+    np.testing.assert_allclose(dv.copy_to_host(), hv, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["grad", "exp_avg", "param"])
+def test_host_device_mix_is_refused_untouched(which):
+    rng = np.random.default_rng(2)
+    arrays = {k: rng.standard_normal(10).astype(np.float32)
+              for k in ("param", "grad", "exp_avg", "exp_avg_sq")}
+    device = {k: cuda.to_device(v) for k, v in arrays.items()}
+    mixed = dict(device)
+    mixed[which] = arrays[which].copy()
+    with pytest.raises(TypeError, match=f"{which} is a (host|GPU) array|param is"):
+        F.adam(mixed["param"], mixed["grad"], mixed["exp_avg"], mixed["exp_avg_sq"], step=1)
+    for key, value in device.items():
+        np.testing.assert_array_equal(value.copy_to_host(), arrays[key])
+    np.testing.assert_array_equal(mixed[which] if which != "param" else arrays["param"],
+                                  arrays[which])
+
+
+def test_optimizer_refuses_host_grad_for_device_param():
+    p = cuda.to_device(np.ones(5, np.float32))
+    opt = fastgd.Adam([p])
+    with pytest.raises(TypeError, match="grads\\[0\\]"):
+        opt.step([np.ones(5, np.float32)])
+    np.testing.assert_array_equal(p.copy_to_host(), np.ones(5, np.float32))
+    assert opt.state == {}
+
+
+def test_stream_is_refused_for_host_arrays():
+    p = np.ones(5)
+    with pytest.raises(TypeError, match="stream"):
+        F.sgd(p, np.ones(5), lr=0.1, stream=cuda.stream())
+    np.testing.assert_array_equal(p, np.ones(5))
+
+
+def test_state_lives_on_device_and_round_trips():
+    host = np.linspace(-1, 1, 9).astype(np.float32)
+    p = cuda.to_device(host)
+    opt = fastgd.Adagrad([p], initial_accumulator_value=0.5)
+    opt.step([cuda.to_device(np.ones(9, np.float32))])
+    assert fastgd_cuda.is_device_array(opt.state[0]["sum"])
+    sd = opt.state_dict()
+    assert isinstance(sd["state"][0]["sum"], np.ndarray)
+    np.testing.assert_allclose(sd["state"][0]["sum"], 1.5)
+    p2 = cuda.to_device(p.copy_to_host())
+    opt2 = fastgd.Adagrad([p2], initial_accumulator_value=0.5)
+    opt2.load_state_dict(sd)
+    assert fastgd_cuda.is_device_array(opt2.state[0]["sum"])
+    g = cuda.to_device(np.full(9, 0.5, np.float32))
+    opt.step([g])
+    opt2.step([g])
+    np.testing.assert_array_equal(p.copy_to_host(), p2.copy_to_host())

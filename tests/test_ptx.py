@@ -1,0 +1,38 @@
+"""Every real CUDA kernel compiles to PTX for compute capability 9.0, without a GPU, and the
+float32 kernels do no float64 arithmetic (NVVM comes with ``numba-cuda[cu13]``)."""
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    pytest.skip("the simulator does not compile PTX", allow_module_level=True)
+pytest.importorskip("numba.cuda")
+
+from fastgd import cuda  # noqa: E402
+from fastgd.algorithms import SPECS  # noqa: E402
+
+VARIANTS = [(spec, present) for spec in SPECS.values() for present in spec.variants()]
+F64_ARITHMETIC = re.compile(
+    r"^\s*(add|sub|mul|div|fma|sqrt|rsqrt|rcp|max|min|neg|abs|cvt)[.\w]*\.f64\b", re.M)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spec, present", VARIANTS,
+                         ids=[s.kernel_name(p, "cuda") for s, p in VARIANTS])
+def test_kernel_compiles_to_ptx(spec, present, dtype):
+    try:
+        ptx = cuda.compile_ptx(spec, present, dtype)
+    except Exception as exc:  # no NVVM in this environment
+        if "NVVM" in str(exc) or "libnvvm" in str(exc).lower():
+            pytest.skip(f"NVVM unavailable: {exc}")
+        raise
+    assert ".target sm_90" in ptx
+    assert ".visible .entry" in ptx
+    f64 = F64_ARITHMETIC.findall(ptx)
+    if dtype == np.float32:
+        assert not f64, f"float32 kernel does float64 arithmetic: {sorted(set(f64))}"
+    else:
+        assert f64  # the pattern does match float64 arithmetic
