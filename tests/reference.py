@@ -12,6 +12,7 @@ ALGORITHMS.md, so that a mismatch points at the formula, not at rounding.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -19,7 +20,8 @@ import numpy as np
 
 __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
-    "AdamaxRef", "NAdamRef", "REFERENCES", "nadam_mu",
+    "AdamaxRef", "NAdamRef", "REFERENCES", "nadam_mu", "OPTIONS", "option_cases",
+    "random_hyperparameters",
 ]
 
 
@@ -28,6 +30,8 @@ class Reference:
 
     #: Hyperparameter names and their defaults (those of torch.optim).
     defaults: dict[str, Any] = {}
+    #: State entries that are Python floats, not arrays.
+    scalar_state: tuple[str, ...] = ()
 
     def __init__(self, **hyperparameters: Any) -> None:
         unknown = set(hyperparameters) - set(self.defaults)
@@ -46,7 +50,12 @@ class Reference:
         self.t += 1
         if self.hp.get("maximize", False):
             g = -g
-        return self._update(p, g)
+        p = np.asarray(self._update(p, g), dtype=np.float64)
+        # Arithmetic on 0-d arrays gives NumPy scalars: keep every state entry an array.
+        for key, value in self.state.items():
+            if key not in self.scalar_state:
+                self.state[key] = np.asarray(value, dtype=np.float64)
+        return p
 
     def _update(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -202,6 +211,7 @@ def nadam_mu(beta1: float, momentum_decay: float, t: int) -> float:
 
 
 class NAdamRef(Reference):
+    scalar_state = ("mu_product",)
     defaults = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                     momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False)
 
@@ -239,3 +249,81 @@ REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
     "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
 }
+
+
+# -- random valid hyperparameters ------------------------------------------------------------
+# (Test-case generation shared by test_reference.py and test_torch_parity.py.)
+
+#: Structural options per optimizer. Numeric options (momentum, dampening, weight_decay,
+#: lr_decay, initial_accumulator_value) are "on" when non-zero; the others are booleans.
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "SGD": ("momentum", "dampening", "nesterov", "weight_decay", "maximize"),
+    "Adagrad": ("lr_decay", "initial_accumulator_value", "weight_decay", "maximize"),
+    "Adadelta": ("weight_decay", "maximize"),
+    "RMSprop": ("momentum", "centered", "weight_decay", "maximize"),
+    "Adam": ("amsgrad", "decoupled_weight_decay", "weight_decay", "maximize"),
+    "AdamW": ("amsgrad", "weight_decay", "maximize"),
+    "Adamax": ("weight_decay", "maximize"),
+    "NAdam": ("decoupled_weight_decay", "weight_decay", "maximize"),
+}
+
+
+def option_cases(name: str) -> list[tuple[str, ...]]:
+    """Every valid combination of ``name``'s structural options (as tuples of those on)."""
+    options = OPTIONS[name]
+    cases = []
+    for bits in itertools.product((False, True), repeat=len(options)):
+        on = tuple(o for o, b in zip(options, bits, strict=True) if b)
+        if "nesterov" in on and ("momentum" not in on or "dampening" in on):
+            continue
+        cases.append(on)
+    return cases
+
+
+def random_hyperparameters(name: str, on: tuple[str, ...] | set[str],
+                           rng: np.random.Generator) -> dict[str, Any]:
+    """Random valid, non-default constructor kwargs (torch.optim names) with options ``on``."""
+
+    def u(lo: float, hi: float) -> float:
+        return float(rng.uniform(lo, hi))
+
+    def logu(lo: float, hi: float) -> float:
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+    def opt(key: str, lo: float, hi: float) -> float:
+        return u(lo, hi) if key in on else 0.0
+
+    hp: dict[str, Any]
+    if name == "SGD":
+        hp = dict(lr=u(0.01, 0.2), momentum=opt("momentum", 0.3, 0.95),
+                  dampening=opt("dampening", 0.05, 0.9), nesterov="nesterov" in on)
+    elif name == "Adagrad":
+        hp = dict(lr=u(0.01, 0.5), lr_decay=opt("lr_decay", 0.01, 0.3),
+                  initial_accumulator_value=opt("initial_accumulator_value", 0.05, 1.0),
+                  eps=logu(1e-10, 1e-6))
+    elif name == "Adadelta":
+        hp = dict(lr=u(0.3, 2.0), rho=u(0.5, 0.99), eps=logu(1e-7, 1e-4))
+    elif name == "RMSprop":
+        hp = dict(lr=u(1e-3, 3e-2), alpha=u(0.8, 0.999), eps=logu(1e-9, 1e-6),
+                  momentum=opt("momentum", 0.3, 0.95), centered="centered" in on)
+    elif name in ("Adam", "AdamW"):
+        hp = dict(lr=u(1e-3, 5e-2), betas=(u(0.5, 0.95), u(0.9, 0.9999)),
+                  eps=logu(1e-10, 1e-6), amsgrad="amsgrad" in on)
+        if name == "Adam":
+            hp["decoupled_weight_decay"] = "decoupled_weight_decay" in on
+    elif name == "Adamax":
+        hp = dict(lr=u(1e-3, 5e-2), betas=(u(0.5, 0.95), u(0.9, 0.9999)),
+                  eps=logu(1e-10, 1e-6))
+    elif name == "NAdam":
+        hp = dict(lr=u(1e-3, 5e-2), betas=(u(0.5, 0.95), u(0.9, 0.9999)),
+                  eps=logu(1e-10, 1e-6), momentum_decay=logu(1e-3, 3e-2),
+                  decoupled_weight_decay="decoupled_weight_decay" in on)
+    else:
+        raise KeyError(name)
+    # A power of two: then ``g + wd * p`` is one correctly rounded float32 operation, so a
+    # float32 run and the float64 reference see the same sign of an L2-decayed gradient that
+    # nearly cancels (the first Adam/Adagrad/RMSprop step is sign(g) * lr, so a sign flip in
+    # float32 would be a real difference that no tolerance covers).
+    hp["weight_decay"] = float(2.0 ** -rng.integers(2, 8)) if "weight_decay" in on else 0.0
+    hp["maximize"] = "maximize" in on
+    return hp

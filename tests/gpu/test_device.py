@@ -46,7 +46,7 @@ def test_device_matches_cpu(cls, options, dtype):
                             requirements="C" if p.flags.c_contiguous else "F") for p in host]
         opt_host.step(grads)
         opt_device.step([cuda.to_device(g) for g in grads])
-    for p, d in zip(host, device):
+    for p, d in zip(host, device, strict=True):
         np.testing.assert_allclose(d.copy_to_host(), p, **TOL[dtype])
     for index, state in opt_device.state_dict()["state"].items():
         for key, value in state.items():
