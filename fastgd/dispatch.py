@@ -64,12 +64,15 @@ def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
 
 def as_device_array(x: Any, name: str, *, writable: bool) -> Any:
     """Zero-copy Numba device-array view of a CUDA array (Numba, CuPy, torch CUDA)."""
-    from fastgd import cuda
+    try:
+        from fastgd import cuda
 
-    interface = getattr(x, "__cuda_array_interface__", None)
-    if writable and interface is not None and interface["data"][1]:
-        raise ValueError(f"{name} is read-only; fastgd updates arrays in place")
-    arr = cuda.as_device_array(x)
+        interface = getattr(x, "__cuda_array_interface__", None)
+        if writable and interface is not None and interface["data"][1]:
+            raise ValueError(f"{name} is read-only; fastgd updates arrays in place")
+        arr = cuda.as_device_array(x)
+    except ImportError as exc:  # numba-cuda missing, or no usable driver/GPU
+        raise TypeError(f"{name} is a GPU array but CUDA is unavailable here: {exc}") from None
     _check_dtype(arr, name)
     return arr
 
@@ -156,11 +159,14 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> list[Any]:
     Host arrays give NumPy views, GPU arrays Numba device-array views.
     """
     device = is_device(param)
-    p = as_array(param, "param", writable=True, device=device)
+    inputs = {"param": param, "grad": grad, **states}
+    for name, value in inputs.items():  # a host/GPU mix is refused before any conversion
+        if is_device(value) != device:
+            as_array(value, name, writable=False, device=device)
+    arrays = {name: as_array(value, name, writable=name != "grad", device=device)
+              for name, value in inputs.items()}
+    p = arrays["param"]
     order = memory_order(p, "param")
-    arrays = {"param": p, "grad": as_array(grad, "grad", writable=False, device=device)}
-    for name, value in states.items():
-        arrays[name] = as_array(value, name, writable=True, device=device)
     for name, arr in arrays.items():
         if name != "param":
             check_like(arr, p, order, name)

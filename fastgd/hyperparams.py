@@ -25,7 +25,12 @@ def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(
             value, "__float__"):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a real number, got {value!r} ({exc})") from None
     ok = low <= v and (v <= high if high_inclusive else v < high)
     if not ok or math.isinf(v):
         bracket = "]" if high_inclusive else ")"
@@ -45,6 +50,8 @@ def beta(name: str, value: Any) -> float:
 def step_count(step: Any) -> int:
     """The 1-based step number ``t`` of the step being taken."""
     try:
+        if isinstance(step, bool):
+            raise TypeError
         t = operator.index(step)
     except TypeError:
         raise TypeError(f"step must be an integer, got {type(step).__name__}") from None

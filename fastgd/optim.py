@@ -9,7 +9,7 @@ takes the gradients in the same structure (``None`` skips a parameter); without 
 
 from __future__ import annotations
 
-import math
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -137,6 +137,8 @@ class Optimizer:
                 grad = grads_flat[index]
                 if grad is not None:
                     view, order = self._views[index], self._orders[index]
+                    if not view.flags["WRITEABLE"]:
+                        raise ValueError(f"params[{index}] has become read-only")
                     name = f"grads[{index}]"
                     garr = as_array(grad, name, writable=False, device=is_device(view))
                     check_like(garr, view, order, name, f"params[{index}]")
@@ -233,7 +235,7 @@ class Optimizer:
                      for k, v in s.items()} for i, s in self.state.items()}
         groups, start = [], 0
         for group in self.param_groups:
-            options = {k: v for k, v in group.items() if k != "params"}
+            options = copy.deepcopy({k: v for k, v in group.items() if k != "params"})
             options["params"] = list(range(start, start + len(group["params"])))
             start += len(group["params"])
             groups.append(options)
@@ -288,7 +290,8 @@ class Optimizer:
         for key in self._scalar_state:
             if key not in entry:
                 raise ValueError(f"{name} has no {key!r}")
-            result[key] = number(f"{name}[{key!r}]", entry[key], low=-math.inf)
+            result[key] = number(f"{name}[{key!r}]", entry[key], high=1.0,
+                                 high_inclusive=True)
         view = self._views[index]
         for key in self.spec.states:
             if key in entry:
@@ -314,10 +317,11 @@ class Optimizer:
 
 
 def _state_index(key: Any, count: int) -> int:
-    try:
-        index = int(key)
-    except (TypeError, ValueError):
-        raise ValueError(f"state key {key!r} is not a parameter index") from None
+    if isinstance(key, str) and key.isdigit():
+        key = int(key)
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+        raise ValueError(f"state key {key!r} is not a parameter index")
+    index = int(key)
     if not 0 <= index < count:
         raise ValueError(f"state key {key!r} is out of range for {count} parameters")
     return index

@@ -1,0 +1,1280 @@
+"""Bad input is refused before anything is written; odd but valid layouts work in place.
+
+Every refusal must be a ``TypeError`` or ``ValueError`` whose message names the offending
+argument, and no array (param, grad, state) may change: each test snapshots every array it
+hands over and compares it bit for bit afterwards. Layouts that *are* supported (Fortran
+order, 0-d, empty, n-d, memmaps, torch CPU tensors, read-only gradients, slices of a larger
+buffer) must give exactly the numbers of the same computation on plain C-contiguous 1-D
+copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fastgd
+import fastgd.cpu
+from fastgd import functional as F
+
+NAN, INF = math.nan, math.inf
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def names_argument(message: str, *names: str) -> bool:
+    """``message`` mentions one of ``names`` as a word (``param`` does not match ``params``)."""
+    return any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", message)
+               for n in names)
+
+
+def as_numpy(x: Any) -> np.ndarray | None:
+    if isinstance(x, np.ndarray):
+        return x
+    if type(x).__module__.startswith("torch"):
+        return x.detach().numpy()
+    return None
+
+
+class Snapshot:
+    """Bit-exact copies of every array (NumPy or torch) among ``objects``."""
+
+    def __init__(self, *objects: Any) -> None:
+        self.items = []
+        self.tensors = []
+        for obj in objects:
+            if isinstance(obj, np.ndarray):
+                self.items.append((obj, obj.copy(order="K"), obj.tobytes(order="A")))
+            elif type(obj).__module__.startswith("torch") and hasattr(obj, "detach"):
+                self.tensors.append((obj, obj.detach().clone()))
+
+    def assert_unchanged(self) -> None:
+        for arr, saved, raw in self.items:
+            assert arr.tobytes(order="A") == raw, "an array was written by a refused call"
+            assert np.array_equal(arr, saved, equal_nan=True)
+        for tensor, saved in self.tensors:
+            assert tensor.detach().equal(saved), "a tensor was written by a refused call"
+
+
+def refuse(call, *objects: Any, names: tuple[str, ...]) -> BaseException:
+    """``call()`` raises TypeError/ValueError naming one of ``names``; ``objects`` unchanged."""
+    snap = Snapshot(*objects)
+    with pytest.raises((TypeError, ValueError)) as info:
+        call()
+    assert names_argument(str(info.value), *names), (
+        f"message {str(info.value)!r} does not name any of {names}")
+    snap.assert_unchanged()
+    return info.value
+
+
+def _cuda_usable() -> bool:
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:  # no numba-cuda, no driver, ...
+        return False
+
+
+CUDA_USABLE = _cuda_usable()
+
+
+class FakeGpuArray:
+    """Looks like a CUDA array (CuPy, numba.cuda, torch cuda) to anything that asks."""
+
+    def __init__(self, shape=(6,), typestr="<f8") -> None:
+        self.shape = shape
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr,
+                                         "data": (0, False), "version": 3, "strides": None}
+
+
+# -- the functional API ----------------------------------------------------------------------
+
+@dataclass
+class Algo:
+    fn: Any
+    states: tuple[str, ...]          # every state argument the call below passes
+    hp: dict[str, Any]               # non-default hyperparameters enabling those states
+    stepped: bool = True             # takes step=
+    extra_bad: list[tuple[dict[str, Any], tuple[str, ...]]] = field(default_factory=list)
+
+
+BETAS_BAD = [({"beta1": 1.0}, ("beta1",)), ({"beta1": -0.1}, ("beta1",)),
+             ({"beta2": 1.0}, ("beta2",)), ({"beta2": 1.5}, ("beta2",)),
+             ({"beta1": NAN}, ("beta1",)), ({"beta2": True}, ("beta2",)),
+             ({"beta1": "0.9"}, ("beta1",))]
+EPS_BAD = [({"eps": -1e-8}, ("eps",)), ({"eps": NAN}, ("eps",)), ({"eps": INF}, ("eps",)),
+           ({"eps": False}, ("eps",))]
+
+ALGOS = {
+    "sgd": Algo(F.sgd, ("momentum_buffer",), {"lr": 0.1, "momentum": 0.9, "dampening": 0.1,
+                                              "weight_decay": 0.01}, stepped=False,
+                extra_bad=[
+                    ({"momentum": -0.5}, ("momentum",)), ({"momentum": True}, ("momentum",)),
+                    ({"momentum": NAN}, ("momentum",)),
+                    ({"nesterov": True, "momentum": 0.0}, ("nesterov",)),
+                    ({"nesterov": True, "dampening": 0.1}, ("nesterov",)),
+                    ({"dampening": NAN}, ("dampening",)), ({"dampening": INF}, ("dampening",)),
+                    ({"nesterov": "yes"}, ("nesterov",)),
+                    ({"first_step": None}, ("first_step",))]),
+    "adagrad": Algo(F.adagrad, ("sum",), {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.01},
+                    extra_bad=[({"lr_decay": -0.1}, ("lr_decay",)),
+                               ({"lr_decay": NAN}, ("lr_decay",)), *EPS_BAD]),
+    "adadelta": Algo(F.adadelta, ("square_avg", "acc_delta"), {"rho": 0.8, "weight_decay": 0.01},
+                     stepped=False,
+                     extra_bad=[({"rho": -0.1}, ("rho",)), ({"rho": 1.01}, ("rho",)),
+                                ({"rho": NAN}, ("rho",)), *EPS_BAD]),
+    "rmsprop": Algo(F.rmsprop, ("square_avg", "momentum_buffer", "grad_avg"),
+                    {"momentum": 0.5, "centered": True, "weight_decay": 0.01}, stepped=False,
+                    extra_bad=[({"alpha": -0.1}, ("alpha",)), ({"alpha": NAN}, ("alpha",)),
+                               ({"momentum": -0.1}, ("momentum",)),
+                               ({"centered": "yes"}, ("centered",)), *EPS_BAD]),
+    "adam": Algo(F.adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+                 {"lr": 0.01, "weight_decay": 0.01},
+                 extra_bad=[*BETAS_BAD, *EPS_BAD,
+                            ({"decoupled_weight_decay": "no"}, ("decoupled_weight_decay",))]),
+    "adamw": Algo(F.adamw, ("exp_avg", "exp_avg_sq"), {"lr": 0.01, "weight_decay": 0.1},
+                  extra_bad=[*BETAS_BAD, *EPS_BAD]),
+    "adamax": Algo(F.adamax, ("exp_avg", "exp_inf"), {"lr": 0.01, "weight_decay": 0.01},
+                   extra_bad=[*BETAS_BAD, *EPS_BAD]),
+    "nadam": Algo(F.nadam, ("exp_avg", "exp_avg_sq"),
+                  {"lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True},
+                  extra_bad=[*BETAS_BAD, *EPS_BAD,
+                             ({"momentum_decay": -1e-3}, ("momentum_decay",)),
+                             ({"mu_product": 1.5}, ("mu_product",)),
+                             ({"mu_product": -0.1}, ("mu_product",)),
+                             ({"mu_product": NAN}, ("mu_product",)),
+                             ({"mu_product": None}, ("mu_product",))]),
+}
+NAMES = list(ALGOS)
+STEPPED = [n for n in NAMES if ALGOS[n].stepped]
+
+COMMON_BAD = [
+    ({"lr": -0.1}, ("lr",)), ({"lr": NAN}, ("lr",)), ({"lr": INF}, ("lr",)),
+    ({"lr": -INF}, ("lr",)), ({"lr": "0.1"}, ("lr",)), ({"lr": None}, ("lr",)),
+    ({"lr": True}, ("lr",)), ({"lr": [0.1]}, ("lr",)), ({"lr": 1 + 1j}, ("lr",)),
+    ({"lr": object()}, ("lr",)),
+    ({"weight_decay": -1e-3}, ("weight_decay",)), ({"weight_decay": NAN}, ("weight_decay",)),
+    ({"weight_decay": True}, ("weight_decay",)),
+    ({"maximize": "yes"}, ("maximize",)), ({"maximize": None}, ("maximize",)),
+]
+STEP_BAD = [({"step": 0}, ("step",)), ({"step": -1}, ("step",)), ({"step": 1.0}, ("step",)),
+            ({"step": 2.5}, ("step",)), ({"step": "1"}, ("step",)), ({"step": None}, ("step",))]
+
+
+def state_values(name: str, rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    """Plausible state contents (positive second moments, |grad_avg|^2 < square_avg)."""
+    if name == "grad_avg":
+        return rng.uniform(-0.1, 0.1, shape).astype(dtype)
+    return rng.uniform(0.2, 1.0, shape).astype(dtype)
+
+
+def make_arrays(name: str, shape=(6,), dtype=np.float64, order="C", seed=0
+                ) -> dict[str, np.ndarray]:
+    """param, grad and every state of ``name``, all alike (shape, dtype, order)."""
+    rng = np.random.default_rng(seed)
+    arrays = {"param": rng.standard_normal(shape).astype(dtype),
+              "grad": rng.standard_normal(shape).astype(dtype)}
+    for state in ALGOS[name].states:
+        arrays[state] = state_values(state, rng, shape, dtype)
+    return {k: np.array(v, order=order) for k, v in arrays.items()}
+
+
+def call(name: str, arrays: dict[str, Any], t: int = 2, mu_product: float = 0.9,
+         **overrides: Any) -> Any:
+    algo = ALGOS[name]
+    kwargs = dict(algo.hp)
+    if algo.stepped:
+        kwargs["step"] = t
+    if name == "nadam":
+        kwargs["mu_product"] = mu_product
+    if name == "sgd":
+        kwargs["first_step"] = t == 1
+    kwargs.update(overrides)
+    states = {k: v for k, v in arrays.items() if k not in ("param", "grad")}
+    return algo.fn(arrays["param"], arrays["grad"], **states, **kwargs)
+
+
+def refuse_call(name: str, arrays: dict[str, Any], names: tuple[str, ...], **overrides):
+    return refuse(lambda: call(name, arrays, **overrides), *arrays.values(), names=names)
+
+
+def sanity_call_works(name: str) -> None:
+    """The baseline arrays are accepted, so a refusal below is caused by the change made."""
+    arrays = make_arrays(name)
+    before = arrays["param"].copy()
+    call(name, arrays)
+    assert not np.array_equal(before, arrays["param"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_baseline_call_updates(name):
+    sanity_call_works(name)
+
+
+# shape ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_shape_grad(name):
+    arrays = make_arrays(name)
+    for bad in (np.zeros(5), np.zeros(7), np.zeros((6, 1)), np.zeros((2, 3)), np.float64(1.0)):
+        refuse_call(name, {**arrays, "grad": bad}, ("grad",))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_shape_state(name):
+    arrays = make_arrays(name)
+    for state in ALGOS[name].states:
+        for bad in (np.ones(5), np.ones((6, 1)), np.ones(())):
+            refuse_call(name, {**arrays, state: bad}, (state,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_shape_nd(name):
+    arrays = make_arrays(name, shape=(3, 4))
+    refuse_call(name, {**arrays, "grad": np.zeros((4, 3))}, ("grad",))
+    refuse_call(name, {**arrays, "grad": np.zeros(12)}, ("grad",))
+    state = ALGOS[name].states[0]
+    refuse_call(name, {**arrays, state: np.ones((4, 3))}, (state,))
+
+
+# dtype ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, np.int32, np.complex128, bool,
+                                   np.dtype(">f8"), np.longdouble])
+def test_unsupported_param_dtype(name, dtype):
+    arrays = make_arrays(name)
+    arrays["param"] = arrays["param"].astype(dtype)
+    refuse_call(name, arrays, ("param",))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unsupported_dtype_everywhere(name):
+    base = make_arrays(name)
+    for key in base:
+        for dtype in (np.float16, np.int64):
+            arrays = dict(base)
+            arrays[key] = base[key].astype(dtype)
+            refuse_call(name, arrays, (key,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("param_dtype,other_dtype", [(np.float64, np.float32),
+                                                     (np.float32, np.float64)])
+def test_mismatched_float_dtypes(name, param_dtype, other_dtype):
+    base = make_arrays(name, dtype=param_dtype)
+    for key in base:
+        if key == "param":
+            continue
+        refuse_call(name, {**base, key: base[key].astype(other_dtype)}, (key,))
+    # all states in the other dtype: the first mismatch is reported, nothing written
+    arrays = {k: (v if k in ("param", "grad") else v.astype(other_dtype))
+              for k, v in base.items()}
+    refuse_call(name, arrays, ALGOS[name].states)
+
+
+# contiguity / memory order ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_strided_views_refused(name):
+    base = make_arrays(name)
+    for key in base:
+        big = np.repeat(base[key], 2)       # same dtype, twice as long
+        for view in (big[::2], big[1::2], base[key][::-1]):
+            assert not view.flags.c_contiguous
+            arrays = {**base, key: view}
+            refuse(lambda a=arrays: call(name, a), big, *base.values(), names=(key,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_strided_2d_views_refused(name):
+    base = make_arrays(name, shape=(4, 3))
+    for key in base:
+        wide = np.concatenate([base[key], base[key]], axis=1)
+        view = wide[:, ::2]                           # shape (4, 3), neither C nor F
+        assert view.shape == (4, 3) and not view.flags.c_contiguous
+        assert not view.flags.f_contiguous
+        refuse(lambda a={**base, key: view}: call(name, a), wide, *base.values(), names=(key,))
+        sub = wide[:, :3]                              # a column block: not contiguous either
+        refuse(lambda a={**base, key: sub}: call(name, a), wide, *base.values(), names=(key,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mismatched_memory_order(name):
+    c = make_arrays(name, shape=(3, 4), order="C")
+    f = make_arrays(name, shape=(3, 4), order="F")
+    for key in c:
+        if key == "param":
+            continue
+        refuse_call(name, {**c, key: f[key]}, (key,))   # C param, F grad/state
+        refuse_call(name, {**f, key: c[key]}, (key,))   # F param, C grad/state
+
+
+# read-only --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_read_only_param_and_states(name):
+    base = make_arrays(name)
+    for key in base:
+        if key == "grad":
+            continue
+        arrays = {k: v.copy() for k, v in base.items()}
+        arrays[key].flags.writeable = False
+        refuse_call(name, arrays, (key,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_read_only_memmap_param(name, tmp_path):
+    base = make_arrays(name)
+    path = tmp_path / "param.bin"
+    base["param"].tofile(path)
+    mm = np.memmap(path, dtype=np.float64, mode="r", shape=base["param"].shape)
+    refuse_call(name, {**base, "param": mm}, ("param",))
+    assert np.fromfile(path, dtype=np.float64).tobytes() == base["param"].tobytes()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_read_only_state_view_of_writable_base(name):
+    base = make_arrays(name)
+    state = ALGOS[name].states[0]
+    view = base[state].view()
+    view.flags.writeable = False
+    refuse_call(name, {**base, state: view}, (state,))
+
+
+# not arrays / GPU ---------------------------------------------------------------------------
+
+NOT_ARRAYS = [[0.5] * 6, (0.5,) * 6, 0.5, None, "param", {"a": 1}, object(), range(6)]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", NOT_ARRAYS, ids=lambda b: type(b).__name__)
+def test_param_not_an_array(name, bad):
+    arrays = make_arrays(name)
+    refuse_call(name, {**arrays, "param": bad}, ("param",))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_states_not_arrays(name):
+    base = make_arrays(name)
+    for state in ALGOS[name].states:
+        for bad in ([0.5] * 6, 0.0, "zeros", object()):
+            refuse_call(name, {**base, state: bad}, (state,))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_not_array_like(name):
+    base = make_arrays(name)
+    for bad in (None, "grad", object(), [[1.0, 2.0], [3.0]]):
+        refuse_call(name, {**base, "grad": bad}, ("grad",))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gpu_like_grad_or_state_with_host_param_refused(name):
+    base = make_arrays(name)
+    for key in base:
+        if key == "param":
+            continue
+        exc = refuse_call(name, {**base, key: FakeGpuArray()}, (key,))
+        assert isinstance(exc, TypeError)
+
+
+@pytest.mark.skipif(CUDA_USABLE, reason="a fake GPU array would reach a real driver")
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_gpu_like_param_with_host_arrays_refused(name):
+    base = make_arrays(name)
+    refuse_call(name, {**base, "param": FakeGpuArray()}, ("param", "grad"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_unsupported_tensors_refused(name):
+    torch = pytest.importorskip("torch")
+    base = make_arrays(name)
+    cases = [torch.ones(6, dtype=torch.bfloat16), torch.ones(6, dtype=torch.float16),
+             torch.ones(6, dtype=torch.int64), torch.ones(12, dtype=torch.float64)[::2]]
+    for bad in cases:
+        refuse_call(name, {**base, "param": bad}, ("param",))
+
+
+# aliasing -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_aliasing_param_refused(name):
+    base = make_arrays(name)
+    for state in ALGOS[name].states:
+        refuse_call(name, {**base, state: base["param"]}, (state, "param"))
+        refuse_call(name, {**base, state: base["param"].view()}, (state, "param"))
+        refuse_call(name, {**base, state: base["grad"]}, (state, "grad"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_partially_overlapping_arrays_refused(name):
+    base = make_arrays(name)
+    n = base["param"].size
+    buf = np.random.default_rng(1).uniform(0.2, 1.0, 2 * n)
+    arrays = {**base, "param": buf[:n]}
+    state = ALGOS[name].states[-1]
+    arrays[state] = buf[n // 2: n // 2 + n]
+    refuse(lambda: call(name, arrays), buf, *arrays.values(), names=(state, "param"))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if len(ALGOS[n].states) > 1])
+def test_two_states_aliasing_refused(name):
+    base = make_arrays(name)
+    first, second = ALGOS[name].states[:2]
+    refuse_call(name, {**base, second: base[first]}, (first, second))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_aliasing_param_refused(name):
+    base = make_arrays(name)
+    refuse_call(name, {**base, "grad": base["param"]}, ("grad", "param"))
+
+
+# hyperparameters ----------------------------------------------------------------------------
+
+def bad_hyperparameter_cases():
+    for name in NAMES:
+        for overrides, names in COMMON_BAD + ALGOS[name].extra_bad:
+            yield pytest.param(name, overrides, names, id=f"{name}-{overrides!r}")
+        if ALGOS[name].stepped:
+            for overrides, names in STEP_BAD:
+                yield pytest.param(name, overrides, names, id=f"{name}-{overrides!r}")
+
+
+@pytest.mark.parametrize("name,overrides,names", list(bad_hyperparameter_cases()))
+def test_bad_hyperparameters(name, overrides, names):
+    refuse_call(name, make_arrays(name), names, **overrides)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_hyperparameter_with_bad_arrays_still_refused(name):
+    """Both checks run before any write, whichever fails first."""
+    arrays = make_arrays(name)
+    arrays["grad"] = arrays["grad"][:3]
+    refuse_call(name, arrays, ("lr", "grad"), lr=-1.0)
+
+
+@pytest.mark.parametrize("name", STEPPED)
+def test_bool_step_refused(name):
+    refuse_call(name, make_arrays(name), ("step",), step=True)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_huge_int_lr_refused(name):
+    refuse_call(name, make_arrays(name), ("lr",), lr=10**400)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_array_lr_refused_naming_lr(name):
+    refuse_call(name, make_arrays(name), ("lr",), lr=np.array([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("hp,missing", [
+    ("sgd", "momentum_buffer"), ("rmsprop-centered", "grad_avg"),
+    ("rmsprop-momentum", "momentum_buffer"), ("adam", "exp_avg"), ("adam", "exp_avg_sq"),
+    ("adagrad", "sum"), ("adadelta", "acc_delta"), ("adamax", "exp_inf"),
+    ("nadam", "exp_avg_sq")])
+def test_missing_required_state(hp, missing):
+    name = hp.split("-")[0]
+    arrays = make_arrays(name)
+    arrays[missing] = None
+    overrides = {}
+    if hp == "rmsprop-centered":
+        overrides = {"momentum": 0.0, "centered": True}
+    elif hp == "rmsprop-momentum":
+        overrides = {"momentum": 0.9, "centered": False}
+    refuse_call(name, arrays, (missing,), **overrides)
+
+
+def test_rmsprop_missing_state_arguments_left_out():
+    arrays = make_arrays("rmsprop")
+    p, g, sq = arrays["param"], arrays["grad"], arrays["square_avg"]
+    refuse(lambda: F.rmsprop(p, g, sq, centered=True), p, g, sq, names=("grad_avg",))
+    refuse(lambda: F.rmsprop(p, g, sq, momentum=0.9), p, g, sq, names=("momentum_buffer",))
+    refuse(lambda: F.sgd(p, g, momentum=0.9), p, g, names=("momentum_buffer",))
+
+
+def test_optional_state_not_needed_is_ignored():
+    """An optional state the hyperparameters do not use is left alone (not validated)."""
+    arrays = make_arrays("sgd")
+    buf = arrays["momentum_buffer"].copy()
+    F.sgd(arrays["param"], arrays["grad"], arrays["momentum_buffer"], lr=0.1, momentum=0.0)
+    assert np.array_equal(buf, arrays["momentum_buffer"])
+
+
+# -- supported odd layouts (functional) ------------------------------------------------------
+
+def run_steps(name: str, arrays: dict[str, Any], grads: list[np.ndarray]) -> None:
+    """Two or more steps, writing each gradient into ``arrays['grad']`` in place."""
+    mu = 1.0
+    grad = arrays["grad"]
+    for t, g in enumerate(grads, start=1):
+        as_numpy(grad)[...] = g
+        result = call(name, arrays, t=t, mu_product=mu)
+        if name == "nadam":
+            mu = result
+
+
+def reference_values(name: str, base: dict[str, np.ndarray], grads) -> dict[str, np.ndarray]:
+    """The same steps on C-contiguous 1-D copies, reshaped back to ``base``'s shapes."""
+    flat = {k: np.ascontiguousarray(v).reshape(-1).copy() for k, v in base.items()}
+    run_steps(name, flat, [np.ascontiguousarray(g).reshape(-1) for g in grads])
+    return {k: v.reshape(base[k].shape) for k, v in flat.items()}
+
+
+def assert_matches(arrays: dict[str, Any], expected: dict[str, np.ndarray]) -> None:
+    for key, want in expected.items():
+        got = as_numpy(arrays[key])
+        assert got.shape == want.shape, key
+        assert np.array_equal(got, want), f"{key} differs from the C-contiguous 1-D run"
+
+
+def two_grads(shape, dtype, seed=5):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(dtype) for _ in range(2)]
+
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5), (2, 3, 4)])
+def test_fortran_order_works_in_place(name, dtype, shape):
+    arrays = make_arrays(name, shape=shape, dtype=dtype, order="F")
+    assert all(a.flags.f_contiguous and not a.flags.c_contiguous for a in arrays.values())
+    grads = two_grads(shape, dtype)
+    expected = reference_values(name, arrays, grads)
+    pointers = {k: a.ctypes.data for k, a in arrays.items()}
+    run_steps(name, arrays, grads)
+    assert_matches(arrays, expected)
+    assert {k: a.ctypes.data for k, a in arrays.items()} == pointers
+    assert not np.array_equal(expected["param"], make_arrays(name, shape, dtype)["param"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nd_c_order_works(name, dtype):
+    arrays = make_arrays(name, shape=(2, 3, 4), dtype=dtype)
+    grads = two_grads((2, 3, 4), dtype)
+    expected = reference_values(name, arrays, grads)
+    run_steps(name, arrays, grads)
+    assert_matches(arrays, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_zero_dim_arrays_work(name, dtype):
+    arrays = make_arrays(name, shape=(), dtype=dtype)
+    assert arrays["param"].ndim == 0
+    grads = two_grads((), dtype)
+    expected = reference_values(name, arrays, grads)
+    start = arrays["param"].copy()
+    run_steps(name, arrays, grads)
+    assert_matches(arrays, expected)
+    assert arrays["param"] != start
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 2)])
+def test_empty_arrays_work(name, shape):
+    arrays = make_arrays(name, shape=shape)
+    run_steps(name, arrays, two_grads(shape, np.float64))
+    assert all(a.shape == shape and a.size == 0 for a in arrays.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_arrays_still_checked(name):
+    arrays = make_arrays(name, shape=(0,))
+    refuse_call(name, {**arrays, "grad": np.zeros((0,), np.float32)}, ("grad",))
+    refuse_call(name, {**arrays, "grad": np.zeros((1,))}, ("grad",))
+    refuse_call(name, arrays, ("lr",), lr=-1.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_memmap_r_plus_updated_in_file(name, order, tmp_path):
+    shape, dtype = (4, 5), np.float64
+    base = make_arrays(name, shape=shape, dtype=dtype, order=order)
+    grads = [np.asfortranarray(g) if order == "F" else g for g in two_grads(shape, dtype)]
+    expected = reference_values(name, base, grads)
+    path = tmp_path / "param.bin"
+    writer = np.memmap(path, dtype=dtype, mode="w+", shape=shape, order=order)
+    writer[...] = base["param"]
+    writer.flush()
+    del writer
+    mm = np.memmap(path, dtype=dtype, mode="r+", shape=shape, order=order)
+    arrays = {**base, "param": mm}
+    run_steps(name, arrays, grads)
+    mm.flush()
+    del mm, arrays
+    on_disk = np.fromfile(path, dtype=dtype).reshape(shape, order=order)
+    assert np.array_equal(on_disk, expected["param"])
+    assert not np.array_equal(on_disk, base["param"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_memmap_states_work(name, tmp_path):
+    base = make_arrays(name, shape=(7,))
+    grads = two_grads((7,), np.float64)
+    expected = reference_values(name, base, grads)
+    arrays = dict(base)
+    for i, key in enumerate(ALGOS[name].states):
+        mm = np.memmap(tmp_path / f"s{i}.bin", dtype=np.float64, mode="w+", shape=(7,))
+        mm[...] = base[key]
+        arrays[key] = mm
+    run_steps(name, arrays, grads)
+    for i, key in enumerate(ALGOS[name].states):
+        arrays[key].flush()
+        assert np.array_equal(np.fromfile(tmp_path / f"s{i}.bin"), expected[key])
+    assert np.array_equal(arrays["param"], expected["param"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_tensors_updated_in_place(name, dtype):
+    torch = pytest.importorskip("torch")
+    base = make_arrays(name, shape=(3, 4), dtype=dtype)
+    grads = two_grads((3, 4), dtype)
+    expected = reference_values(name, base, grads)
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in base.items()}
+    tensors["param"].requires_grad_(True)
+    pointers = {k: t.data_ptr() for k, t in tensors.items()}
+    run_steps(name, tensors, grads)
+    assert {k: t.data_ptr() for k, t in tensors.items()} == pointers
+    for key, want in expected.items():
+        assert np.array_equal(tensors[key].detach().numpy(), want), key
+    assert tensors["param"].requires_grad
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_nn_parameter_and_transposed_tensor(name):
+    torch = pytest.importorskip("torch")
+    base = make_arrays(name, shape=(4, 3), order="F")
+    grads = [np.asfortranarray(g) for g in two_grads((4, 3), np.float64)]
+    expected = reference_values(name, base, grads)
+    # a transposed C tensor is a Fortran-ordered view: fine, as long as everything matches
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v.T)).T for k, v in base.items()}
+    tensors["param"] = torch.nn.Parameter(tensors["param"])
+    run_steps(name, tensors, grads)
+    for key, want in expected.items():
+        assert np.array_equal(tensors[key].detach().numpy(), want), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_read_only_grad_works(name):
+    base = make_arrays(name)
+    grads = two_grads((6,), np.float64)
+    expected = reference_values(name, base, grads)
+    arrays = dict(base)
+    mu = 1.0
+    for t, g in enumerate(grads, start=1):
+        g = g.copy()
+        g.flags.writeable = False
+        arrays["grad"] = g
+        out = call(name, arrays, t=t, mu_product=mu)
+        mu = out if name == "nadam" else mu
+    for key in ALGOS[name].states + ("param",):
+        assert np.array_equal(arrays[key], expected[key]), key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_as_nested_list_works(name):
+    """Gradients are only read: a nested list (copied by NumPy) is fine."""
+    base = make_arrays(name)
+    grads = two_grads((6,), np.float64)
+    expected = reference_values(name, base, grads)
+    arrays = dict(base)
+    mu = 1.0
+    for t, g in enumerate(grads, start=1):
+        arrays["grad"] = g.tolist()
+        out = call(name, arrays, t=t, mu_product=mu)
+        mu = out if name == "nadam" else mu
+    assert np.array_equal(arrays["param"], expected["param"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_slices_of_a_larger_buffer_touch_only_the_slice(name):
+    base = make_arrays(name, shape=(9,))
+    grads = two_grads((9,), np.float64)
+    expected = reference_values(name, base, grads)
+    arrays, guards = {}, []
+    for i, (key, value) in enumerate(base.items()):
+        buf = np.full(9 + 3 + i, 7.25)
+        buf[1 + i: 10 + i] = value
+        arrays[key] = buf[1 + i: 10 + i]
+        guards.append((buf, 1 + i, 10 + i))
+    run_steps(name, arrays, grads)
+    assert_matches(arrays, expected)
+    for buf, lo, hi in guards:
+        assert np.all(buf[:lo] == 7.25) and np.all(buf[hi:] == 7.25)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_unaligned_arrays_work(name):
+    base = make_arrays(name, shape=(10,))
+    grads = two_grads((10,), np.float64)
+    expected = reference_values(name, base, grads)
+    arrays = {}
+    for key, value in base.items():
+        raw = np.zeros(value.nbytes + 1, np.uint8)
+        arr = raw[1:].view(np.float64)
+        arr[...] = value
+        arrays[key] = arr
+    assert not arrays["param"].flags.aligned
+    run_steps(name, arrays, grads)
+    assert_matches(arrays, expected)
+
+
+def _parallel_size() -> int:
+    return int(getattr(fastgd.cpu, "PARALLEL_THRESHOLD", 65536)) + 16384 + 37
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_parallel_kernel_on_fortran_slice(name):
+    """Large enough for the multi-threaded kernel; a misaligned window of a bigger buffer."""
+    n = _parallel_size()
+    shape = (n // 7 + 1, 7)
+    base = make_arrays(name, shape=shape, order="F")
+    grads = [np.asfortranarray(g) for g in two_grads(shape, np.float64)]
+    expected = reference_values(name, base, grads)
+    arrays, guards = {}, []
+    for i, (key, value) in enumerate(base.items()):
+        buf = np.full(value.size + 8, -3.5)
+        window = buf[3 + i: 3 + i + value.size].reshape(shape, order="F")
+        window[...] = value
+        arrays[key] = window
+        guards.append((buf, 3 + i, 3 + i + value.size))
+    run_steps(name, arrays, grads)
+    assert_matches(arrays, expected)
+    for buf, lo, hi in guards:
+        assert np.all(buf[:lo] == -3.5) and np.all(buf[hi:] == -3.5)
+
+
+# -- optimizer classes -----------------------------------------------------------------------
+
+CLASSES = {
+    "SGD": (fastgd.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.1,
+                         "weight_decay": 1e-3}),
+    "SGD-nesterov": (fastgd.SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True,
+                                  "maximize": True}),
+    "Adagrad": (fastgd.Adagrad, {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 1e-3,
+                                 "initial_accumulator_value": 0.1}),
+    "Adadelta": (fastgd.Adadelta, {"lr": 0.5, "rho": 0.8, "weight_decay": 1e-3}),
+    "RMSprop": (fastgd.RMSprop, {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "centered": True,
+                                 "weight_decay": 1e-3}),
+    "Adam": (fastgd.Adam, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 1e-3,
+                           "amsgrad": True}),
+    "AdamW": (fastgd.AdamW, {"lr": 0.01, "weight_decay": 0.05, "maximize": True}),
+    "Adamax": (fastgd.Adamax, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 1e-3}),
+    "NAdam": (fastgd.NAdam, {"lr": 0.01, "momentum_decay": 8e-3, "weight_decay": 1e-2,
+                             "decoupled_weight_decay": True}),
+}
+CLASS_NAMES = list(CLASSES)
+
+
+def make(cname: str, params: Any, **overrides: Any):
+    cls, kwargs = CLASSES[cname]
+    return cls(params, **{**kwargs, **overrides})
+
+
+SHAPES = [(5,), (2, 3), (), (4,), (3, 2, 2), (7,), (1,), (2, 2), (6,), (3,)]
+
+
+def make_params(seed=0, shapes=SHAPES, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    return [np.asarray(rng.standard_normal(s), dtype=dtype) for s in shapes]
+
+
+def make_grads(params, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+
+
+def state_copy(opt) -> dict:
+    return copy.deepcopy(opt.state)
+
+
+def assert_state_equal(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for i in a:
+        assert set(a[i]) == set(b[i]), i
+        for key, value in a[i].items():
+            other = b[i][key]
+            if isinstance(value, np.ndarray):
+                assert value.tobytes() == np.asarray(other).tobytes(), (i, key)
+            else:
+                assert value == other and type(value) is type(other), (i, key)
+
+
+class OptimizerSnapshot:
+    def __init__(self, opt, params) -> None:
+        self.opt, self.params = opt, params
+        self.arrays = Snapshot(*params)
+        self.state = state_copy(opt)
+        self.groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+    def assert_unchanged(self) -> None:
+        self.arrays.assert_unchanged()
+        assert_state_equal(self.state, self.opt.state)
+        assert self.groups == [{k: v for k, v in g.items() if k != "params"}
+                               for g in self.opt.param_groups]
+
+
+# constructor ------------------------------------------------------------------------------
+
+CONSTRUCTOR_BAD = [
+    ("SGD", {"lr": -0.1}, ("lr",)), ("SGD", {"lr": NAN}, ("lr",)), ("SGD", {"lr": INF}, ("lr",)),
+    ("SGD", {"lr": "fast"}, ("lr",)), ("SGD", {"lr": True}, ("lr",)),
+    ("SGD", {"lr": None}, ("lr",)),
+    ("SGD", {"momentum": -0.1}, ("momentum",)),
+    ("SGD", {"momentum": 0.0, "dampening": 0.0, "nesterov": True}, ("nesterov",)),
+    ("SGD", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}, ("nesterov",)),
+    ("SGD", {"weight_decay": -1.0}, ("weight_decay",)),
+    ("SGD", {"maximize": "no"}, ("maximize",)),
+    ("Adagrad", {"lr_decay": -1.0}, ("lr_decay",)),
+    ("Adagrad", {"initial_accumulator_value": -1.0}, ("initial_accumulator_value",)),
+    ("Adagrad", {"initial_accumulator_value": NAN}, ("initial_accumulator_value",)),
+    ("Adagrad", {"eps": -1e-10}, ("eps",)),
+    ("Adadelta", {"rho": 1.5}, ("rho",)), ("Adadelta", {"rho": -0.5}, ("rho",)),
+    ("Adadelta", {"eps": -1.0}, ("eps",)), ("Adadelta", {"lr": INF}, ("lr",)),
+    ("RMSprop", {"alpha": -0.1}, ("alpha",)), ("RMSprop", {"momentum": -0.1}, ("momentum",)),
+    ("RMSprop", {"eps": -1.0}, ("eps",)), ("RMSprop", {"centered": "yes"}, ("centered",)),
+    ("Adam", {"betas": (1.0, 0.999)}, ("beta1", "betas")),
+    ("Adam", {"betas": (0.9, 1.0)}, ("beta2", "betas")),
+    ("Adam", {"betas": (-0.1, 0.9)}, ("beta1", "betas")),
+    ("Adam", {"betas": (0.9, NAN)}, ("beta2", "betas")),
+    ("Adam", {"betas": 0.9}, ("betas",)), ("Adam", {"betas": (0.9,)}, ("betas",)),
+    ("Adam", {"betas": (0.9, 0.99, 0.9)}, ("betas",)),
+    ("Adam", {"eps": -1e-8}, ("eps",)), ("Adam", {"amsgrad": "yes"}, ("amsgrad",)),
+    ("Adam", {"lr": -1e-3}, ("lr",)),
+    ("AdamW", {"weight_decay": -0.01}, ("weight_decay",)),
+    ("AdamW", {"betas": (0.9, 1.5)}, ("beta2", "betas")),
+    ("Adamax", {"betas": (-0.1, 0.9)}, ("beta1", "betas")), ("Adamax", {"eps": NAN}, ("eps",)),
+    ("NAdam", {"momentum_decay": -1.0}, ("momentum_decay",)),
+    ("NAdam", {"betas": (1.0, 0.9)}, ("beta1", "betas")),
+    ("NAdam", {"decoupled_weight_decay": "x"}, ("decoupled_weight_decay",)),
+]
+
+
+@pytest.mark.parametrize("cname,overrides,names", CONSTRUCTOR_BAD,
+                         ids=[f"{c}-{o!r}" for c, o, _ in CONSTRUCTOR_BAD])
+def test_constructor_bad_hyperparameters(cname, overrides, names):
+    params = make_params()
+    refuse(lambda: make(cname, params, **overrides), *params, names=names)
+    # ... also as a per-group option
+    groups = [{"params": params[:3]}, {"params": params[3:], **overrides}]
+    refuse(lambda: make(cname, groups), *params, names=names)
+
+
+def bad_params():
+    base = np.arange(12, dtype=np.float64)
+    ro = base.copy()
+    ro.flags.writeable = False
+    yield "float16", np.ones(4, np.float16)
+    yield "int", np.arange(4)
+    yield "strided", base[::2]
+    yield "read-only", ro
+    yield "list", [1.0, 2.0]
+    yield "float", 1.0
+    yield "none", None
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+@pytest.mark.parametrize("kind,bad", list(bad_params()), ids=[k for k, _ in bad_params()])
+def test_constructor_bad_params(cname, kind, bad):
+    good = make_params()[:2]
+    refuse(lambda: make(cname, [good[0], bad, good[1]]), *good, bad, names=("params[1]",))
+    refuse(lambda: make(cname, [{"params": [good[0]]}, {"params": [good[1], bad]}]),
+           *good, bad, names=("params[2]",))
+
+
+@pytest.mark.skipif(CUDA_USABLE, reason="a fake GPU array would reach a real driver")
+@pytest.mark.parametrize("cname", ["SGD", "Adam"])
+def test_constructor_gpu_like_param_refused_without_cuda(cname):
+    good = make_params()[:2]
+    refuse(lambda: make(cname, [good[0], FakeGpuArray(), good[1]]), *good,
+           names=("params[1]",))
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_constructor_read_only_memmap_and_torch(cname, tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "p.bin"
+    np.arange(6, dtype=np.float64).tofile(path)
+    mm = np.memmap(path, dtype=np.float64, mode="r", shape=(6,))
+    refuse(lambda: make(cname, [mm]), mm, names=("params[0]",))
+    refuse(lambda: make(cname, mm), mm, names=("params[0]", "params"))
+    for t in (torch.ones(4, dtype=torch.bfloat16), torch.ones(4, dtype=torch.float16),
+              torch.ones(8, dtype=torch.float64)[::2]):
+        refuse(lambda t=t: make(cname, [t]), t, names=("params[0]",))
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_constructor_structural_errors(cname):
+    a, b = make_params()[:2]
+    buf = np.zeros(10)
+    cases = [
+        ([], ("params", "parameter")),
+        ([{"params": []}], ("params", "parameter")),
+        ([a, a], ("params[0]", "params[1]")),
+        ([a, b, a.view()], ("params[0]", "params[2]")),
+        ([buf[:6], buf[4:]], ("params[0]", "params[1]")),
+        ([{"params": [a]}, {"params": [a]}], ("params[0]", "params[1]")),
+        ([{"params": [a], "momentm": 0.9}], ("momentm",)),
+        ([{"params": [a], "lr": 0.1}, {"params": [b], "bogus": 1}], ("bogus",)),
+        ([{"lr": 0.1}], ("params",)),
+        ([{"params": [a]}, b], ("params",)),
+        (None, ("params",)), (3, ("params",)), ("abc", ("params",)),
+        ({"params": [a]}, ("params",)),
+    ]
+    for params, names in cases:
+        refuse(lambda p=params: make(cname, p), a, b, buf, names=names)
+
+
+def test_add_param_group_refuses_overlap_and_leaves_optimizer_alone():
+    a, b = make_params()[:2]
+    opt = fastgd.Adam([a], lr=0.1)
+    opt.step([np.ones_like(a)])
+    snap = OptimizerSnapshot(opt, [a, b])
+    for group in ({"params": [a]}, {"params": [b], "lr": -1.0}, {"params": [b], "nope": 1},
+                  {"params": [b.astype(np.float16)]}, {"lr": 0.1}):
+        with pytest.raises((TypeError, ValueError)):
+            opt.add_param_group(group)
+        snap.assert_unchanged()
+        assert len(opt.param_groups) == 1
+    opt.step([np.ones_like(a)])          # still a working, one-parameter optimizer
+    assert opt.state[0]["step"] == 2
+
+
+# step -------------------------------------------------------------------------------------
+
+def bad_grads(param: np.ndarray):
+    """(kind, grad) for a parameter: each must be refused."""
+    doubled = np.repeat(np.asarray(param)[..., None], 2, axis=-1)
+    yield "shape", np.zeros(param.size + 1)
+    yield "shape-nd", np.zeros(param.shape + (1,))
+    yield "float32", np.zeros(param.shape, np.float32)
+    yield "float16", np.zeros(param.shape, np.float16)
+    yield "int", np.zeros(param.shape, np.int64)
+    yield "strided", doubled[..., 0]                  # param's shape, not contiguous
+    yield "gpu", FakeGpuArray(param.shape)
+    yield "alias", param
+    yield "string", "grad"
+    yield "object", object()
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_step_bad_grad_refused(cname):
+    params = make_params(shapes=[(4,), (3, 4), (5,)])
+    opt = make(cname, params)
+    opt.step(make_grads(params, seed=2))
+    snap = OptimizerSnapshot(opt, params)
+    for _kind, bad in bad_grads(params[1]):
+        grads = make_grads(params, seed=3)
+        grads[1] = bad
+        refuse(lambda g=grads: opt.step(g), *grads, names=("grads[1]",))
+        snap.assert_unchanged()
+    # Fortran-ordered gradient for a C-ordered 2-D parameter
+    grads = make_grads(params, seed=3)
+    grads[1] = np.asfortranarray(grads[1])
+    refuse(lambda: opt.step(grads), *grads, names=("grads[1]",))
+    snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_step_bad_grad_structure(cname):
+    params = make_params(shapes=[(4,), (3,), (5,)])
+    opt = make(cname, params)
+    snap = OptimizerSnapshot(opt, params)
+    grads = make_grads(params)
+    for bad, names in [(grads[:2], ("gradients", "grads")), (grads + grads[:1], ("gradients",
+                                                                                 "grads")),
+                       (5, ("grads",)), ({0: grads[0]}, ("grads",)),
+                       (np.stack([grads[0][:3]] * 3), ("grads",)), ("abc", ("grads",))]:
+        refuse(lambda b=bad: opt.step(b), *params, names=names)
+        snap.assert_unchanged()
+    with pytest.raises(TypeError):
+        opt.step()                     # NumPy arrays have no .grad
+    snap.assert_unchanged()
+    assert opt.state == {}
+
+
+BAD_STEP_KINDS = ["shape", "float32", "int", "strided", "gpu", "alias", "fortran"]
+
+
+def _bad_fifth_grad(kind: str, param: np.ndarray, good: np.ndarray):
+    if kind == "fortran":
+        return np.asfortranarray(good)
+    return dict(bad_grads(param))[kind]
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+@pytest.mark.parametrize("kind", BAD_STEP_KINDS)
+def test_ten_params_fifth_grad_bad_changes_nothing(cname, kind):
+    params = make_params()
+    params[4] = np.random.default_rng(9).standard_normal((3, 4))   # 2-D C-ordered
+    twin_params = [p.copy() for p in params]
+    opt, twin = make(cname, params), make(cname, twin_params)
+    for seed in (10, 11):                      # a couple of good steps: state exists
+        opt.step(make_grads(params, seed))
+        twin.step(make_grads(twin_params, seed))
+    snap = OptimizerSnapshot(opt, params)
+    steps_before = {i: s["step"] for i, s in opt.state.items()}
+    grads = make_grads(params, seed=12)
+    grads[4] = _bad_fifth_grad(kind, params[4], grads[4])
+    refuse(lambda: opt.step(grads), *grads, names=("grads[4]",))
+    snap.assert_unchanged()
+    assert {i: s["step"] for i, s in opt.state.items()} == steps_before == dict.fromkeys(
+        range(10), 2)
+    # the failed call left no trace: the next good step matches the twin's
+    opt.step(make_grads(params, 13))
+    twin.step(make_grads(twin_params, 13))
+    for p, q in zip(params, twin_params, strict=True):
+        assert np.array_equal(p, q)
+    assert_state_equal(opt.state, twin.state)
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_ten_params_fifth_grad_bad_on_first_step_creates_no_state(cname):
+    params = make_params()
+    opt = make(cname, params)
+    snap = OptimizerSnapshot(opt, params)
+    grads = make_grads(params)
+    grads[4] = np.zeros(params[4].shape, np.float32)
+    refuse(lambda: opt.step(grads), *grads, names=("grads[4]",))
+    snap.assert_unchanged()
+    assert opt.state == {}
+
+
+@pytest.mark.parametrize("cname", ["SGD", "Adam"])
+def test_ten_params_fifth_param_made_read_only(cname):
+    params = make_params()
+    opt = make(cname, params)
+    opt.step(make_grads(params, 10))
+    snap = OptimizerSnapshot(opt, params)
+    params[4].flags.writeable = False
+    refuse(lambda: opt.step(make_grads(params, 11)), *params, names=("params[4]",))
+    snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_bad_hyperparameter_set_between_steps(cname):
+    params = make_params(shapes=[(4,), (3,), (2, 2)])
+    groups = [{"params": params[:2]}, {"params": params[2:]}]
+    opt = make(cname, groups)
+    opt.step(make_grads(params))
+    snap = OptimizerSnapshot(opt, params)
+    for bad in (-0.1, NAN, INF, "0.1", True, None):
+        # group 1 is bad: group 0 must not be stepped either
+        opt.param_groups[1]["lr"] = bad
+        refuse(lambda: opt.step(make_grads(params, 5)), *params, names=("lr",))
+        opt.param_groups[1]["lr"] = snap.groups[1]["lr"]
+        snap.assert_unchanged()
+        lr_before = opt.lr
+        with pytest.raises((TypeError, ValueError)) as info:
+            opt.lr = bad
+        assert names_argument(str(info.value), "lr")
+        assert opt.lr == lr_before and all(g["lr"] == lr_before for g in opt.param_groups)
+    snap.assert_unchanged()
+    opt.param_groups[0]["weight_decay"] = -1.0
+    refuse(lambda: opt.step(make_grads(params, 5)), *params, names=("weight_decay",))
+    opt.param_groups[0]["weight_decay"] = snap.groups[0]["weight_decay"]
+    snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("cname", ["Adam", "AdamW", "Adamax", "NAdam"])
+def test_bad_betas_set_between_steps(cname):
+    params = make_params(shapes=[(4,), (3,)])
+    opt = make(cname, params)
+    opt.step(make_grads(params))
+    snap = OptimizerSnapshot(opt, params)
+    for bad in ((0.9, 1.0), (1.0, 0.9), 0.9, (0.9,)):
+        opt.param_groups[0]["betas"] = bad
+        refuse(lambda: opt.step(make_grads(params, 4)), *params,
+               names=("betas", "beta1", "beta2"))
+        opt.param_groups[0]["betas"] = snap.groups[0]["betas"]
+        snap.assert_unchanged()
+
+
+def test_sgd_nesterov_made_invalid_between_steps():
+    params = make_params(shapes=[(4,), (3,)])
+    opt = fastgd.SGD(params, lr=0.1, momentum=0.9, nesterov=True)
+    opt.step(make_grads(params))
+    snap = OptimizerSnapshot(opt, params)
+    opt.param_groups[0]["momentum"] = 0.0
+    refuse(lambda: opt.step(make_grads(params, 4)), *params, names=("nesterov",))
+    opt.param_groups[0]["momentum"] = 0.9
+    opt.param_groups[0]["dampening"] = 0.5
+    refuse(lambda: opt.step(make_grads(params, 4)), *params, names=("nesterov",))
+    opt.param_groups[0]["dampening"] = 0.0
+    snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_none_grad_skips_parameter(cname):
+    params = make_params(shapes=[(4,), (3,), (5,)])
+    untouched = params[1].copy()
+    opt = make(cname, params)
+    grads = make_grads(params)
+    grads[1] = None
+    opt.step(grads)
+    assert np.array_equal(params[1], untouched)
+    assert set(opt.state) == {0, 2}
+
+
+# supported odd layouts (classes) ----------------------------------------------------------
+
+def run_optimizer(cname, params, grad_seqs, **overrides):
+    opt = make(cname, params, **overrides)
+    for grads in grad_seqs:
+        opt.step(grads)
+    return opt
+
+
+def grad_sequence(params, steps=3, seed=20):
+    return [make_grads(params, seed + k) for k in range(steps)]
+
+
+def flat_copies(params):
+    return [np.ascontiguousarray(np.asarray(p)).reshape(-1).copy() for p in params]
+
+
+def flat_grad_seqs(seqs):
+    return [[np.ascontiguousarray(g).reshape(-1) for g in grads] for grads in seqs]
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_class_odd_layouts_match_flat_run(cname, dtype):
+    rng = np.random.default_rng(3)
+    params = [
+        np.asfortranarray(rng.standard_normal((3, 5))).astype(dtype, order="F"),  # Fortran
+        np.asarray(rng.standard_normal(), dtype=dtype),                            # 0-d
+        np.zeros((0,), dtype),                                                     # empty
+        np.zeros((2, 0, 3), dtype),                                                # empty n-d
+        rng.standard_normal((2, 3, 4)).astype(dtype),                              # n-d C
+        np.asfortranarray(rng.standard_normal((2, 3, 4)).astype(dtype)),           # n-d F
+    ]
+    assert params[0].flags.f_contiguous and not params[0].flags.c_contiguous
+    seqs = grad_sequence(params)
+    for grads in seqs:                                  # Fortran grads for Fortran params
+        grads[0] = np.asfortranarray(grads[0])
+        grads[5] = np.asfortranarray(grads[5])
+    flat = flat_copies(params)
+    start = [p.copy() for p in params]
+    ref = run_optimizer(cname, flat, flat_grad_seqs(seqs))
+    pointers = [p.ctypes.data for p in params]
+    opt = run_optimizer(cname, params, seqs)
+    assert [p.ctypes.data for p in params] == pointers
+    for i, (p, q) in enumerate(zip(params, flat, strict=True)):
+        assert np.array_equal(np.ascontiguousarray(p).reshape(-1), q), i
+        assert p.dtype == dtype
+    assert not np.array_equal(params[0], start[0]) and params[1] != start[1]
+    for i in opt.state:
+        assert opt.state[i]["step"] == 3
+        for key, value in opt.state[i].items():
+            if isinstance(value, np.ndarray):
+                assert value.shape == params[i].shape
+                assert np.array_equal(np.ascontiguousarray(value).reshape(-1),
+                                      ref.state[i][key]), (i, key)
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_class_single_array_param(cname):
+    p = np.random.default_rng(0).standard_normal((4, 3))
+    q = p.reshape(-1).copy()
+    grads = [np.random.default_rng(s).standard_normal((4, 3)) for s in range(3)]
+    opt, ref = make(cname, p), make(cname, [q])
+    for g in grads:
+        opt.step(g)
+        ref.step([g.reshape(-1)])
+    assert np.array_equal(p.reshape(-1), q)
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_class_memmap_r_plus(cname, order, tmp_path):
+    shape = (4, 6)
+    start = np.random.default_rng(4).standard_normal(shape)
+    path = tmp_path / "weights.bin"
+    w = np.memmap(path, dtype=np.float64, mode="w+", shape=shape, order=order)
+    w[...] = start
+    w.flush()
+    del w
+    mm = np.memmap(path, dtype=np.float64, mode="r+", shape=shape, order=order)
+    other = np.random.default_rng(5).standard_normal(3)
+    seqs = grad_sequence([mm, other])
+    for grads in seqs:
+        grads[0] = np.asarray(grads[0], order=order)
+    ref_params = [np.array(start, order="C").reshape(-1), other.copy()]
+    run_optimizer(cname, ref_params, flat_grad_seqs(seqs))
+    run_optimizer(cname, [mm, other], seqs)
+    mm.flush()
+    del mm
+    on_disk = np.fromfile(path, dtype=np.float64).reshape(shape, order=order)
+    assert np.array_equal(np.ascontiguousarray(on_disk).reshape(-1), ref_params[0])
+    assert not np.array_equal(on_disk, start)
+    assert np.array_equal(other, ref_params[1])
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_class_torch_parameters_with_dot_grad(cname, dtype):
+    torch = pytest.importorskip("torch")
+    tdtype = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.nn.Parameter(torch.randn(3, 4, generator=gen, dtype=tdtype)),
+               torch.randn(5, generator=gen, dtype=tdtype).requires_grad_(True),
+               torch.randn(4, 3, generator=gen, dtype=tdtype).T.detach().requires_grad_(True)]
+    flat = [t.detach().numpy().copy(order="K") for t in tensors]
+    flat = [np.ascontiguousarray(a).reshape(-1).copy() for a in flat]
+    pointers = [t.data_ptr() for t in tensors]
+    opt = make(cname, tensors)
+    ref = make(cname, flat)
+    for _ in range(3):
+        for t in tensors:
+            t.grad = torch.randn(t.shape, generator=gen, dtype=tdtype)
+            if not t.is_contiguous():          # keep the grad in the param's layout
+                t.grad = t.grad.T.contiguous().T
+        ref.step([np.ascontiguousarray(t.grad.numpy()).reshape(-1) for t in tensors])
+        opt.step()
+        opt.zero_grad()
+        assert all(t.grad is None for t in tensors)
+    assert [t.data_ptr() for t in tensors] == pointers
+    for t, q in zip(tensors, flat, strict=True):
+        assert t.requires_grad
+        assert np.array_equal(np.ascontiguousarray(t.detach().numpy()).reshape(-1), q)
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_class_torch_grads_passed_explicitly(cname):
+    torch = pytest.importorskip("torch")
+    params = make_params(shapes=[(3, 4), (5,)])
+    tparams = [torch.from_numpy(p.copy()) for p in params]
+    seqs = grad_sequence(params)
+    run_optimizer(cname, params, seqs)
+    run_optimizer(cname, tparams, [[torch.from_numpy(g) for g in grads] for grads in seqs])
+    for p, t in zip(params, tparams, strict=True):
+        assert np.array_equal(p, t.numpy())
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_class_torch_bad_grad_refused(cname):
+    torch = pytest.importorskip("torch")
+    tparams = [torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    opt = make(cname, tparams)
+    snap = OptimizerSnapshot(opt, tparams)
+    for bad in (torch.ones(3, dtype=torch.float32), torch.ones(4, dtype=torch.float64),
+                torch.ones(6, dtype=torch.float64)[::2], torch.ones(3, dtype=torch.bfloat16)):
+        refuse(lambda b=bad: opt.step([torch.ones(4, dtype=torch.float64), b]), *tparams,
+               names=("grads[1]",))
+        snap.assert_unchanged()
