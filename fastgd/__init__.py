@@ -4,7 +4,7 @@ Two faces: :mod:`fastgd.functional` (one in-place pass per call, explicit state 
 torch.optim-style optimizer classes (:class:`SGD`, :class:`Adam`, ...).
 """
 
-from fastgd import functional
+from fastgd import functional, schedules
 from fastgd.optim import (
     SGD,
     Adadelta,
@@ -19,5 +19,5 @@ from fastgd.optim import (
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam",
+__all__ = ["functional", "schedules", "Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam",
            "AdamW", "Adamax", "NAdam", "__version__"]

@@ -67,6 +67,13 @@ def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScala
         cuda.launch(spec, scalars.optional, arrays, coefficients + scalars.flags, stream)
 
 
+def launch_many_flat(spec: algorithms.RuleSpec, tensors: list[list[np.ndarray]],
+                     scalars: StepScalars) -> None:
+    """Run one step over many host tensors (checked flat arrays, one dtype) at once."""
+    coefficients = cast_scalars(tensors[0][0].dtype, scalars.coefficients)
+    cpu.launch_many(spec, scalars.optional, tensors, coefficients + scalars.flags)
+
+
 def sgd(param: ArrayLike, grad: ArrayLike, momentum_buffer: ArrayLike | None = None, *,
         lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
         weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,

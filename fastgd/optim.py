@@ -4,7 +4,8 @@
 parameter-group dicts with per-group options. Arrays are NumPy arrays, memmaps, torch CPU
 tensors or anything NumPy views without copying; they are updated in place. ``step(grads)``
 takes the gradients in the same structure (``None`` skips a parameter); without ``grads`` the
-``.grad`` attribute of each parameter (torch tensors) is used.
+``.grad`` attribute of each parameter (torch tensors) is used. ``lr`` may be a number or a
+schedule, a callable ``t -> lr`` such as those of :mod:`fastgd.schedules`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from fastgd.dispatch import (
     to_host,
     zeros_like,
 )
-from fastgd.functional import launch_flat
+from fastgd.functional import launch_flat, launch_many_flat
 from fastgd.hyperparams import (
     StepScalars,
     adadelta_scalars,
@@ -151,17 +152,27 @@ class Optimizer:
                         scalar_cache[key] = self._scalars(group, t, state)
                     work.append((index, group, flat(garr, order), scalar_cache[key], t))
                 index += 1
-        for index, group, gflat, scalars, t in work:
+        # Tensors that share dtype and step scalars run as one many-tensor launch (CPU).
+        batches: dict[tuple[Any, bool, StepScalars], list[list[Any]]] = {}
+        for index, group, gflat, scalars, _ in work:
             state = self.state.setdefault(index, {})
             view, order = self._views[index], self._orders[index]
-            for name in self.spec.states:
-                required = name in scalars.optional or name not in dict(self.spec.optional)
-                if required and name not in state:
+            names = [name for name in self.spec.states
+                     if name in scalars.optional or name not in dict(self.spec.optional)]
+            for name in names:
+                if name not in state:
                     state[name] = self._initial_state(group, view, name)
-            arrays = [flat(view, order), gflat] + [
-                flat(state[name], order) for name in self.spec.states
-                if name in scalars.optional or name not in dict(self.spec.optional)]
-            launch_flat(self.spec, arrays, scalars, stream)
+            arrays = [flat(view, order), gflat] + [flat(state[n], order) for n in names]
+            host = isinstance(view, np.ndarray)
+            batches.setdefault((view.dtype, host, scalars), []).append(arrays)
+        for (_, host, scalars), tensors in batches.items():
+            if host and len(tensors) > 1:
+                launch_many_flat(self.spec, tensors, scalars)
+            else:
+                for arrays in tensors:
+                    launch_flat(self.spec, arrays, scalars, stream)
+        for index, group, _, _, t in work:
+            state = self.state[index]
             self._after_step(state, group, t)
             state["step"] = t
 
@@ -214,8 +225,11 @@ class Optimizer:
 
     # -- learning rate ----------------------------------------------------------------
     @property
-    def lr(self) -> float:
-        """The learning rate (of every group; use ``param_groups`` when groups differ)."""
+    def lr(self) -> Any:
+        """The learning rate or schedule of every group (``param_groups`` when they differ).
+
+        A schedule is any callable ``t -> lr`` (see :mod:`fastgd.schedules`), evaluated once
+        per step with ``t``, the 1-based number of the step being taken."""
         rates = {group["lr"] for group in self.param_groups}
         if len(rates) != 1:
             raise ValueError("parameter groups have different learning rates; read "
@@ -223,8 +237,8 @@ class Optimizer:
         return rates.pop()
 
     @lr.setter
-    def lr(self, value: float) -> None:
-        number("lr", value)
+    def lr(self, value: Any) -> None:
+        number("lr", value(1) if callable(value) else value)
         for group in self.param_groups:
             group["lr"] = value
 
@@ -336,6 +350,12 @@ def _check_disjoint(views: list[Any]) -> None:
                              "(a parameter listed twice?)")
 
 
+def _lr(group: Mapping[str, Any], t: int) -> Any:
+    """The group's learning rate for step ``t``: a number, or a schedule evaluated at ``t``."""
+    lr = group["lr"]
+    return lr(t) if callable(lr) else lr
+
+
 def _betas(group: Mapping[str, Any]) -> tuple[Any, Any]:
     betas = group["betas"]
     if not isinstance(betas, Sequence) or len(betas) != 2:
@@ -359,7 +379,7 @@ class SGD(Optimizer):
     _per_param_scalars = True
 
     def _scalars(self, group, t, state):
-        return sgd_scalars(lr=group["lr"], momentum=group["momentum"],
+        return sgd_scalars(lr=_lr(group, t), momentum=group["momentum"],
                            dampening=group["dampening"], weight_decay=group["weight_decay"],
                            nesterov=group["nesterov"], maximize=group["maximize"],
                            first_step="momentum_buffer" not in state)
@@ -382,7 +402,7 @@ class Adagrad(Optimizer):
         number("initial_accumulator_value", group["initial_accumulator_value"])
 
     def _scalars(self, group, t, state):
-        return adagrad_scalars(step=t, lr=group["lr"], lr_decay=group["lr_decay"],
+        return adagrad_scalars(step=t, lr=_lr(group, t), lr_decay=group["lr_decay"],
                                weight_decay=group["weight_decay"], eps=group["eps"],
                                maximize=group["maximize"])
 
@@ -402,7 +422,7 @@ class Adadelta(Optimizer):
                                       maximize=maximize))
 
     def _scalars(self, group, t, state):
-        return adadelta_scalars(lr=group["lr"], rho=group["rho"], eps=group["eps"],
+        return adadelta_scalars(lr=_lr(group, t), rho=group["rho"], eps=group["eps"],
                                 weight_decay=group["weight_decay"], maximize=group["maximize"])
 
 
@@ -420,7 +440,7 @@ class RMSprop(Optimizer):
                                       maximize=maximize))
 
     def _scalars(self, group, t, state):
-        return rmsprop_scalars(lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
+        return rmsprop_scalars(lr=_lr(group, t), alpha=group["alpha"], eps=group["eps"],
                                weight_decay=group["weight_decay"], momentum=group["momentum"],
                                centered=group["centered"], maximize=group["maximize"])
 
@@ -442,7 +462,7 @@ class Adam(Optimizer):
 
     def _scalars(self, group, t, state):
         beta1, beta2 = _betas(group)
-        return adam_scalars(step=t, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+        return adam_scalars(step=t, lr=_lr(group, t), beta1=beta1, beta2=beta2, eps=group["eps"],
                             weight_decay=group["weight_decay"],
                             decoupled_weight_decay=group["decoupled_weight_decay"],
                             amsgrad=group["amsgrad"], maximize=group["maximize"])
@@ -473,7 +493,7 @@ class Adamax(Optimizer):
 
     def _scalars(self, group, t, state):
         beta1, beta2 = _betas(group)
-        return adamax_scalars(step=t, lr=group["lr"], beta1=beta1, beta2=beta2,
+        return adamax_scalars(step=t, lr=_lr(group, t), beta1=beta1, beta2=beta2,
                               eps=group["eps"], weight_decay=group["weight_decay"],
                               maximize=group["maximize"])
 
@@ -497,7 +517,7 @@ class NAdam(Optimizer):
 
     def _nadam(self, group, t, state):
         beta1, beta2 = _betas(group)
-        return nadam_scalars(step=t, mu_product=state.get("mu_product", 1.0), lr=group["lr"],
+        return nadam_scalars(step=t, mu_product=state.get("mu_product", 1.0), lr=_lr(group, t),
                              beta1=beta1, beta2=beta2, eps=group["eps"],
                              weight_decay=group["weight_decay"],
                              momentum_decay=group["momentum_decay"],
