@@ -15,9 +15,10 @@ from fastgd.optim import (
     NAdam,
     Optimizer,
     RMSprop,
+    StepInfo,
 )
 
 __version__ = "0.1.0"
 
 __all__ = ["functional", "schedules", "Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam",
-           "AdamW", "Adamax", "NAdam", "__version__"]
+           "AdamW", "Adamax", "NAdam", "StepInfo", "__version__"]

@@ -182,7 +182,7 @@ def compile_ptx(spec: RuleSpec, present: tuple[str, ...], dtype: Any,
 
     scalar = types.float32 if np.dtype(dtype) == np.float32 else types.float64
     n_arrays = 2 + len(spec.present_states(present))
-    signature = ((scalar[::1],) * n_arrays + (scalar,) * len(spec.coefficients)
+    signature = ((scalar[::1],) * n_arrays + (scalar,) * (len(spec.coefficients) + 1)
                  + (types.boolean,) * len(spec.flags))
     ptx, _ = cuda.compile_ptx(kernel(spec, present).py_func, signature, cc=cc)
     return ptx

@@ -220,9 +220,3 @@ def span(arr: Any) -> tuple[int, int] | None:
     from fastgd import cuda
 
     return cuda.device_span(arr)
-
-
-def cast_scalars(dtype: np.dtype, values: tuple[float, ...]) -> tuple[Any, ...]:
-    """Per-step coefficients (computed in float64 on the host) cast to the array dtype."""
-    to = dtype.type
-    return tuple(to(v) for v in values)

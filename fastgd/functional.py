@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fastgd import algorithms, cpu
-from fastgd.dispatch import cast_scalars, prepare
+from fastgd.dispatch import prepare
 from fastgd.hyperparams import (
     StepScalars,
     adadelta_scalars,
@@ -56,22 +56,21 @@ def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScala
 
     NumPy arrays run on the CPU; device arrays on the GPU, queued on ``stream``.
     """
-    coefficients = cast_scalars(arrays[0].dtype, scalars.coefficients)
+    kernel_scalars = scalars.kernel_scalars(arrays[0].dtype)
     if isinstance(arrays[0], np.ndarray):
         if stream is not None:
             raise TypeError("stream applies to GPU arrays only")
-        cpu.launch(spec, scalars.optional, arrays, coefficients + scalars.flags)
+        cpu.launch(spec, scalars.optional, arrays, kernel_scalars)
     else:
         from fastgd import cuda
 
-        cuda.launch(spec, scalars.optional, arrays, coefficients + scalars.flags, stream)
+        cuda.launch(spec, scalars.optional, arrays, kernel_scalars, stream)
 
 
 def launch_many_flat(spec: algorithms.RuleSpec, tensors: list[list[np.ndarray]],
                      scalars: StepScalars) -> None:
     """Run one step over many host tensors (checked flat arrays, one dtype) at once."""
-    coefficients = cast_scalars(tensors[0][0].dtype, scalars.coefficients)
-    cpu.launch_many(spec, scalars.optional, tensors, coefficients + scalars.flags)
+    cpu.launch_many(spec, scalars.optional, tensors, scalars.kernel_scalars(tensors[0][0].dtype))
 
 
 def sgd(param: ArrayLike, grad: ArrayLike, momentum_buffer: ArrayLike | None = None, *,

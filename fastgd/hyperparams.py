@@ -14,9 +14,18 @@ from typing import Any, NamedTuple
 
 
 class StepScalars(NamedTuple):
+    """Per-step scalars of one rule: coefficients, runtime flags, needed optional states,
+    and the factor applied to every gradient element (clipping by global norm)."""
+
     coefficients: tuple[float, ...]
     flags: tuple[bool, ...]
     optional: tuple[str, ...] = ()
+    grad_scale: float = 1.0
+
+    def kernel_scalars(self, dtype: Any) -> tuple[Any, ...]:
+        """The kernel's scalar arguments: coefficients and ``grad_scale`` in ``dtype``, flags."""
+        to = dtype.type
+        return (*(to(c) for c in self.coefficients), to(self.grad_scale), *self.flags)
 
 
 def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,

@@ -6,8 +6,12 @@ from fastgd.algorithms import RuleSpec
 
 
 def kernel_args(spec: RuleSpec, present: tuple[str, ...]) -> list[str]:
-    """Kernel parameters: the arrays, then coefficients, then runtime flags."""
-    return ["param", "grad", *spec.present_states(present), *spec.coefficients, *spec.flags]
+    """Kernel parameters: the arrays, the coefficients, ``grad_scale``, the runtime flags.
+
+    ``grad_scale`` multiplies every gradient element as it is read (gradient clipping by
+    global norm, fused into the update; 1 otherwise)."""
+    return ["param", "grad", *spec.present_states(present), *spec.coefficients, "grad_scale",
+            *spec.flags]
 
 
 def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str) -> str:
@@ -18,7 +22,7 @@ def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str) -> str:
     branches they guard.
     """
     arrays = set(spec.present_states(present))
-    inputs = [f"param[{i}]", f"grad[{i}]"]
+    inputs = [f"param[{i}]", f"grad[{i}] * grad_scale"]
     outputs = [f"param[{i}]"]
     for n, state in enumerate(spec.states):
         inputs.append(f"{state}[{i}]" if state in arrays else f"grad[{i}]")

@@ -11,8 +11,9 @@ schedule, a callable ``t -> lr`` such as those of :mod:`fastgd.schedules`.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,9 +42,18 @@ from fastgd.hyperparams import (
     rmsprop_scalars,
     sgd_scalars,
 )
+from fastgd.reductions import clip_scale, global_norm
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "Adamax",
-           "NAdam"]
+__all__ = ["Optimizer", "StepInfo", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW",
+           "Adamax", "NAdam"]
+
+
+class StepInfo(NamedTuple):
+    """What a step with ``max_norm`` or ``skip_if_nonfinite`` found."""
+
+    grad_norm: float  #: global L2 norm of the gradients, before clipping
+    finite: bool  #: no gradient holds NaN or Inf
+    skipped: bool  #: the step changed nothing (``skip_if_nonfinite`` and not ``finite``)
 
 
 def _param_groups(params: Any) -> tuple[list[dict[str, Any]], bool]:
@@ -123,11 +133,20 @@ class Optimizer:
         self._scalars(group, 1, {})
 
     # -- stepping -------------------------------------------------------------------
-    def step(self, grads: Any = None, *, stream: Any = None) -> None:
+    def step(self, grads: Any = None, *, max_norm: float | None = None,
+             skip_if_nonfinite: bool = False, stream: Any = None) -> StepInfo | None:
         """Apply one update to every parameter that has a gradient, in place.
 
         All gradients and hyperparameters are checked before any array is written. GPU
         parameters are updated on ``stream`` (see :mod:`fastgd.cuda`).
+
+        ``max_norm``: clip the gradients by their global L2 norm ``n`` first, like
+        ``torch.nn.utils.clip_grad_norm_``: every gradient is multiplied by
+        ``min(1, max_norm / (n + 1e-6))`` as the update kernel reads it (the gradient arrays
+        are not written). ``skip_if_nonfinite``: if any gradient holds NaN or Inf, change
+        nothing (params, state, step counts) — AMP's "found inf". With either option one
+        reduction pass computes ``n`` and the step returns ``StepInfo(grad_norm, finite,
+        skipped)``; otherwise it returns None.
         """
         grads_flat = self._grad_list(grads)
         work = []
@@ -152,6 +171,14 @@ class Optimizer:
                         scalar_cache[key] = self._scalars(group, t, state)
                     work.append((index, group, flat(garr, order), scalar_cache[key], t))
                 index += 1
+        info = None
+        if max_norm is not None or skip_if_nonfinite:
+            info = self._reduce(work, max_norm, skip_if_nonfinite)
+            if info.skipped:
+                return info
+            if max_norm is not None:
+                scale = clip_scale(info.grad_norm, float(max_norm))
+                work = [(i, g, gf, sc._replace(grad_scale=scale), t) for i, g, gf, sc, t in work]
         # Tensors that share dtype and step scalars run as one many-tensor launch (CPU).
         batches: dict[tuple[Any, bool, StepScalars], list[list[Any]]] = {}
         for index, group, gflat, scalars, _ in work:
@@ -175,6 +202,18 @@ class Optimizer:
             state = self.state[index]
             self._after_step(state, group, t)
             state["step"] = t
+        return info
+
+    @staticmethod
+    def _reduce(work: list[Any], max_norm: Any, skip_if_nonfinite: bool) -> StepInfo:
+        if max_norm is not None:
+            number("max_norm", max_norm)
+        grads = [item[2] for item in work]
+        if not all(isinstance(g, np.ndarray) for g in grads):
+            raise TypeError("max_norm and skip_if_nonfinite support host (NumPy) arrays only")
+        norm = global_norm(grads)
+        finite = math.isfinite(norm)
+        return StepInfo(norm, finite, skip_if_nonfinite and not finite)
 
     _per_param_scalars = False
 

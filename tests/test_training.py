@@ -83,3 +83,60 @@ def test_many_tensor_step_matches_functional_adam():
             F.adam(c, g, m, v, step=t, lr=0.01)
     for p, c in zip(params, copies, strict=True):
         np.testing.assert_array_equal(p, c)
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clipping_matches_torch_clip_grad_norm(max_norm):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    params = [rng.standard_normal(n) for n in (10, 40000, 3)]
+    tparams = [torch.nn.Parameter(torch.tensor(p)) for p in params]
+    opt, topt = fastgd.Adam(params, lr=0.01), torch.optim.Adam(tparams, lr=0.01)
+    for _ in range(10):
+        grads = [3 * rng.standard_normal(p.shape) for p in params]
+        kept = [g.copy() for g in grads]
+        info = opt.step(grads, max_norm=max_norm)
+        for tp, g in zip(tparams, grads, strict=True):
+            tp.grad = torch.tensor(g)
+        norm = torch.nn.utils.clip_grad_norm_(tparams, max_norm)
+        topt.step()
+        assert info.grad_norm == pytest.approx(float(norm), rel=1e-12)
+        assert info.finite and not info.skipped
+        for g, k in zip(grads, kept, strict=True):
+            np.testing.assert_array_equal(g, k)  # the gradients themselves are not written
+    for p, tp in zip(params, tparams, strict=True):
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_skip_if_nonfinite_leaves_everything_untouched(bad):
+    rng = np.random.default_rng(8)
+    params = [rng.standard_normal(n).astype(np.float32) for n in (5, 50000)]
+    opt = fastgd.Adam(params, lr=0.1)
+    opt.step([np.ones_like(p) for p in params])
+    before = opt.state_dict()
+    snapshot = [p.copy() for p in params]
+    grads = [np.ones_like(p) for p in params]
+    grads[1][12345] = bad
+    info = opt.step(grads, skip_if_nonfinite=True, max_norm=1.0)
+    assert info.skipped and not info.finite
+    for p, s in zip(params, snapshot, strict=True):
+        np.testing.assert_array_equal(p, s)
+    after = opt.state_dict()
+    assert after["state"][0]["step"] == before["state"][0]["step"] == 1
+    for key in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(after["state"][1][key], before["state"][1][key])
+    # without skipping, non-finite values propagate as in torch (NaN, or Inf * 0)
+    info = opt.step(grads, max_norm=1.0)
+    assert not info.finite and not info.skipped
+    assert np.isnan(params[1][12345])
+
+
+def test_global_norm_reduction_matches_numpy():
+    from fastgd.reductions import global_norm
+
+    rng = np.random.default_rng(9)
+    grads = [rng.standard_normal(n).astype(dt) for n, dt in
+             [(0, np.float32), (1, np.float64), (70001, np.float32), (33, np.float64)]]
+    expected = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
+    assert global_norm(grads) == pytest.approx(expected, rel=1e-12)
