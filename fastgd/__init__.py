@@ -5,6 +5,7 @@ torch.optim-style optimizer classes (:class:`SGD`, :class:`Adam`, ...).
 """
 
 from fastgd import functional, schedules
+from fastgd.checkpoint import load, save
 from fastgd.optim import (
     SGD,
     Adadelta,
@@ -20,5 +21,5 @@ from fastgd.optim import (
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "schedules", "Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam",
+__all__ = ["functional", "schedules", "save", "load", "Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam",
            "AdamW", "Adamax", "NAdam", "StepInfo", "__version__"]

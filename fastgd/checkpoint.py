@@ -1,0 +1,128 @@
+"""Optimizer checkpoints in one ``.npz`` file, written atomically.
+
+The file holds the optimizer's :meth:`~fastgd.Optimizer.state_dict` (state arrays, step
+counts, hyperparameters; schedules stored as their constructor arguments), the algorithm's
+name, each parameter's shape and dtype and, by default, the parameter values. It is written
+to a temporary file in the same directory and renamed into place, so a crash never leaves a
+half-written checkpoint. Loading checks everything first and refuses a checkpoint of another
+algorithm, shape or dtype (or a corrupt file) with nothing changed. No pickle is involved:
+a checkpoint cannot run code when loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastgd import schedules
+from fastgd.dispatch import is_device, to_host
+from fastgd.optim import Optimizer
+
+FORMAT = "fastgd-checkpoint-1"
+
+
+def _encode(value: Any) -> Any:
+    """JSON form of a hyperparameter (numbers, bools, tuples, fastgd schedules)."""
+    if isinstance(value, schedules.Schedule):
+        fields = {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"schedule": type(value).__name__, "fields": fields}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise TypeError(f"cannot store hyperparameter {value!r} in a checkpoint (only numbers, "
+                    "bools and fastgd.schedules objects)")
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        cls = getattr(schedules, str(value.get("schedule")), None)
+        if not (isinstance(cls, type) and issubclass(cls, schedules.Schedule)):
+            raise ValueError(f"unknown schedule in checkpoint: {value.get('schedule')!r}")
+        return cls(**{k: _decode(v) for k, v in value["fields"].items()})
+    if isinstance(value, list):
+        return tuple(_decode(v) for v in value)
+    return value
+
+
+def save(path: str | os.PathLike[str], optimizer: Optimizer, *, params: bool = True) -> None:
+    """Write ``optimizer``'s state (and, with ``params=True``, its parameters) to ``path``."""
+    sd = optimizer.state_dict()
+    meta = {
+        "format": FORMAT,
+        "algorithm": type(optimizer).__name__,
+        "params": [[list(v.shape), str(v.dtype)] for v in optimizer._views],
+        "param_groups": [{k: _encode(v) for k, v in g.items()} for g in sd["param_groups"]],
+        "scalars": {str(i): {k: v for k, v in s.items() if not isinstance(v, np.ndarray)}
+                    for i, s in sd["state"].items()},
+    }
+    arrays = {f"state/{i}/{k}": v for i, s in sd["state"].items() for k, v in s.items()
+              if isinstance(v, np.ndarray)}
+    if params:
+        arrays.update({f"param/{i}": to_host(v) for i, v in enumerate(optimizer._views)})
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                     **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike[str], optimizer: Optimizer) -> None:
+    """Restore a checkpoint written by :func:`save` into ``optimizer`` (and its parameters,
+    if saved); a checkpoint that does not match is refused with nothing changed."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            arrays = {name: data[name] for name in data.files if name != "__meta__"}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile,
+            UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable fastgd checkpoint: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a fastgd checkpoint")
+    name = type(optimizer).__name__
+    if meta.get("algorithm") != name:
+        raise ValueError(f"{path} holds a {meta.get('algorithm')} checkpoint, not {name}")
+    expected = [[list(v.shape), str(v.dtype)] for v in optimizer._views]
+    if meta.get("params") != expected:
+        raise ValueError(f"{path} was saved for parameters {meta.get('params')}, this "
+                         f"optimizer has {expected}")
+    state: dict[int, dict[str, Any]] = {}
+    for index, scalars in meta.get("scalars", {}).items():
+        state[int(index)] = dict(scalars)
+    for key, value in arrays.items():
+        kind, *rest = key.split("/")
+        if kind == "state":
+            state.setdefault(int(rest[0]), {})[rest[1]] = value
+    try:
+        groups = [{k: _decode(v) for k, v in g.items()} for g in meta["param_groups"]]
+        groups = [{**g, "params": list(g["params"])} for g in groups]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path} has malformed parameter groups: {exc}") from None
+    saved_params = {int(k.split("/")[1]): v for k, v in arrays.items() if k.startswith("param/")}
+    for i, value in saved_params.items():
+        view = optimizer._views[i] if 0 <= i < len(optimizer._views) else None
+        if view is None or value.shape != tuple(view.shape) or value.dtype != view.dtype:
+            raise ValueError(f"{path}: saved param/{i} does not match the optimizer's")
+    optimizer.load_state_dict({"state": state, "param_groups": groups})  # checks, then sets
+    for i, value in saved_params.items():
+        view = optimizer._views[i]
+        if is_device(view):
+            view.copy_to_device(value)
+        else:
+            view[...] = value

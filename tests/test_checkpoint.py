@@ -1,0 +1,135 @@
+"""fastgd.save / fastgd.load: bit-identical resume, atomic writes, refusals."""
+
+import numpy as np
+import pytest
+
+import fastgd
+from fastgd import schedules as S
+
+CONFIGS = [
+    (fastgd.Adam, dict(lr=S.linear_warmup(0.0, 0.01, 3, then=S.cosine(0.01, 20)),
+                       amsgrad=True, weight_decay=0.1)),
+    (fastgd.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+    (fastgd.NAdam, dict(lr=S.inverse_sqrt(0.01), decoupled_weight_decay=True,
+                        weight_decay=0.01)),
+    (fastgd.RMSprop, dict(centered=True, momentum=0.3)),
+    (fastgd.Adagrad, dict(lr_decay=0.01, initial_accumulator_value=0.2)),
+]
+
+
+def make_params(rng):
+    return [rng.standard_normal(7).astype(np.float32),
+            np.asfortranarray(rng.standard_normal((3, 4))), np.array(1.5)]
+
+
+def grads_for(params, rng):
+    return [np.require(rng.standard_normal(p.shape).astype(p.dtype),
+                       requirements="F" if p.ndim > 1 else "C") for p in params]
+
+
+@pytest.mark.parametrize("cls, options", CONFIGS, ids=[c.__name__ for c, _ in CONFIGS])
+def test_resume_is_bit_identical(cls, options, tmp_path):
+    rng = np.random.default_rng(0)
+    grads = [grads_for(make_params(np.random.default_rng(1)), rng) for _ in range(12)]
+    straight = make_params(np.random.default_rng(1))
+    opt = cls(straight, **options)
+    for g in grads:
+        opt.step(g)
+
+    first = make_params(np.random.default_rng(1))
+    opt = cls(first, **options)
+    for g in grads[:5]:
+        opt.step(g)
+    path = tmp_path / "ckpt.npz"
+    fastgd.save(path, opt)
+    resumed = [np.zeros_like(p) for p in first]      # fresh arrays: values come from the file
+    opt2 = cls(resumed, **options)
+    fastgd.load(path, opt2)
+    for g in grads[5:]:
+        opt2.step(g)
+    for a, b in zip(straight, resumed, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert opt2.param_groups[0]["lr"] == options.get("lr", opt2.defaults["lr"])
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]  # no temporary file left
+
+
+def refused(opt, params, path, match):
+    before = opt.state_dict()
+    snapshot = [p.copy() for p in params]
+    with pytest.raises((ValueError, TypeError), match=match):
+        fastgd.load(path, opt)
+    after = opt.state_dict()
+    assert after["state"].keys() == before["state"].keys()
+    for i, s in before["state"].items():
+        for k, v in s.items():
+            np.testing.assert_array_equal(after["state"][i][k], v)
+    for p, s in zip(params, snapshot, strict=True):
+        np.testing.assert_array_equal(p, s)
+
+
+def test_mismatched_checkpoints_are_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    params = make_params(rng)
+    adam = fastgd.Adam(params)
+    adam.step(grads_for(params, rng))
+    path = tmp_path / "adam.npz"
+    fastgd.save(path, adam)
+
+    other = make_params(rng)
+    sgd = fastgd.SGD(other, momentum=0.9)
+    sgd.step(grads_for(other, rng))
+    refused(sgd, other, path, "Adam checkpoint")
+
+    shapes = [np.zeros(8, np.float32), np.zeros((3, 4)), np.array(0.0)]
+    refused(fastgd.Adam(shapes), shapes, path, "parameters")
+    dtypes = [np.zeros(7, np.float64), np.zeros((3, 4)), np.array(0.0)]
+    refused(fastgd.Adam(dtypes), dtypes, path, "parameters")
+    fewer = [np.zeros(7, np.float32)]
+    refused(fastgd.Adam(fewer), fewer, path, "parameters")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing"])
+def test_corrupt_checkpoints_are_refused(tmp_path, damage):
+    rng = np.random.default_rng(3)
+    params = make_params(rng)
+    opt = fastgd.Adam(params)
+    opt.step(grads_for(params, rng))
+    path = tmp_path / "c.npz"
+    fastgd.save(path, opt)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint" * 10)
+    elif damage == "empty":
+        np.savez(path, x=np.zeros(3))
+    else:
+        path.unlink()
+    refused(opt, params, path, "checkpoint")
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    params = make_params(rng)
+    opt = fastgd.Adam(params)
+    opt.step(grads_for(params, rng))
+    path = tmp_path / "c.npz"
+    fastgd.save(path, opt)
+    good = path.read_bytes()
+    opt.step(grads_for(params, rng))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError):
+        fastgd.save(path, opt)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+
+
+def test_unstorable_hyperparameter_is_refused(tmp_path):
+    opt = fastgd.SGD([np.zeros(3)], lr=lambda t: 0.1)
+    with pytest.raises(TypeError, match="checkpoint"):
+        fastgd.save(tmp_path / "x.npz", opt)
+    assert list(tmp_path.iterdir()) == []
