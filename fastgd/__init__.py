@@ -21,5 +21,6 @@ from fastgd.optim import (
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "schedules", "save", "load", "Optimizer", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam",
+__all__ = ["functional", "schedules", "save", "load", "Optimizer", "SGD", "Adagrad", "Adadelta",
+           "RMSprop", "Adam",
            "AdamW", "Adamax", "NAdam", "StepInfo", "__version__"]

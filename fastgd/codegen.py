@@ -17,6 +17,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -41,8 +42,18 @@ def cache_dir() -> Path:
     raise OSError(f"no writable cache directory among {[str(p) for p in candidates]}")
 
 
+_LOCK = threading.Lock()
+
+
 def load_generated(prefix: str, source: str) -> ModuleType:
-    """Import ``source`` as a module from a content-addressed file under :func:`cache_dir`."""
+    """Import ``source`` as a module from a content-addressed file under :func:`cache_dir`.
+
+    Thread-safe: concurrent first calls import the module once."""
+    with _LOCK:
+        return _load_generated(prefix, source)
+
+
+def _load_generated(prefix: str, source: str) -> ModuleType:
     digest = hashlib.sha256()
     for part in (source, Path(rules.__file__).read_text(), numba.__version__):
         digest.update(part.encode())

@@ -15,9 +15,13 @@ of the bandwidth. (State arrays that fastgd allocates share ``param``'s offset, 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
+import numba
 import numpy as np
 
 from fastgd.algorithms import SPECS, RuleSpec
@@ -129,12 +133,37 @@ def kernel(spec: RuleSpec, present: tuple[str, ...], parallel: bool) -> Any:
     return getattr(_module(), f"{spec.kernel_name(present, 'cpu')}__{suffix}")
 
 
+_PARALLEL_LOCK = threading.Lock()
+_serialise_parallel = True
+
+
+@contextmanager
+def parallel_guard() -> Iterator[None]:
+    """Context for running a ``parallel=True`` kernel safely from any Python thread.
+
+    The ``tbb`` and ``omp`` threading layers of Numba accept parallel regions from several
+    Python threads at once; ``workqueue`` (used when neither is installed) does not, so
+    there parallel kernels take turns. The layer is known only after the first parallel
+    launch, which is serialised too.
+    """
+    global _serialise_parallel
+    if not _serialise_parallel:
+        yield
+        return
+    with _PARALLEL_LOCK:
+        yield
+        _serialise_parallel = numba.threading_layer() == "workqueue"
+
+
 def run_pair(module: Any, name: str, arrays: list[Any], scalars: tuple[Any, ...]) -> None:
     """Run ``{name}__serial`` or ``{name}__parallel`` of ``module``, by the arrays' size."""
     size = arrays[0].size
-    if size:
-        suffix = "parallel" if size >= PARALLEL_THRESHOLD else "serial"
-        getattr(module, f"{name}__{suffix}")(*arrays, *scalars)
+    if size < PARALLEL_THRESHOLD:
+        if size:
+            getattr(module, f"{name}__serial")(*arrays, *scalars)
+        return
+    with parallel_guard():
+        getattr(module, f"{name}__parallel")(*arrays, *scalars)
 
 
 def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
@@ -157,4 +186,5 @@ def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[np.
     like = tensors[0][0][:0]
     heads, first_chunk = block_table(addresses, sizes, like.itemsize)
     multi = getattr(_module(), f"{spec.kernel_name(present, 'cpu')}__multi")
-    multi(addresses, sizes, heads, first_chunk, like, *scalars)
+    with parallel_guard():
+        multi(addresses, sizes, heads, first_chunk, like, *scalars)

@@ -46,7 +46,8 @@ def global_norm(grads: Sequence[np.ndarray]) -> float:
         addresses = np.array([g.__array_interface__["data"][0] for g in same], dtype=np.int64)
         sizes = np.array([g.size for g in same], dtype=np.int64)
         heads, first_chunk = cpu.block_table(addresses[:, None], sizes, dtype.itemsize)
-        total += _sum_of_squares(addresses, sizes, heads, first_chunk, same[0][:0])
+        with cpu.parallel_guard():
+            total += _sum_of_squares(addresses, sizes, heads, first_chunk, same[0][:0])
     return math.sqrt(total)
 
 

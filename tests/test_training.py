@@ -140,3 +140,41 @@ def test_global_norm_reduction_matches_numpy():
              [(0, np.float32), (1, np.float64), (70001, np.float32), (33, np.float64)]]
     expected = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
     assert global_norm(grads) == pytest.approx(expected, rel=1e-12)
+
+
+def test_four_threads_step_their_own_optimizers_concurrently():
+    import threading
+
+    sizes = (100, 50000, 3000)
+
+    def train(seed, params, errors):
+        try:
+            rng = np.random.default_rng(seed)
+            opt = fastgd.Adam(params, lr=0.01, weight_decay=0.01)
+            for _ in range(15):
+                opt.step([rng.standard_normal(p.shape).astype(p.dtype) for p in params],
+                         max_norm=10.0)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def initial(seed):
+        rng = np.random.default_rng(100 + seed)
+        return [rng.standard_normal(n).astype(np.float32) for n in sizes]
+
+    expected = []
+    for seed in range(4):
+        params = initial(seed)
+        train(seed, params, [])
+        expected.append(params)
+    for _ in range(3):
+        results, errors = [initial(seed) for seed in range(4)], []
+        threads = [threading.Thread(target=train, args=(seed, results[seed], errors))
+                   for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        for got, want in zip(results, expected, strict=True):
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(a, b)
