@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fastgd import schedules
-from fastgd.dispatch import is_device, to_host
+from fastgd.dispatch import is_device, storage, to_host
 from fastgd.optim import Optimizer
 
 FORMAT = "fastgd-checkpoint-1"
@@ -54,6 +54,11 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _portable(arr: np.ndarray) -> np.ndarray:
+    """bfloat16 arrays as their uint16 bits (``.npz`` stores them without pickle)."""
+    return arr.view(np.uint16) if storage(arr) == "bf16" else arr
+
+
 def save(path: str | os.PathLike[str], optimizer: Optimizer, *, params: bool = True) -> None:
     """Write ``optimizer``'s state (and, with ``params=True``, its parameters) to ``path``."""
     sd = optimizer.state_dict()
@@ -68,7 +73,8 @@ def save(path: str | os.PathLike[str], optimizer: Optimizer, *, params: bool = T
     arrays = {f"state/{i}/{k}": v for i, s in sd["state"].items() for k, v in s.items()
               if isinstance(v, np.ndarray)}
     if params:
-        arrays.update({f"param/{i}": to_host(v) for i, v in enumerate(optimizer._views)})
+        arrays.update({f"param/{i}": _portable(to_host(v))
+                       for i, v in enumerate(optimizer._views)})
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -117,7 +123,9 @@ def load(path: str | os.PathLike[str], optimizer: Optimizer) -> None:
     saved_params = {int(k.split("/")[1]): v for k, v in arrays.items() if k.startswith("param/")}
     for i, value in saved_params.items():
         view = optimizer._views[i] if 0 <= i < len(optimizer._views) else None
-        if view is None or value.shape != tuple(view.shape) or value.dtype != view.dtype:
+        target = None if view is None or is_device(view) else _portable(view)
+        if view is None or value.shape != tuple(view.shape) or value.dtype != (
+                view.dtype if target is None else target.dtype):
             raise ValueError(f"{path}: saved param/{i} does not match the optimizer's")
     optimizer.load_state_dict({"state": state, "param_groups": groups})  # checks, then sets
     for i, value in saved_params.items():
@@ -125,4 +133,4 @@ def load(path: str | os.PathLike[str], optimizer: Optimizer) -> None:
         if is_device(view):
             view.copy_to_device(value)
         else:
-            view[...] = value
+            _portable(view)[...] = value

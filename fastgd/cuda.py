@@ -63,7 +63,8 @@ def generate_source() -> str:
         for present in spec.variants():
             parts.append(_TEMPLATE.format(
                 cache=cache_flag, name=spec.kernel_name(present, "cuda"),
-                args=", ".join(kernel_args(spec, present)), body=rule_call(spec, present, "i")))
+                args=", ".join(kernel_args(spec, present)),
+                body=rule_call(spec, present, "i").replace("\n", "\n        ")))
     return "".join(parts)
 
 

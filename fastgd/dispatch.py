@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-#: dtypes the kernels are compiled for.
+#: dtypes the kernels compute in.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: low-precision parameter dtypes (CPU): stored as float16/bfloat16, computed in float32.
+LOW_PRECISION = {"float16": "f16", "bfloat16": "bf16"}
 _ALIGN = 64
 
 
@@ -38,6 +40,8 @@ def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
     """
     if isinstance(x, np.ndarray):
         arr = x
+    elif _is_torch_tensor(x) and str(x.dtype) == "torch.bfloat16":
+        arr = _torch_bfloat16_view(x, name)
     elif _is_torch_tensor(x):
         try:
             arr = x.detach().numpy()
@@ -60,6 +64,21 @@ def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
     if writable and not arr.flags.writeable:
         raise ValueError(f"{name} is read-only; fastgd updates arrays in place")
     return arr
+
+
+def _torch_bfloat16_view(x: Any, name: str) -> np.ndarray:
+    """Zero-copy ``ml_dtypes.bfloat16`` NumPy view of a torch bfloat16 CPU tensor."""
+    try:
+        import ml_dtypes
+        import torch
+    except ImportError:
+        raise TypeError(f"{name} is a bfloat16 tensor: install ml_dtypes to update it in "
+                        "place") from None
+    try:
+        return x.detach().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    except (RuntimeError, TypeError) as exc:
+        raise TypeError(f"{name}: this torch tensor has no zero-copy NumPy view ({exc})"
+                        ) from None
 
 
 def as_device_array(x: Any, name: str, *, writable: bool) -> Any:
@@ -88,8 +107,25 @@ def as_array(x: Any, name: str, *, writable: bool, device: bool) -> Any:
 
 
 def _check_dtype(arr: Any, name: str) -> None:
-    if arr.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {arr.dtype}")
+    if arr.dtype not in FLOAT_DTYPES and arr.dtype.name not in LOW_PRECISION:
+        raise TypeError(f"{name} must have dtype float32, float64, float16 or bfloat16, got "
+                        f"{arr.dtype}")
+
+
+def storage(arr: Any) -> str:
+    """Storage format of a parameter array: ``""``, ``"f16"`` or ``"bf16"``."""
+    return LOW_PRECISION.get(arr.dtype.name, "")
+
+
+def state_dtype(param: Any) -> np.dtype:
+    """dtype of the optimizer state of ``param``: its own, float32 for float16/bfloat16."""
+    return np.dtype(np.float32) if storage(param) else np.dtype(param.dtype)
+
+
+def kernel_view(arr: Any, order: str) -> Any:
+    """Flat view the kernels read: uint16 bits for float16/bfloat16, else :func:`flat`."""
+    view = flat(arr, order)
+    return view.view(np.uint16) if storage(arr) else view
 
 
 def memory_order(arr: Any, name: str) -> str:
@@ -102,13 +138,17 @@ def memory_order(arr: Any, name: str) -> str:
                      f"{arr.strides}; fastgd never updates a copy")
 
 
-def check_like(arr: Any, ref: Any, order: str, name: str, ref_name: str = "param") -> None:
-    """``arr`` must match ``ref`` in shape, dtype and memory order."""
+def check_like(arr: Any, ref: Any, order: str, name: str, ref_name: str = "param",
+               dtype: Any = None) -> None:
+    """``arr`` must match ``ref`` in shape, dtype (or ``dtype``) and memory order."""
     if tuple(arr.shape) != tuple(ref.shape):
         raise ValueError(f"{name} has shape {tuple(arr.shape)}, expected {tuple(ref.shape)} "
                          f"like {ref_name}")
-    if arr.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {arr.dtype}, expected {ref.dtype} like {ref_name}")
+    expected = ref.dtype if dtype is None else dtype
+    if arr.dtype != expected:
+        raise TypeError(f"{name} has dtype {arr.dtype}, expected {expected}"
+                        + (f" like {ref_name}" if dtype is None else f" for a {ref.dtype} "
+                           f"{ref_name}"))
     if not arr.flags[f"{order}_CONTIGUOUS"]:
         raise ValueError(f"{name} must be contiguous in the same ({order}) order as "
                          f"{ref_name}; got strides {arr.strides}")
@@ -153,10 +193,12 @@ def check_same_gpu(arrays: Mapping[str, Any]) -> None:
             raise ValueError(f"{name} is on GPU {ordinal} but param is on GPU {first}")
 
 
-def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> list[Any]:
-    """Check ``param``, ``grad`` and the state arrays; return their flat views in order.
+def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> tuple[list[Any], str]:
+    """Check ``param``, ``grad`` and the state arrays; return their flat kernel views in
+    order, and the storage format of ``param`` and ``grad``.
 
-    Host arrays give NumPy views, GPU arrays Numba device-array views.
+    Host arrays give NumPy views, GPU arrays Numba device-array views. State arrays have
+    :func:`state_dtype`.
     """
     device = is_device(param)
     inputs = {"param": param, "grad": grad, **states}
@@ -169,15 +211,17 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> list[Any]:
     order = memory_order(p, "param")
     for name, arr in arrays.items():
         if name != "param":
-            check_like(arr, p, order, name)
+            check_like(arr, p, order, name, dtype=None if name == "grad" else state_dtype(p))
+    if device and storage(p):
+        raise TypeError("float16/bfloat16 parameters are supported on the CPU only")
     check_no_overlap(arrays)
     if device:
         check_same_gpu(arrays)
-    return [flat(a, order) for a in arrays.values()]
+    return [kernel_view(a, order) for a in arrays.values()], storage(p)
 
 
-def zeros_like(param: Any, fill: float = 0.0) -> Any:
-    """A new array like ``param`` (on its device) filled with ``fill``.
+def zeros_like(param: Any, fill: float = 0.0, dtype: Any = None) -> Any:
+    """A new array like ``param`` (on its device, of ``dtype`` if given) filled with ``fill``.
 
     On the host its address has the same offset modulo 64 bytes as ``param``.
 
@@ -188,11 +232,13 @@ def zeros_like(param: Any, fill: float = 0.0) -> Any:
         from fastgd import cuda
 
         return cuda.zeros_like(param, fill)
+    dtype = np.dtype(param.dtype if dtype is None else dtype)
+    nbytes = param.size * dtype.itemsize
     offset = param.ctypes.data % _ALIGN
-    buffer = np.empty(param.nbytes + 2 * _ALIGN, dtype=np.uint8)
+    buffer = np.empty(nbytes + 2 * _ALIGN, dtype=np.uint8)
     start = (offset - buffer.ctypes.data) % _ALIGN
     order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
-    arr = buffer[start:start + param.nbytes].view(param.dtype).reshape(param.shape, order=order)
+    arr = buffer[start:start + nbytes].view(dtype).reshape(param.shape, order=order)
     arr.fill(fill)
     return arr
 
@@ -202,10 +248,11 @@ def to_host(arr: Any) -> np.ndarray:
     return arr.copy() if isinstance(arr, np.ndarray) else arr.copy_to_host()
 
 
-def from_host(values: np.ndarray, like: Any) -> Any:
-    """A new array like ``like`` (same device, shape, dtype, alignment) holding ``values``."""
+def from_host(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
+    """A new array like ``like`` (same device, shape, alignment; ``like``'s dtype unless
+    ``dtype`` is given) holding ``values``."""
     if isinstance(like, np.ndarray):
-        arr = zeros_like(like)
+        arr = zeros_like(like, dtype=dtype)
         arr[...] = values
         return arr
     from fastgd import cuda

@@ -2,7 +2,8 @@
 
 Every function checks all of its arguments first (raising ``TypeError``/``ValueError`` that
 name the argument, with nothing written), then updates ``param`` and the state arrays in
-place in a single pass. State arrays must have ``param``'s shape, dtype and memory order;
+place in a single pass. State arrays must have ``param``'s shape, dtype and memory order
+(float32 state for float16/bfloat16 parameters, whose updates are computed in float32);
 their names follow ``torch.optim``'s state keys. ``step`` is the 1-based number of the step
 being taken (``t``). ``g`` below is the gradient, negated when ``maximize=True``.
 
@@ -46,21 +47,27 @@ def run_step(spec: algorithms.RuleSpec, param: ArrayLike, grad: ArrayLike,
             raise ValueError(f"{name} is required with these hyperparameters (got None)")
     used = {name: states[name] for name in spec.states
             if name not in optional or name in scalars.optional}
-    arrays = prepare(param, grad, used)
-    launch_flat(spec, arrays, scalars, stream)
+    arrays, storage = prepare(param, grad, used)
+    launch_flat(spec, arrays, scalars, stream, storage)
+
+
+def compute_dtype(arrays: list[Any], storage: str) -> np.dtype:
+    """dtype the kernel computes in: the param's, float32 for float16/bfloat16 storage."""
+    return np.dtype(np.float32) if storage else np.dtype(arrays[0].dtype)
 
 
 def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScalars,
-                stream: Any = None) -> None:
-    """Run a step on already checked flat arrays (param, grad, states in rule order).
+                stream: Any = None, storage: str = "") -> None:
+    """Run a step on already checked flat kernel views (param, grad, [master], states in
+    rule order) of ``storage`` format (see :mod:`fastgd.kernelgen`).
 
     NumPy arrays run on the CPU; device arrays on the GPU, queued on ``stream``.
     """
-    kernel_scalars = scalars.kernel_scalars(arrays[0].dtype)
+    kernel_scalars = scalars.kernel_scalars(compute_dtype(arrays, storage))
     if isinstance(arrays[0], np.ndarray):
         if stream is not None:
             raise TypeError("stream applies to GPU arrays only")
-        cpu.launch(spec, scalars.optional, arrays, kernel_scalars)
+        cpu.launch(spec, scalars.optional, arrays, kernel_scalars, storage)
     else:
         from fastgd import cuda
 
@@ -68,9 +75,11 @@ def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScala
 
 
 def launch_many_flat(spec: algorithms.RuleSpec, tensors: list[list[np.ndarray]],
-                     scalars: StepScalars) -> None:
-    """Run one step over many host tensors (checked flat arrays, one dtype) at once."""
-    cpu.launch_many(spec, scalars.optional, tensors, scalars.kernel_scalars(tensors[0][0].dtype))
+                     scalars: StepScalars, storage: str = "") -> None:
+    """Run one step over many host tensors (checked flat kernel views of one dtype and
+    storage format) at once."""
+    cpu.launch_many(spec, scalars.optional, tensors,
+                    scalars.kernel_scalars(compute_dtype(tensors[0], storage)), storage)
 
 
 def sgd(param: ArrayLike, grad: ArrayLike, momentum_buffer: ArrayLike | None = None, *,

@@ -1,32 +1,67 @@
-"""Source text of the element loops, shared by the CPU and CUDA kernel generators."""
+"""Source text of the element loops, shared by the CPU and CUDA kernel generators.
+
+A kernel is one rule variant (which optional state arrays exist) in one *storage* format of
+``param`` and ``grad``: ``""`` (float32/float64, computed in that dtype), ``"f16"`` or
+``"bf16"`` (uint16 views of float16/bfloat16 memory, converted on load and store, computed in
+float32 with float32 state), optionally with ``"_master"``: a float32 master copy of the
+parameter that the rule updates, the low-precision param receiving its rounded value.
+"""
 
 from __future__ import annotations
 
 from fastgd.algorithms import RuleSpec
+from fastgd.halfprec import CONVERSIONS
+
+#: every storage format a CPU kernel is generated for
+STORAGES = ("", "f16", "bf16", "f16_master", "bf16_master")
 
 
-def kernel_args(spec: RuleSpec, present: tuple[str, ...]) -> list[str]:
+def split_storage(storage: str) -> tuple[str, bool]:
+    """``"bf16_master"`` -> ``("bf16", True)``."""
+    low, _, master = storage.partition("_")
+    return low, bool(master)
+
+
+def kernel_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> list[str]:
     """Kernel parameters: the arrays, the coefficients, ``grad_scale``, the runtime flags.
 
     ``grad_scale`` multiplies every gradient element as it is read (gradient clipping by
     global norm, fused into the update; 1 otherwise)."""
-    return ["param", "grad", *spec.present_states(present), *spec.coefficients, "grad_scale",
-            *spec.flags]
+    master = ["master"] if split_storage(storage)[1] else []
+    return ["param", "grad", *master, *spec.present_states(present), *spec.coefficients,
+            "grad_scale", *spec.flags]
 
 
-def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str) -> str:
-    """One statement applying ``spec``'s rule to element ``i`` of every array.
+def n_arrays(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> int:
+    """How many of :func:`kernel_args` are arrays."""
+    return 2 + split_storage(storage)[1] + len(spec.present_states(present))
+
+
+def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "") -> str:
+    """Statements applying ``spec``'s rule to element ``i`` of every array.
 
     Absent optional states get the gradient as a placeholder value and their result is
     dropped; the structural flags are written as literals so that the compiler removes the
     branches they guard.
     """
+    low, master = split_storage(storage)
+    load, store = CONVERSIONS[low] if low else ("", "")
+
+    def read(expr: str) -> str:
+        return f"halfprec.{load}({expr})" if low else expr
+
     arrays = set(spec.present_states(present))
-    inputs = [f"param[{i}]", f"grad[{i}] * grad_scale"]
-    outputs = [f"param[{i}]"]
+    grad = read(f"grad[{i}]")
+    inputs = [f"master[{i}]" if master else read(f"param[{i}]"), f"{grad} * grad_scale"]
+    outputs = ["new_param" if low else f"param[{i}]"]
     for n, state in enumerate(spec.states):
-        inputs.append(f"{state}[{i}]" if state in arrays else f"grad[{i}]")
+        inputs.append(f"{state}[{i}]" if state in arrays else grad)
         outputs.append(f"{state}[{i}]" if state in arrays else f"_absent{n}")
     inputs += [*spec.coefficients, *spec.flags]
     inputs += [str(state in present) for state, _ in spec.optional]
-    return f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})"
+    lines = [f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})"]
+    if master:
+        lines.append(f"master[{i}] = new_param")
+    if low:
+        lines.append(f"param[{i}] = halfprec.{store}(new_param)")
+    return "\n".join(lines)

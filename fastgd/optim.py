@@ -6,6 +6,12 @@ tensors or anything NumPy views without copying; they are updated in place. ``st
 takes the gradients in the same structure (``None`` skips a parameter); without ``grads`` the
 ``.grad`` attribute of each parameter (torch tensors) is used. ``lr`` may be a number or a
 schedule, a callable ``t -> lr`` such as those of :mod:`fastgd.schedules`.
+
+float16 and bfloat16 parameters (NumPy, ``ml_dtypes``, torch CPU tensors) are read and
+written in place in their own format, with float32 optimizer state and float32 arithmetic;
+with ``master_weights=True`` the optimizer also keeps a float32 copy of each such parameter
+(state ``master_param``), updates that copy and writes its rounded value to the parameter,
+so that small updates are not lost to float16 rounding.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from fastgd.dispatch import (
     flat,
     from_host,
     is_device,
+    kernel_view,
     memory_order,
     shares_memory,
     span,
+    state_dtype,
+    storage,
     to_host,
     zeros_like,
 )
 from fastgd.functional import launch_flat, launch_many_flat
+from fastgd.halfprec import to_float32
 from fastgd.hyperparams import (
     StepScalars,
     adadelta_scalars,
@@ -169,7 +179,7 @@ class Optimizer:
                     key = (g_index, t)
                     if key not in scalar_cache or self._per_param_scalars:
                         scalar_cache[key] = self._scalars(group, t, state)
-                    work.append((index, group, flat(garr, order), scalar_cache[key], t))
+                    work.append((index, group, kernel_view(garr, order), scalar_cache[key], t))
                 index += 1
         info = None
         if max_norm is not None or skip_if_nonfinite:
@@ -189,26 +199,32 @@ class Optimizer:
             for name in names:
                 if name not in state:
                     state[name] = self._initial_state(group, view, name)
-            arrays = [flat(view, order), gflat] + [flat(state[n], order) for n in names]
+            fmt = storage(view)
+            if fmt and group["master_weights"]:
+                fmt += "_master"
+                if "master_param" not in state:
+                    state["master_param"] = from_host(view, view, np.float32)
+                names = ["master_param", *names]
+            arrays = [kernel_view(view, order), gflat] + [flat(state[n], order) for n in names]
             host = isinstance(view, np.ndarray)
-            batches.setdefault((view.dtype, host, scalars), []).append(arrays)
-        for (_, host, scalars), tensors in batches.items():
+            batches.setdefault((view.dtype, host, scalars, fmt), []).append(arrays)
+        for (_, host, scalars, fmt), tensors in batches.items():
             if host and len(tensors) > 1:
-                launch_many_flat(self.spec, tensors, scalars)
+                launch_many_flat(self.spec, tensors, scalars, fmt)
             else:
                 for arrays in tensors:
-                    launch_flat(self.spec, arrays, scalars, stream)
+                    launch_flat(self.spec, arrays, scalars, stream, fmt)
         for index, group, _, _, t in work:
             state = self.state[index]
             self._after_step(state, group, t)
             state["step"] = t
         return info
 
-    @staticmethod
-    def _reduce(work: list[Any], max_norm: Any, skip_if_nonfinite: bool) -> StepInfo:
+    def _reduce(self, work: list[Any], max_norm: Any, skip_if_nonfinite: bool) -> StepInfo:
         if max_norm is not None:
             number("max_norm", max_norm)
-        grads = [item[2] for item in work]
+        grads = [to_float32(gflat, storage(self._views[index]))
+                 for index, _, gflat, _, _ in work]
         if not all(isinstance(g, np.ndarray) for g in grads):
             raise TypeError("max_norm and skip_if_nonfinite support host (NumPy) arrays only")
         norm = global_norm(grads)
@@ -250,7 +266,7 @@ class Optimizer:
 
     def _initial_state(self, group: Mapping[str, Any], param: np.ndarray, name: str
                        ) -> np.ndarray:
-        return zeros_like(param)
+        return zeros_like(param, dtype=state_dtype(param))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the ``.grad`` of parameters that have one (torch tensors)."""
@@ -326,7 +342,8 @@ class Optimizer:
         if not isinstance(entry, Mapping):
             raise TypeError(f"{name} must be a dict")
         scalar_keys = {"step"} | set(self._scalar_state)
-        unknown = set(entry) - set(self.spec.states) - scalar_keys
+        arrays_keys = {*self.spec.states, "master_param"}
+        unknown = set(entry) - arrays_keys - scalar_keys
         if unknown:
             raise ValueError(f"{name} has unknown entries {sorted(unknown)} (a state dict of "
                              "another optimizer?)")
@@ -346,13 +363,14 @@ class Optimizer:
             result[key] = number(f"{name}[{key!r}]", entry[key], high=1.0,
                                  high_inclusive=True)
         view = self._views[index]
-        for key in self.spec.states:
+        dtype = state_dtype(view)
+        for key in (*self.spec.states, "master_param"):
             if key in entry:
                 arr = np.asarray(entry[key])
-                if arr.shape != view.shape or arr.dtype != view.dtype:
+                if arr.shape != tuple(view.shape) or arr.dtype != dtype:
                     raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
-                                     f"{view.dtype} {view.shape} like params[{index}]")
-                result[key] = from_host(arr, view)
+                                     f"{dtype} {tuple(view.shape)} for params[{index}]")
+                result[key] = from_host(arr, view, dtype)
         required = [k for k in self.spec.states if k not in dict(self.spec.optional)]
         missing = [k for k in required if k not in result]
         if missing and result["step"] > 0:
@@ -410,10 +428,11 @@ class SGD(Optimizer):
 
     def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 *, maximize: bool = False) -> None:
+                 *, maximize: bool = False,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize))
+                                      maximize=maximize, master_weights=master_weights))
 
     _per_param_scalars = True
 
@@ -431,10 +450,11 @@ class Adagrad(Optimizer):
 
     def __init__(self, params: Any, lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10, *, maximize: bool = False) -> None:
+                 eps: float = 1e-10, *, maximize: bool = False,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize))
+                                      eps=eps, maximize=maximize, master_weights=master_weights))
 
     def _check_hyperparameters(self, group):
         super()._check_hyperparameters(group)
@@ -446,7 +466,8 @@ class Adagrad(Optimizer):
                                maximize=group["maximize"])
 
     def _initial_state(self, group, param, name):
-        return zeros_like(param, fill=group["initial_accumulator_value"])
+        return zeros_like(param, fill=group["initial_accumulator_value"],
+                          dtype=state_dtype(param))
 
 
 class Adadelta(Optimizer):
@@ -456,9 +477,10 @@ class Adadelta(Optimizer):
     spec = algorithms.ADADELTA
 
     def __init__(self, params: Any, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
-                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
+                 weight_decay: float = 0.0, *, maximize: bool = False,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize, master_weights=master_weights))
 
     def _scalars(self, group, t, state):
         return adadelta_scalars(lr=_lr(group, t), rho=group["rho"], eps=group["eps"],
@@ -473,10 +495,11 @@ class RMSprop(Optimizer):
 
     def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-                 *, maximize: bool = False) -> None:
+                 *, maximize: bool = False,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                                       momentum=momentum, centered=centered,
-                                      maximize=maximize))
+                                      maximize=maximize, master_weights=master_weights))
 
     def _scalars(self, group, t, state):
         return rmsprop_scalars(lr=_lr(group, t), alpha=group["alpha"], eps=group["eps"],
@@ -489,15 +512,16 @@ class Adam(Optimizer):
     :func:`fastgd.functional.adam`. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``."""
 
     spec = algorithms.ADAM
-    _decoupled_default = False
 
     def __init__(self, params: Any, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 decoupled_weight_decay: bool = False) -> None:
+                 decoupled_weight_decay: bool = False,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
-                                      decoupled_weight_decay=decoupled_weight_decay))
+                                      decoupled_weight_decay=decoupled_weight_decay,
+                                      master_weights=master_weights))
 
     def _scalars(self, group, t, state):
         beta1, beta2 = _betas(group)
@@ -513,10 +537,10 @@ class AdamW(Adam):
     def __init__(self, params: Any, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, master_weights: bool = False) -> None:
         Optimizer.__init__(self, params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, decoupled_weight_decay=True))
+            maximize=maximize, decoupled_weight_decay=True, master_weights=master_weights))
 
 
 class Adamax(Optimizer):
@@ -526,9 +550,10 @@ class Adamax(Optimizer):
 
     def __init__(self, params: Any, lr: float = 2e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, *, maximize: bool = False) -> None:
+                 weight_decay: float = 0.0, *, maximize: bool = False,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize, master_weights=master_weights))
 
     def _scalars(self, group, t, state):
         beta1, beta2 = _betas(group)
@@ -548,11 +573,12 @@ class NAdam(Optimizer):
     def __init__(self, params: Any, lr: float = 2e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum_decay: float = 4e-3,
-                 decoupled_weight_decay: bool = False, *, maximize: bool = False) -> None:
+                 decoupled_weight_decay: bool = False, *, maximize: bool = False,
+                 master_weights: bool = False) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay,
                                       decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize))
+                                      maximize=maximize, master_weights=master_weights))
 
     def _nadam(self, group, t, state):
         beta1, beta2 = _betas(group)

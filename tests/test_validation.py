@@ -247,7 +247,7 @@ def test_wrong_shape_nd(name):
 # dtype ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("dtype", [np.float16, np.int64, np.int32, np.complex128, bool,
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.complex128, bool,
                                    np.dtype(">f8"), np.longdouble])
 def test_unsupported_param_dtype(name, dtype):
     arrays = make_arrays(name)
@@ -260,6 +260,8 @@ def test_unsupported_dtype_everywhere(name):
     base = make_arrays(name)
     for key in base:
         for dtype in (np.float16, np.int64):
+            if key == "param" and dtype == np.float16:
+                continue  # a valid (low-precision) param: then the grad is the mismatch
             arrays = dict(base)
             arrays[key] = base[key].astype(dtype)
             refuse_call(name, arrays, (key,))
@@ -397,8 +399,7 @@ def test_gpu_like_param_with_host_arrays_refused(name):
 def test_torch_unsupported_tensors_refused(name):
     torch = pytest.importorskip("torch")
     base = make_arrays(name)
-    cases = [torch.ones(6, dtype=torch.bfloat16), torch.ones(6, dtype=torch.float16),
-             torch.ones(6, dtype=torch.int64), torch.ones(12, dtype=torch.float64)[::2]]
+    cases = [torch.ones(6, dtype=torch.int64), torch.ones(12, dtype=torch.float64)[::2]]
     for bad in cases:
         refuse_call(name, {**base, "param": bad}, ("param",))
 
@@ -879,7 +880,6 @@ def bad_params():
     base = np.arange(12, dtype=np.float64)
     ro = base.copy()
     ro.flags.writeable = False
-    yield "float16", np.ones(4, np.float16)
     yield "int", np.arange(4)
     yield "strided", base[::2]
     yield "read-only", ro
@@ -913,8 +913,7 @@ def test_constructor_read_only_memmap_and_torch(cname, tmp_path):
     mm = np.memmap(path, dtype=np.float64, mode="r", shape=(6,))
     refuse(lambda: make(cname, [mm]), mm, names=("params[0]",))
     refuse(lambda: make(cname, mm), mm, names=("params[0]", "params"))
-    for t in (torch.ones(4, dtype=torch.bfloat16), torch.ones(4, dtype=torch.float16),
-              torch.ones(8, dtype=torch.float64)[::2]):
+    for t in (torch.ones(8, dtype=torch.float64)[::2], torch.ones(4, dtype=torch.int32)):
         refuse(lambda t=t: make(cname, [t]), t, names=("params[0]",))
 
 
@@ -946,7 +945,7 @@ def test_add_param_group_refuses_overlap_and_leaves_optimizer_alone():
     opt.step([np.ones_like(a)])
     snap = OptimizerSnapshot(opt, [a, b])
     for group in ({"params": [a]}, {"params": [b], "lr": -1.0}, {"params": [b], "nope": 1},
-                  {"params": [b.astype(np.float16)]}, {"lr": 0.1}):
+                  {"params": [b.astype(np.int32)]}, {"lr": 0.1}):
         with pytest.raises((TypeError, ValueError)):
             opt.add_param_group(group)
         snap.assert_unchanged()
