@@ -33,6 +33,23 @@ def nan_max(a, b):
 
 
 @rule
+def adam_moments(p, g, exp_avg, exp_avg_sq, weight_decay, decay_factor, beta1,
+                 one_minus_beta1, beta2, one_minus_beta2, maximize, l2, decoupled):
+    """The part Adam and NAdam share: ``g = -g`` (maximize); decoupled weight decay
+    ``p *= 1 - lr * wd`` or L2 ``g += wd * p``; ``m = beta1 m + (1 - beta1) g``;
+    ``v = beta2 v + (1 - beta2) g^2``. Returns ``(p, g, m, v)``."""
+    if maximize:
+        g = -g
+    if decoupled:
+        p = p * decay_factor
+    if l2:
+        g = g + weight_decay * p
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    return p, g, exp_avg, exp_avg_sq
+
+
+@rule
 def sgd_rule(p, g, momentum_buffer, lr, weight_decay, momentum, one_minus_dampening,
              maximize, l2, first_step, nesterov, use_momentum):
     """SGD with optional momentum, dampening and Nesterov momentum.
@@ -131,14 +148,9 @@ def adam_rule(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, weight_decay
     ``s = v`` or, with AMSGrad, ``vmax = max(vmax, v); s = vmax``;
     ``p -= (lr / bc1) * m / (sqrt(s) / sqrt(bc2) + eps)`` with ``bc_i = 1 - beta_i**t``.
     """
-    if maximize:
-        g = -g
-    if decoupled:
-        p = p * decay_factor
-    if l2:
-        g = g + weight_decay * p
-    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
-    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    p, g, exp_avg, exp_avg_sq = adam_moments(
+        p, g, exp_avg, exp_avg_sq, weight_decay, decay_factor, beta1, one_minus_beta1, beta2,
+        one_minus_beta2, maximize, l2, decoupled)
     if amsgrad:
         max_exp_avg_sq = nan_max(max_exp_avg_sq, exp_avg_sq)
         second = max_exp_avg_sq
@@ -174,14 +186,9 @@ def nadam_rule(p, g, exp_avg, exp_avg_sq, grad_coef, avg_coef, weight_decay, dec
     ``p -= lr mu_{t+1} / (1 - prod_{i<=t+1} mu_i) * m / denom`` (``grad_coef``,
     ``avg_coef`` from the host).
     """
-    if maximize:
-        g = -g
-    if decoupled:
-        p = p * decay_factor
-    if l2:
-        g = g + weight_decay * p
-    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
-    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    p, g, exp_avg, exp_avg_sq = adam_moments(
+        p, g, exp_avg, exp_avg_sq, weight_decay, decay_factor, beta1, one_minus_beta1, beta2,
+        one_minus_beta2, maximize, l2, decoupled)
     denom = math.sqrt(exp_avg_sq / bc2) + eps
     p = p - grad_coef * g / denom
     p = p - avg_coef * exp_avg / denom
