@@ -113,15 +113,17 @@ def _numpy_step(name: str, p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t:
         raise ValueError(name)
 
 
-def _torch_stepper(case: Case, p: np.ndarray, g: np.ndarray) -> tuple[Callable[[], Any], str]:
+def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
+                   ) -> tuple[Callable[[], Any], str]:
     import torch
 
-    tp = torch.nn.Parameter(torch.tensor(p))
-    tp.grad = torch.tensor(g)
+    tensors = [torch.nn.Parameter(torch.tensor(p)) for p in params]
+    for t, g in zip(tensors, grads, strict=True):
+        t.grad = torch.tensor(g)
     cls = getattr(torch.optim, case.torch_name)
     for flavour in ("fused", "foreach"):
         try:
-            opt = cls([tp], **case.options, **{flavour: True})
+            opt = cls(tensors, **case.options, **{flavour: True})
             opt.step()
             return opt.step, flavour
         except (RuntimeError, TypeError, ValueError):
@@ -129,11 +131,23 @@ def _torch_stepper(case: Case, p: np.ndarray, g: np.ndarray) -> tuple[Callable[[
     raise RuntimeError(f"torch.optim.{case.torch_name} has no fused or foreach step here")
 
 
+def many_tensor_sizes(count: int = 161, total: int = 16_000_000, largest: int = 2_400_000,
+                      seed: int = 0) -> list[int]:
+    """Log-normally distributed tensor sizes, like a ResNet-50's 161 parameter tensors."""
+    rng = np.random.default_rng(seed)
+    raw = rng.lognormal(mean=0.0, sigma=2.0, size=count)
+    sizes = np.maximum(1, raw / raw.sum() * total).astype(np.int64)
+    sizes = np.minimum(sizes, largest)
+    sizes[np.argmax(sizes)] = largest
+    return [int(n) for n in sizes]
+
+
 @dataclass
 class Result:
     algorithm: str
     dtype: str
     size: int
+    tensors: int
     seconds: float
     gbps: float
     roofline_seconds: float
@@ -150,27 +164,41 @@ def _timed(fn: Callable[[], Any]) -> float:
 
 
 def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = True,
-             rng: np.random.Generator | None = None) -> Result:
-    """Benchmark one (algorithm, size, dtype): fastgd step, roofline and baselines."""
+             rng: np.random.Generator | None = None, tensors: list[int] | None = None
+             ) -> Result:
+    """Benchmark one (algorithm, size, dtype): fastgd step, roofline and baselines.
+
+    With ``tensors`` (a list of sizes), one step over that many arrays (``size`` is ignored);
+    the roofline is then the copy kernel over one array of the same total size."""
     rng = rng or np.random.default_rng(0)
     dtype = np.dtype(dtype)
-    p = rng.standard_normal(size).astype(dtype)
-    g = rng.standard_normal(size).astype(dtype)
-    opt = case.cls([p], **case.options)
-    opt.step([g])  # compiles (or loads from cache) and allocates state
-    state = opt.state[0]
-    copy_arrays = [p, g] + [flat(state[s], "C") for s in case.states]
+    shapes = tensors or [size]
+    params = [rng.standard_normal(n).astype(dtype) for n in shapes]
+    grads = [rng.standard_normal(n).astype(dtype) for n in shapes]
+    opt = case.cls(params, **case.options)
+    opt.step(grads)  # compiles (or loads from cache) and allocates state
+    if tensors:
+        whole = rng.standard_normal(sum(shapes)).astype(dtype)
+        copy_arrays = [whole] + [zeros_like(whole) for _ in range(1 + len(case.states))]
+    else:
+        copy_arrays = [params[0], grads[0]] + [flat(opt.state[0][s], "C") for s in case.states]
     fns: dict[str, Callable[[], Any]] = {
-        "fastgd": lambda: opt.step([g]),
+        "fastgd": lambda: opt.step(grads),
         "roofline": lambda: roofline_step(copy_arrays),
     }
     torch_impl = None
     if baselines:
-        pn, sn = p.copy(), [zeros_like(p) + 1 for _ in case.states]
+        copies = [(p.copy(), [zeros_like(p) + 1 for _ in case.states]) for p in params]
         counter = iter(range(1, 1 << 60))
-        fns["numpy"] = lambda: _numpy_step(case.name, pn, g, sn, next(counter))
+
+        def numpy_step() -> None:
+            t = next(counter)
+            for (p, states), g in zip(copies, grads, strict=True):
+                _numpy_step(case.name, p, g, states, t)
+
+        fns["numpy"] = numpy_step
         try:
-            fns["torch"], torch_impl = _torch_stepper(case, p, g)
+            fns["torch"], torch_impl = _torch_stepper(case, params, grads)
         except ImportError:
             pass
     for fn in fns.values():
@@ -180,26 +208,45 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         for key, fn in fns.items():
             times[key].append(_timed(fn))
     med = {k: float(np.median(v)) for k, v in times.items()}
-    moved = bytes_per_step(case, size, dtype)
+    total = sum(shapes)
+    moved = bytes_per_step(case, total, dtype)
     return Result(
-        algorithm=case.name, dtype=dtype.name, size=size, seconds=med["fastgd"],
-        gbps=moved / med["fastgd"] / 1e9, roofline_seconds=med["roofline"],
-        pct_roofline=100.0 * med["roofline"] / med["fastgd"],
+        algorithm=case.name, dtype=dtype.name, size=total, tensors=len(shapes),
+        seconds=med["fastgd"], gbps=moved / med["fastgd"] / 1e9,
+        roofline_seconds=med["roofline"], pct_roofline=100.0 * med["roofline"] / med["fastgd"],
         numpy_speedup=med["numpy"] / med["fastgd"] if "numpy" in med else None,
         torch_speedup=med["torch"] / med["fastgd"] if "torch" in med else None,
         torch_impl=torch_impl)
 
 
+def startup_seconds(repeat: int = 3) -> float:
+    """Seconds for ``import fastgd`` and a first Adam step in a new process, with the kernel
+    cache warm (the best of ``repeat`` runs, after one run that fills the cache)."""
+    import subprocess
+    import sys
+
+    code = ("import time; t = time.perf_counter(); import numpy as np, fastgd; "
+            "p = np.zeros(1000, np.float32); fastgd.Adam([p]).step([p + 1]); "
+            "print(time.perf_counter() - t)")
+    runs = [float(subprocess.run([sys.executable, "-c", code], check=True,
+                                 capture_output=True, text=True).stdout)
+            for _ in range(repeat + 1)]
+    return min(runs[1:])
+
+
 def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], repeat: int,
-        baselines: bool = True, progress: bool = True) -> list[Result]:
-    """Benchmark every combination, with a progress bar."""
+        baselines: bool = True, progress: bool = True, many: bool = False) -> list[Result]:
+    """Benchmark every combination, with a progress bar; ``many`` adds, per algorithm and
+    dtype, one step over the 161 tensors of :func:`many_tensor_sizes`."""
     from tqdm import tqdm
 
-    combos = [(a, s, d) for a in algorithms for d in dtypes for s in sizes]
+    combos = [(a, s, d, None) for a in algorithms for d in dtypes for s in sizes]
+    if many:
+        combos += [(a, 0, d, many_tensor_sizes()) for a in algorithms for d in dtypes]
     results = []
-    for name, size, dtype in tqdm(combos, desc="fastgd bench", disable=not progress,
-                                  unit="case"):
-        results.append(run_case(CASES[name], size, dtype, repeat, baselines))
+    for name, size, dtype, tensors in tqdm(combos, desc="fastgd bench", disable=not progress,
+                                           unit="case"):
+        results.append(run_case(CASES[name], size, dtype, repeat, baselines, tensors=tensors))
     return results
 
 
@@ -212,7 +259,8 @@ def format_table(results: list[Result]) -> str:
               "vs torch")
     rows = [header]
     for r in results:
-        rows.append((r.algorithm, r.dtype, str(r.size), _fmt_time(r.seconds), f"{r.gbps:.1f}",
+        size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors}"
+        rows.append((r.algorithm, r.dtype, size, _fmt_time(r.seconds), f"{r.gbps:.1f}",
                      f"{r.pct_roofline:.0f}%", ratio(r.numpy_speedup),
                      ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -8,7 +8,7 @@ import platform
 import sys
 from typing import Any
 
-from fastgd import bench
+from fastgd import bench, demo
 
 
 def _csv(choices: list[str] | None = None):
@@ -59,9 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=["cpu"], default="cpu")
     b.add_argument("--repeat", type=int, default=7, help="timed repetitions (median kept)")
     b.add_argument("--no-baselines", action="store_true", help="skip NumPy and torch")
+    b.add_argument("--many", action="store_true",
+                   help="also step 161 tensors of log-normal sizes (16M elements) at once")
+    b.add_argument("--startup", action="store_true",
+                   help="also time import + first Adam step in a new process (warm cache)")
     b.add_argument("--json", metavar="FILE", help="write results as JSON ('-' for stdout)")
     b.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_arguments(sub.add_parser(
+        "demo", help="watch the optimizers on toy problems (tables and PNG pictures)",
+        description="Gradient descent on x^2, a linear regression and 2-D test surfaces, every "
+        "update made by fastgd's optimizers; prints tables and writes PNGs (matplotlib)."))
     return parser
 
 
@@ -69,13 +77,18 @@ def _bench(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise SystemExit("fastgd bench: --repeat must be >= 1")
     results = bench.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
-                        baselines=not args.no_baselines, progress=not args.quiet)
+                        baselines=not args.no_baselines, progress=not args.quiet,
+                        many=args.many)
+    startup = bench.startup_seconds() if args.startup else None
     if args.json != "-":
         print(f"fastgd bench on {platform.processor() or platform.machine()}, "
               f"{_threads()} threads")
         print(bench.format_table(results))
+        if startup is not None:
+            print(f"import fastgd + first Adam step, new process, warm cache: {startup:.2f} s")
     if args.json:
-        payload = {"machine": _machine(), "results": bench.as_records(results)}
+        payload = {"machine": _machine(), "results": bench.as_records(results),
+                   "startup_seconds": startup}
         text = json.dumps(payload, indent=2)
         if args.json == "-":
             print(text)
@@ -108,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "bench":
         return _bench(args)
+    if args.command == "demo":
+        return demo.main(args)
     return 2
 
 

@@ -110,23 +110,28 @@ def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str) -> 
                             block=BLOCK, body=body)
 
 
-def generate_source() -> str:
-    """Python source of every CPU kernel (parallel and serial) of every rule variant."""
-    parts = [_HEADER]
-    for spec in SPECS.values():
-        for present in spec.variants():
-            for storage in STORAGES:
-                name = kernel_name(spec, present, storage)
-                args, count = kernel_args(spec, present, storage), n_arrays(spec, present, storage)
-                body = rule_call(spec, present, "i", storage).replace("\n", "\n        ")
-                parts.append(kernel_pair_source(name, args, count, body))
-                parts.append(multi_source(name, args[:count], args[count:]))
-    return "".join(parts)
+def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> str:
+    """Python source of the CPU kernels (serial, parallel, many-tensor) of one rule variant
+    and storage format."""
+    name = kernel_name(spec, present, storage)
+    args, count = kernel_args(spec, present, storage), n_arrays(spec, present, storage)
+    body = rule_call(spec, present, "i", storage).replace("\n", "\n        ")
+    return "".join([_HEADER, kernel_pair_source(name, args, count, body),
+                    multi_source(name, args[:count], args[count:])])
+
+
+def all_variants() -> list[tuple[RuleSpec, tuple[str, ...], str]]:
+    """Every (rule, present optional states, storage format) a CPU kernel exists for."""
+    return [(spec, present, storage) for spec in SPECS.values()
+            for present in spec.variants() for storage in STORAGES]
 
 
 @cache
-def _module() -> Any:
-    return load_generated("cpu_kernels", generate_source())
+def _module(spec: RuleSpec, present: tuple[str, ...], storage: str) -> Any:
+    # One small module per variant: a process imports (and loads from the on-disk cache)
+    # only the kernels it uses, which keeps start-up short.
+    return load_generated(kernel_name(spec, present, storage),
+                          generate_source(spec, present, storage))
 
 
 def kernel_name(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> str:
@@ -137,7 +142,8 @@ def kernel_name(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> 
 def kernel(spec: RuleSpec, present: tuple[str, ...], parallel: bool, storage: str = "") -> Any:
     """The compiled-on-demand CPU kernel of one rule variant."""
     suffix = "parallel" if parallel else "serial"
-    return getattr(_module(), f"{kernel_name(spec, present, storage)}__{suffix}")
+    return getattr(_module(spec, present, storage),
+                   f"{kernel_name(spec, present, storage)}__{suffix}")
 
 
 _PARALLEL_LOCK = threading.Lock()
@@ -176,7 +182,8 @@ def run_pair(module: Any, name: str, arrays: list[Any], scalars: tuple[Any, ...]
 def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
            scalars: tuple[Any, ...], storage: str = "") -> None:
     """Run one variant over flat, validated arrays (param, grad, states...) in place."""
-    run_pair(_module(), kernel_name(spec, present, storage), arrays, scalars)
+    run_pair(_module(spec, present, storage), kernel_name(spec, present, storage), arrays,
+             scalars)
 
 
 def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[np.ndarray]],
@@ -187,12 +194,12 @@ def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[np.
     name = kernel_name(spec, present, storage)
     if sizes.sum() < PARALLEL_THRESHOLD:
         for arrays in tensors:
-            run_pair(_module(), name, arrays, scalars)
+            run_pair(_module(spec, present, storage), name, arrays, scalars)
         return
     addresses = np.array([[a.__array_interface__["data"][0] for a in arrays]
                           for arrays in tensors], dtype=np.int64)
     likes = tuple(a[:0] for a in tensors[0])
     heads, first_chunk = block_table(addresses, sizes, likes[0].itemsize)
     with parallel_guard():
-        getattr(_module(), f"{name}__multi")(addresses, sizes, heads, first_chunk, likes,
-                                             *scalars)
+        getattr(_module(spec, present, storage), f"{name}__multi")(
+            addresses, sizes, heads, first_chunk, likes, *scalars)

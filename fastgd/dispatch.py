@@ -112,9 +112,16 @@ def _check_dtype(arr: Any, name: str) -> None:
                         f"{arr.dtype}")
 
 
+_STORAGE: dict[Any, str] = {}
+
+
 def storage(arr: Any) -> str:
     """Storage format of a parameter array: ``""``, ``"f16"`` or ``"bf16"``."""
-    return LOW_PRECISION.get(arr.dtype.name, "")
+    dtype = arr.dtype
+    try:
+        return _STORAGE[dtype]
+    except KeyError:  # dtype.name is slow: look it up once per dtype
+        return _STORAGE.setdefault(dtype, LOW_PRECISION.get(dtype.name, ""))
 
 
 def state_dtype(param: Any) -> np.dtype:

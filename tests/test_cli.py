@@ -41,3 +41,13 @@ def test_bytes_per_step_counts_reads_and_writes():
 def test_bench_rejects_bad_options(argv):
     with pytest.raises(SystemExit):
         cli.main(argv)
+
+
+def test_many_tensor_case_and_sizes():
+    sizes = bench.many_tensor_sizes()
+    assert len(sizes) == 161 and max(sizes) == 2_400_000
+    assert 14_000_000 < sum(sizes) < 18_000_000 and min(sizes) >= 1
+    result = bench.run_case(bench.CASES["adam"], 0, "float32", repeat=1,
+                            tensors=[5, 3000, 70000])
+    assert result.tensors == 3 and result.size == 73005 and result.seconds > 0
+    assert result.torch_speedup is None or result.torch_speedup > 0
