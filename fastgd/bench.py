@@ -270,6 +270,48 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(results: list[Result], machine: dict[str, Any],
+                    startup: float | None = None) -> str:
+    """The results as a Markdown report: the table, then each target met or missed."""
+    def ratio(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}x"
+
+    lines = [f"Machine: {machine.get('processor') or machine.get('platform')}, "
+             f"{machine.get('threads')} threads; numba {machine.get('numba')}, "
+             f"numpy {machine.get('numpy')}, Python {machine.get('python')}.", "",
+             "| algorithm | dtype | size | time/step | GB/s | % roofline | vs NumPy | vs torch |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results:
+        size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors} tensors"
+        torch = ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else "")
+        lines.append(f"| {r.algorithm} | {r.dtype} | {size} | {_fmt_time(r.seconds)} | "
+                     f"{r.gbps:.1f} | {r.pct_roofline:.0f}% | {ratio(r.numpy_speedup)} | "
+                     f"{torch} |")
+    lines += ["", "Targets:", ""]
+    large = [r for r in results if r.size >= 2**24 and r.tensors == 1]
+    for r in large:
+        ok_roof = r.pct_roofline >= 90
+        ok_torch = r.torch_speedup is None or r.torch_speedup >= 1
+        lines.append(f"- {r.algorithm} {r.dtype} 2**24: {r.pct_roofline:.0f}% of roofline "
+                     f"({'met' if ok_roof else 'MISSED'} >= 90%), "
+                     f"{ratio(r.torch_speedup)} torch ({'met' if ok_torch else 'MISSED'} >= 1x)")
+    for r in (r for r in results if r.size <= 1000 and r.tensors == 1):
+        if r.torch_speedup is not None:
+            ok = r.torch_speedup >= 2
+            lines.append(f"- {r.algorithm} {r.dtype} {r.size}: class step "
+                         f"{1 / r.torch_speedup:.2f} of torch's ({'met' if ok else 'MISSED'} "
+                         "<= 0.5)")
+    for r in (r for r in results if r.tensors > 1):
+        if r.torch_speedup is not None:
+            ok = r.torch_speedup >= 1
+            lines.append(f"- {r.algorithm} {r.dtype}, {r.tensors} tensors: "
+                         f"{ratio(r.torch_speedup)} torch ({'met' if ok else 'MISSED'} >= 1x)")
+    if startup is not None:
+        lines.append(f"- import + first Adam step, new process, warm cache: {startup:.2f} s "
+                     f"({'met' if startup < 1 else 'MISSED'} < 1 s)")
+    return "\n".join(lines) + "\n"
+
+
 def _fmt_time(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"

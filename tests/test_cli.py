@@ -51,3 +51,11 @@ def test_many_tensor_case_and_sizes():
                             tensors=[5, 3000, 70000])
     assert result.tensors == 3 and result.size == 73005 and result.seconds > 0
     assert result.torch_speedup is None or result.torch_speedup > 0
+
+
+def test_bench_markdown(tmp_path):
+    out = tmp_path / "r.md"
+    assert cli.main(["bench", "--algorithms", "sgd", "--sizes", "1000", "--dtypes", "float32",
+                     "--repeat", "1", "--quiet", "--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert "| sgd | float32 | 1000 |" in text and "Targets:" in text
