@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time import + first Adam step in a new process (warm cache)")
     b.add_argument("--json", metavar="FILE", help="write results as JSON ('-' for stdout)")
     b.add_argument("--plot", metavar="FILE.png", help="bar chart (needs matplotlib)")
+    b.add_argument("--markdown", metavar="FILE.md",
+                   help="write the table and the targets met or missed as Markdown")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_arguments(sub.add_parser(
         "demo", help="watch the optimizers on toy problems (tables and PNG pictures)",
@@ -95,6 +97,9 @@ def _bench(args: argparse.Namespace) -> int:
         else:
             with open(args.json, "w") as handle:
                 handle.write(text + "\n")
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(bench.format_markdown(results, _machine(), startup))
     if args.plot:
         from fastgd.plotting import plot_bench
 

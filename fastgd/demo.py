@@ -27,6 +27,7 @@ import argparse
 import inspect
 import math
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +42,10 @@ from fastgd import schedules
 from fastgd.optim import Optimizer
 
 __all__ = ["Objective", "Surface", "LinearRegression", "Parabola", "OptimizerConfig", "Trace",
-           "DemoResult", "OPTIMIZERS", "SURFACES", "REGRESSION", "PLOT_HINT", "descend",
-           "make_config", "parabola_experiment", "regression_experiment", "surface_experiment",
-           "format_table", "run", "add_arguments", "main"]
+           "DemoResult", "OPTIMIZERS", "DEFAULT_LR", "SCHEDULES", "SURFACES", "REGRESSION",
+           "PLOT_HINT", "regression_problem", "make_config", "descend", "parabola_experiment",
+           "regression_experiment", "surface_experiment", "format_table", "plot_parabola",
+           "plot_paths", "animate_paths", "run", "add_arguments", "main"]
 
 PLOT_HINT = "pip install 'fastgd[plot]'"
 DEFAULT_OUT = "fastgd-demo"
@@ -224,9 +226,9 @@ class LinearRegression:
                        r"\mathrm{mean}\,(wx + b - y)^2$", self.value, self.gradient,
                        start=(0.0, 0.0), minima=((true_w, true_b),), xlim=(-1.0, 7.0),
                        ylim=(-2.0, 8.0), xlabel="w (slope)", ylabel="b (intercept)",
-                       note=f"a long narrow valley (condition number {self.condition:.0f}): "
-                       "plain GD with a decaying lr crawls along it;\nwith a large lr0 its "
-                       "first steps overshoot in w, beyond this window")
+                       note=f"a long, narrow valley (condition number {self.condition:.0f}): "
+                       "GD with a decaying lr crawls along it; a large lr0 first overshoots "
+                       "in w, far beyond this window")
 
     @property
     def condition(self) -> float:
@@ -430,10 +432,12 @@ def parabola_experiment(runs: Sequence[tuple[float, float]] = ((6.0, 0.6), (3.0,
 
 #: regression defaults: name -> (lr, schedule, most iterations). Each gets the loss within
 #: 1e-3 of its minimum 0, i.e. (w, b) to about (3 +- 0.01, 5 +- 0.1). Plain gradient descent
-#: needs ~60,000 iterations: the valley is long and narrow (condition number 464), lr0 cannot
-#: be much above 2/2485 (the largest curvature) and lr0/sqrt(t) shrinks as it crawls.
+#: needs ~35,000 iterations: the valley is long and narrow (condition number 464, largest
+#: curvature 2485) and lr0 / sqrt(t) shrinks while it crawls along the floor. Its lr0 = 2e-3
+#: is above the stable 2 / 2485 = 8e-4 for the first 6 steps, which overshoot wildly in w
+#: before the decay tames them; a stable lr0 = 8e-4 would need ~280,000 iterations.
 REGRESSION: dict[str, tuple[float, str, int]] = {
-    "sgd": (1.5e-3, "inverse_sqrt", 100_000),
+    "sgd": (2e-3, "inverse_sqrt", 100_000),
     "adagrad": (2.0, "constant", 10_000),
     "rmsprop": (0.1, "constant", 10_000),
     "momentum": (5e-4, "constant", 10_000),
@@ -507,18 +511,26 @@ def surface_experiment(surface: Surface | str, optimizers: Sequence[str] | None 
 # -- tables ----------------------------------------------------------------------------------
 
 def format_table(traces: Sequence[Trace], *, point_names: tuple[str, str] = ("x", "y"),
-                 show_iterations: bool = False) -> str:
-    """A plain-text table: optimizer, final point, final loss, steps to reach the tolerance,
-    diverged or not."""
+                 until_tol: bool = False) -> str:
+    """A plain-text table, one row per run: optimizer (with hyperparameters), final point,
+    final loss, steps, the first step within the tolerance, diverged or not.
+
+    ``until_tol``: the runs stopped at the tolerance, so the steps are the iterations each
+    needed and the table says whether it got there instead.
+    """
     tol = traces[0].tol if traces else 0.0
-    head = ["optimizer", *point_names, "final loss",
-            "iterations" if show_iterations else "steps",
-            f"steps to gap<={tol:g}", "diverged"]
+    head = ["optimizer", *point_names, "final loss"]
+    head += (["iterations", f"loss<={tol:g}"] if until_tol else
+             ["steps", f"steps to loss-min<={tol:g}"])
+    head.append("diverged")
     rows = []
     for tr in traces:
-        point = [f"{v:.4g}" for v in tr.final] + [""] * (len(point_names) - tr.final.size)
-        rows.append([tr.label, *point[:len(point_names)], f"{tr.final_loss:.3e}",
-                     str(tr.steps), "-" if tr.steps_to_tol is None else str(tr.steps_to_tol),
+        point = [f"{v:.4g}" for v in tr.final[:len(point_names)]]
+        point += [""] * (len(point_names) - len(point))
+        reached = tr.steps_to_tol is not None
+        rows.append([tr.label, *point, f"{tr.final_loss:.3e}", str(tr.steps),
+                     ("yes" if reached else "no") if until_tol else
+                     (str(tr.steps_to_tol) if reached else "-"),
                      "yes" if tr.diverged else "no"])
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
@@ -529,12 +541,11 @@ def format_table(traces: Sequence[Trace], *, point_names: tuple[str, str] = ("x"
 
 
 def _parabola_lines(traces: Sequence[Trace], shown: int = 6) -> str:
+    """One line per 1-D run: the first ``shown`` steps and what became of it."""
     lines = []
     for tr in traces:
         xs = " -> ".join(f"{v:g}" for v in np.round(tr.path[:shown + 1, 0], 10))
-        fate = ("diverges" if tr.diverged else "converges" if tr.steps_to_tol is not None
-                else "does not converge")
-        lines.append(f"  {tr.label} from x={tr.path[0, 0]:g}: {xs} ... ({fate}; "
+        lines.append(f"  {tr.label} from x={tr.path[0, 0]:g}: {xs} ... ({_fate(tr)}; "
                      f"x after {tr.steps} steps = {tr.final[0]:.4g})")
     return "\n".join(lines)
 
@@ -542,6 +553,7 @@ def _parabola_lines(traces: Sequence[Trace], shown: int = 6) -> str:
 # -- pictures --------------------------------------------------------------------------------
 
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">", "p")
+LINESTYLES = ("-", "--", "-.", ":")
 
 
 def _pyplot() -> Any:
@@ -557,11 +569,12 @@ def _pyplot() -> Any:
 
 
 def _style(index: int) -> dict[str, Any]:
-    """A distinct color and marker for the ``index``-th optimizer."""
+    """A distinct color, marker and line style for the ``index``-th optimizer."""
     import matplotlib
 
     colors = matplotlib.colormaps["tab10"].colors
-    return {"color": colors[index % len(colors)], "marker": MARKERS[index % len(MARKERS)]}
+    return {"color": colors[index % len(colors)], "marker": MARKERS[index % len(MARKERS)],
+            "linestyle": LINESTYLES[index % len(LINESTYLES)]}
 
 
 def _marks(count: int, log: bool = False, every: int = 12) -> Any:
@@ -596,9 +609,9 @@ def _draw_contours(ax: Any, surface: Surface, traces: Sequence[Trace], *,
     high = float(gap.max())
     low = max(float(np.percentile(gap, 0.5)), high * 1e-7)
     levels = np.geomspace(low, high, 22)
-    ax.contourf(grid_x, grid_y, gap, levels=levels, norm=LogNorm(), cmap="Blues_r", alpha=0.5,
+    ax.contourf(grid_x, grid_y, gap, levels=levels, norm=LogNorm(), cmap="Greys", alpha=0.3,
                 extend="both")
-    ax.contour(grid_x, grid_y, gap, levels=levels, colors="0.5", linewidths=0.4)
+    ax.contour(grid_x, grid_y, gap, levels=levels, colors="0.55", linewidths=0.4)
     mins = np.array(surface.minima)
     ax.plot(mins[:, 0], mins[:, 1], linestyle="none", marker="*", markersize=20,
             markerfacecolor="gold", markeredgecolor="black", label="minimum", zorder=5)
@@ -618,7 +631,7 @@ def _draw_paths(ax: Any, traces: Sequence[Trace], upto: int | None = None) -> li
     lines = []
     for i, tr in enumerate(traces):
         path = tr.path if upto is None else tr.path[:upto + 1]
-        (line,) = ax.plot(path[:, 0], path[:, 1], linewidth=1.6, markersize=5, alpha=0.9,
+        (line,) = ax.plot(path[:, 0], path[:, 1], linewidth=1.8, markersize=5, alpha=0.9,
                           markevery=_marks(tr.steps + 1), label=tr.label, zorder=3,
                           **_style(i))
         lines.append(line)
@@ -653,14 +666,15 @@ def _draw_losses(ax: Any, traces: Sequence[Trace], *, log_steps: bool = False) -
 
 
 def _legend_below(fig: Any, handles: list[Any], labels: list[str], *, ncol: int,
-                  top: float = 0.86, wspace: float = 0.22) -> None:
+                  top: float = 0.86, left: float = 0.06, wspace: float = 0.22,
+                  fontsize: float = 9) -> None:
     """A figure legend under the axes; the axes are laid out to leave it room."""
     rows = math.ceil(len(handles) / ncol)
     height = fig.get_size_inches()[1]
-    bottom = (0.75 + 0.2 * rows) / height
-    fig.subplots_adjust(left=0.06, right=0.98, top=top, bottom=bottom, wspace=wspace)
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=9, frameon=False,
-               bbox_to_anchor=(0.5, 0.005))
+    bottom = (0.85 + 0.023 * fontsize * rows) / height
+    fig.subplots_adjust(left=left, right=0.98, top=top, bottom=bottom, wspace=wspace)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=fontsize,
+               frameon=False, bbox_to_anchor=(0.5, 0.01), markerscale=0.8)
 
 
 def plot_paths(surface: Surface, traces: Sequence[Trace], path: str | Path, *,
@@ -676,8 +690,8 @@ def plot_paths(surface: Surface, traces: Sequence[Trace], path: str | Path, *,
     left.set_title(f"{surface.title}: {surface.formula}, paths from "
                    f"({start[0]:g}, {start[1]:g})", fontsize=11)
     _draw_losses(right, traces, log_steps=log_steps)
-    right.set_title("loss - minimum per step" + (f"\n{surface.note}" if surface.note else ""),
-                    fontsize=11)
+    note = "\n" + textwrap.fill(surface.note, 75) if surface.note else ""
+    right.set_title("loss - minimum per step" + note, fontsize=11)
     handles, labels = left.get_legend_handles_labels()
     for handle, label in zip(*right.get_legend_handles_labels(), strict=True):
         if label.startswith("tolerance"):
@@ -691,35 +705,65 @@ def plot_paths(surface: Surface, traces: Sequence[Trace], path: str | Path, *,
 
 
 def plot_parabola(traces: Sequence[Trace], path: str | Path) -> Path:
-    """One panel per run: the iterates on ``L(x) = x**2`` joined in order, the first few
-    labelled."""
+    """One column per run: the iterates on the curve ``L(x) = x**2`` (top) and ``x`` against
+    the step (bottom), the first values written out."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(traces), figsize=(6.5 * len(traces), 5.6), squeeze=False)
-    for i, (ax, tr) in enumerate(zip(axes[0], traces, strict=True)):
+    fig, axes = plt.subplots(2, len(traces), figsize=(6.5 * len(traces), 9), squeeze=False,
+                             gridspec_kw={"height_ratios": [1.3, 1]})
+    for i, tr in enumerate(traces):
+        top, bottom = axes[0, i], axes[1, i]
         pts = tr.path[:, 0]
+        style = _style(i)
         reach = max(float(np.max(np.abs(pts))), 1.0) * 1.15
         xs = np.linspace(-reach, reach, 400)
-        ax.plot(xs, xs ** 2, color="0.5", linewidth=1.2, label="L(x) = x²")
-        ax.plot(pts, pts ** 2, linewidth=1.2, alpha=0.85, markersize=7, label=tr.label,
-                **_style(i))
-        for k, v in enumerate(pts[:4]):
-            ax.annotate(f"x{k} = {v:.3g}", (v, v * v), textcoords="offset points",
-                        xytext=(8, -14 if k % 2 else 4), fontsize=9)
-        ax.plot(0, 0, marker="*", markersize=18, markerfacecolor="gold",
-                markeredgecolor="black", linestyle="none", label="minimum (x = 0)")
+        top.plot(xs, xs ** 2, color="0.5", linewidth=1.2, linestyle="-", label="L(x) = x²")
+        top.plot(pts, pts ** 2, linewidth=1.2, alpha=0.85, markersize=7, label=tr.label,
+                 **style)
+        for value, ks in _first_visits(pts, shown=4).items():
+            if abs(value) < 0.1 * reach:  # too close to the bottom to label legibly
+                continue
+            names = ", ".join(f"x{k}" for k in ks[:3]) + (", …" if len(ks) > 3 else "")
+            top.annotate(f"{names} = {value:g}", (value, value * value),
+                         textcoords="offset points", xytext=(-10 if value > 0 else 10, 6),
+                         ha="right" if value > 0 else "left", fontsize=9)
+        top.plot(0, 0, marker="*", markersize=18, markerfacecolor="gold",
+                 markeredgecolor="black", linestyle="none", label="minimum (x = 0)")
         seq = " → ".join(f"{v:g}" for v in np.round(pts[:4], 10))
-        ax.set_title(f"lr = {tr.config.lr:g} from x = {pts[0]:g}: {_fate(tr)}\n{seq} → …",
-                     fontsize=11)
-        ax.set_xlabel("x")
-        ax.set_ylabel("L(x)")
-        ax.set_ylim(-0.05 * reach ** 2, reach ** 2 * 1.1)
-        ax.legend(loc="upper center", fontsize=9)
-        ax.grid(True, alpha=0.3)
-    fig.suptitle("Gradient descent on L(x) = x²:  x ← x − lr · 2x", fontsize=13)
-    fig.subplots_adjust(left=0.07, right=0.98, top=0.83, bottom=0.1, wspace=0.2)
+        top.set_title(f"lr = {tr.config.lr:g} from x = {pts[0]:g}: {_fate(tr)}\n{seq} → …",
+                      fontsize=11)
+        top.set_xlabel("x")
+        top.set_ylabel("L(x)")
+        top.set_ylim(-0.05 * reach ** 2, reach ** 2 * 1.1)
+        top.legend(loc="upper center", fontsize=9)
+        top.grid(True, alpha=0.3)
+        steps = np.arange(tr.steps + 1)
+        bottom.axhline(0, color="black", linewidth=0.8)
+        bottom.plot(steps, pts, markersize=6, **style)
+        for k in steps[:4]:
+            bottom.annotate(f"{pts[k]:g}", (k, pts[k]), textcoords="offset points",
+                            xytext=(6, 6 if pts[k] >= 0 else -14), fontsize=9)
+        bottom.set_xlabel("step k")
+        bottom.set_ylabel("x after step k")
+        bottom.set_title("the iterates step by step", fontsize=11)
+        bottom.grid(True, alpha=0.3)
+    fig.suptitle("Gradient descent on L(x) = x²:  x ← x − lr · 2x  (fastgd.SGD)", fontsize=13)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.07, wspace=0.22, hspace=0.35)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def _first_visits(values: Array, shown: int) -> dict[float, list[int]]:
+    """The distinct values among the first ``shown`` (rounded), each with every step that
+    lands on it."""
+    rounded = np.round(values, 10)
+    visits: dict[float, list[int]] = {}
+    for value in rounded[:shown]:
+        visits.setdefault(float(value), [])
+    for k, value in enumerate(rounded):
+        if float(value) in visits:
+            visits[float(value)].append(k)
+    return visits
 
 
 def _fate(trace: Trace) -> str:
@@ -732,9 +776,13 @@ def _fate(trace: Trace) -> str:
 
 
 def animate_paths(surface: Surface, traces: Sequence[Trace], path: str | Path, *,
-                  frames: int = 60, fps: int = 12) -> Path | None:
+                  frames: int = 60, fps: int = 12, dpi: int = 80) -> Path | None:
     """An animated GIF of the paths growing step by step (matplotlib's PillowWriter); None,
-    after saying why, when pillow is not available."""
+    after saying why, when pillow is not available.
+
+    The still parts (contours, minima, legend) are drawn once into an image that every
+    frame shows under a transparent axes holding only the paths: a few ms per frame.
+    """
     plt = _pyplot()
     from matplotlib import animation
 
@@ -742,23 +790,39 @@ def animate_paths(surface: Surface, traces: Sequence[Trace], path: str | Path, *
         print("--animate needs pillow for GIFs (pip install pillow); no GIF written",
               file=sys.stderr)
         return None
-    fig, ax = plt.subplots(figsize=(8, 8.4))
+    size = (9.0, 9.0)
+    fig, ax = plt.subplots(figsize=size, dpi=dpi)
     _draw_contours(ax, surface, traces, resolution=150)
-    lines = _draw_paths(ax, traces, upto=0)
+    for line in _draw_paths(ax, traces, upto=0):  # for the legend entries only
+        line.set_visible(False)
     handles, labels = ax.get_legend_handles_labels()
-    _legend_below(fig, handles, labels, ncol=2, top=0.93)
-    fig.subplots_adjust(left=0.1)
+    _legend_below(fig, handles, labels, ncol=2, top=0.94, left=0.09, fontsize=7.5)
+    ax.set_title(f"{surface.title}: {surface.formula}", fontsize=11)
+    fig.canvas.draw()
+    still = np.asarray(fig.canvas.buffer_rgba()).copy()
+    position = ax.get_position()
+    plt.close(fig)
+
+    fig = plt.figure(figsize=size, dpi=dpi)
+    fig.figimage(still, origin="upper")
+    over = fig.add_axes(position, zorder=2)  # above the image (figure images come last)
+    over.set_xlim(*surface.xlim)
+    over.set_ylim(*surface.ylim)
+    over.axis("off")
+    lines = _draw_paths(over, traces, upto=0)
+    counter = over.text(0.02, 0.97, "", transform=over.transAxes, fontsize=12, va="top",
+                        bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
     longest = max(tr.steps for tr in traces)
     ticks = np.unique(np.linspace(0, longest, min(frames, longest + 1)).astype(int))
 
     def update(k: int) -> list[Any]:
         for line, tr in zip(lines, traces, strict=True):
             line.set_data(tr.path[:k + 1, 0], tr.path[:k + 1, 1])
-        ax.set_title(f"{surface.title}: {surface.formula}, step {k}", fontsize=11)
-        return lines
+        counter.set_text(f"step {k}")
+        return [*lines, counter]
 
     anim = animation.FuncAnimation(fig, update, frames=ticks, blit=False)
-    anim.save(path, writer=animation.PillowWriter(fps=fps), dpi=60)
+    anim.save(path, writer=animation.PillowWriter(fps=fps), dpi=dpi)
     plt.close(fig)
     return Path(path)
 
@@ -791,14 +855,18 @@ def run(out: str | Path | None = DEFAULT_OUT, *, experiments: Sequence[str] = EX
     ``optimizers`` selects by name for the surfaces and the regression (default: all of
     :data:`OPTIMIZERS` on the surfaces, :data:`REGRESSION` for the regression). ``lr`` maps
     names to learning rates on the surfaces (``0.1`` or ``'cosine:0.1'``), ``regression_lr``
-    in the regression (whose sum-form gradient is ~100 times larger); ``hparams`` maps names
-    to other options (``{'momentum': {'momentum': 0.5}}``) in both.
+    in the regression (whose sum-form gradient is steep: curvature up to ~2500); ``hparams``
+    maps names to other options (``{'momentum': {'momentum': 0.5}}``) in both.
     """
     stream = stream or sys.stdout
     began = time.perf_counter()
     bad = set(experiments) - set(EXPERIMENTS)
     if bad:
         raise ValueError(f"unknown experiments {sorted(bad)}; choose from {EXPERIMENTS}")
+    names = list(surfaces or SURFACES)
+    bad = set(names) - set(SURFACES)
+    if bad:
+        raise ValueError(f"unknown surfaces {sorted(bad)}; choose from {sorted(SURFACES)}")
     plt = _pyplot() if out is not None else None
     folder = Path(out) if plt is not None and out is not None else None
     if folder is not None:
@@ -823,17 +891,14 @@ def run(out: str | Path | None = DEFAULT_OUT, *, experiments: Sequence[str] = EX
         say("2. Linear regression y = 3x + 5 on x = 0..19 from (w, b) = (0, 0); loss "
             "mean((wx + b - y)^2)/2, gradient (sum((yhat - y) x), sum(yhat - y))")
         say(f"   each optimizer runs until loss <= {regression_tol:g}")
-        say(format_table(result.regression, point_names=("w", "b"), show_iterations=True))
+        say(format_table(result.regression, point_names=("w", "b"), until_tol=True))
         say()
         if folder is not None:
             result.files.append(plot_paths(
                 problem, result.regression, folder / "regression.png", log_steps=True,
                 title="Fitting y = 3x + 5: paths of (w, b) over the loss contours"))
     if "surfaces" in experiments:
-        names = list(surfaces or SURFACES)
         for number, name in enumerate(names, start=1):
-            if name not in SURFACES:
-                raise ValueError(f"unknown surface {name!r}; choose from {sorted(SURFACES)}")
             surface = SURFACES[name]
             traces = surface_experiment(surface, optimizers, steps=steps, start=start, lr=lr,
                                         hparams=hparams, tol=tol)
@@ -993,7 +1058,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="learning rates, e.g. adam=0.1,sgd=0.01; a schedule from "
                         f"{','.join(SCHEDULES)} as NAME=SCHEDULE:LR, e.g. adam=cosine:0.3")
     parser.add_argument("--hp", type=_hp_option, metavar="NAME.OPTION=VALUE,...",
-                        help="other hyperparameters, e.g. momentum.momentum=0.5,"
+                        help="other hyperparameters (surfaces and regression), e.g. "
+                        "momentum.momentum=0.5,"
                         "adam.betas=0.8/0.99,rmsprop.centered=true")
     parser.add_argument("--regression-lr", type=_lr_option, metavar="NAME=LR,...",
                         help="learning rates in the regression, e.g. adam=0.3 (sgd keeps its "
@@ -1020,7 +1086,7 @@ def main(args: argparse.Namespace) -> int:
                      start=args.start, lr=args.lr, hparams=args.hp, tol=args.tol,
                      regression_lr=args.regression_lr, regression_tol=args.regression_tol,
                      regression_steps=args.regression_steps, animate=args.animate)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:  # e.g. a hyperparameter fastgd refuses
         raise SystemExit(f"fastgd demo: {exc}") from None
     print(f"done in {result.seconds:.1f} s")
     return 0
