@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated element counts, e.g. 1e3,1e5,2**24 (default 2**24)")
     b.add_argument("--dtypes", type=_csv(["float32", "float64"]),
                    default=["float32", "float64"])
-    b.add_argument("--device", choices=["cpu"], default="cpu")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: the CPU, and the GPU too when one is present")
     b.add_argument("--repeat", type=int, default=7, help="timed repetitions (median kept)")
     b.add_argument("--no-baselines", action="store_true", help="skip NumPy and torch")
     b.add_argument("--many", action="store_true",
@@ -78,9 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise SystemExit("fastgd bench: --repeat must be >= 1")
-    results = bench.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
-                        baselines=not args.no_baselines, progress=not args.quiet,
-                        many=args.many)
+    from fastgd import bench_cuda
+
+    use_gpu = args.device == "cuda" or (args.device == "auto" and bench_cuda.available())
+    if args.device == "cuda" and not bench_cuda.available():
+        raise SystemExit("fastgd bench: --device cuda needs a CUDA GPU and numba-cuda")
+    results = []
+    if args.device != "cuda":
+        results += bench.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
+                             baselines=not args.no_baselines, progress=not args.quiet,
+                             many=args.many)
+    if use_gpu:
+        results += bench_cuda.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
+                                  baselines=not args.no_baselines, progress=not args.quiet)
+        print(f"GPU: {bench_cuda.device_name()} (rows after the CPU rows; roofline = "
+              "device-to-device copy)")
     startup = bench.startup_seconds() if args.startup else None
     if args.json != "-":
         print(f"fastgd bench on {platform.processor() or platform.machine()}, "

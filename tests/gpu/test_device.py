@@ -118,3 +118,12 @@ def test_state_lives_on_device_and_round_trips():
     opt.step([g])
     opt2.step([g])
     np.testing.assert_array_equal(p.copy_to_host(), p2.copy_to_host())
+
+
+def test_gpu_benchmark_runs():
+    from fastgd import bench, bench_cuda
+
+    result = bench_cuda.run_case(bench.CASES["adam"], 100, "float32", repeat=1)
+    assert result.tensors == 1 and result.numpy_speedup is None and result.size == 100
+    if not fastgd_cuda.SIMULATOR:  # the simulator's events do not measure time
+        assert result.seconds > 0 and result.gbps > 0 and result.pct_roofline > 0
