@@ -40,6 +40,9 @@ class Reference:
         self.hp = {**self.defaults, **hyperparameters}
         self.t = 0
         self.state: dict[str, Any] = {}
+        #: Largest finite magnitude that the parameter (key ``"param"``) and each state
+        #: array took so far: the scale of the rounding errors a float32 run makes.
+        self.peak: dict[str, float] = {}
 
     def step(self, param: Any, grad: Any) -> np.ndarray:
         """Return the parameter after one step (a new float64 array); update the state."""
@@ -47,6 +50,7 @@ class Reference:
         g = np.array(grad, dtype=np.float64)
         if p.shape != g.shape:
             raise ValueError(f"param {p.shape} and grad {g.shape} differ in shape")
+        self._track("param", p)
         self.t += 1
         if self.hp.get("maximize", False):
             g = -g
@@ -55,7 +59,14 @@ class Reference:
         for key, value in self.state.items():
             if key not in self.scalar_state:
                 self.state[key] = np.asarray(value, dtype=np.float64)
+                self._track(key, self.state[key])
+        self._track("param", p)
         return p
+
+    def _track(self, key: str, value: np.ndarray) -> None:
+        finite = np.abs(value[np.isfinite(value)])
+        peak = float(finite.max()) if finite.size else 0.0
+        self.peak[key] = max(self.peak.get(key, 0.0), peak)
 
     def _update(self, p: np.ndarray, g: np.ndarray) -> np.ndarray:
         raise NotImplementedError
