@@ -6,8 +6,9 @@ bytes per element. The *roofline* is a fused copy kernel that moves exactly thos
 (same arrays, same reads and writes, trivial arithmetic), measured in the same run. Baselines
 are a plain NumPy implementation (with its temporaries) and ``torch.optim`` with its fastest
 CPU implementation (``fused=True`` where torch has it, else ``foreach=True``) when torch is
-installed. Repetitions are interleaved and the median is reported, which is robust to the
-noise of a shared machine.
+installed. Short steps are timed in blocks of calls; the blocks of all contenders are
+interleaved and the median per call is reported, which is robust to the noise of a shared
+machine.
 """
 
 from __future__ import annotations
@@ -157,10 +158,19 @@ class Result:
     torch_impl: str | None
 
 
-def _timed(fn: Callable[[], Any]) -> float:
+def _timed(fn: Callable[[], Any], number: int = 1) -> float:
+    """Seconds per call of ``fn``, over ``number`` calls in a row."""
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number
+
+
+def _calls_per_block(fn: Callable[[], Any], block_seconds: float = 0.02) -> int:
+    """How many calls make a timing block of about ``block_seconds`` (short steps are timed
+    in blocks: one call is too short for the clock, and a block is not disturbed by what
+    the previous block left behind, such as torch's spinning worker threads)."""
+    return max(1, int(block_seconds / max(_timed(fn), 1e-7)))
 
 
 def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = True,
@@ -203,10 +213,11 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
             pass
     for fn in fns.values():
         fn()  # warm-up
+    numbers = {key: _calls_per_block(fn) for key, fn in fns.items()}
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
+    for _ in range(repeat):  # interleaved, so that drifts of a shared machine hit all alike
         for key, fn in fns.items():
-            times[key].append(_timed(fn))
+            times[key].append(_timed(fn, numbers[key]))
     med = {k: float(np.median(v)) for k, v in times.items()}
     total = sum(shapes)
     moved = bytes_per_step(case, total, dtype)

@@ -179,11 +179,24 @@ def run_pair(module: Any, name: str, arrays: list[Any], scalars: tuple[Any, ...]
         getattr(module, f"{name}__parallel")(*arrays, *scalars)
 
 
+_PAIRS: dict[tuple[str, tuple[str, ...], str], tuple[Any, Any]] = {}
+
+
 def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
            scalars: tuple[Any, ...], storage: str = "") -> None:
     """Run one variant over flat, validated arrays (param, grad, states...) in place."""
-    run_pair(_module(spec, present, storage), kernel_name(spec, present, storage), arrays,
-             scalars)
+    key = (spec.name, present, storage)
+    pair = _PAIRS.get(key)
+    if pair is None:  # look the kernels up once: this path is hot for small arrays
+        pair = _PAIRS.setdefault(key, (kernel(spec, present, False, storage),
+                                       kernel(spec, present, True, storage)))
+    size = arrays[0].size
+    if size < PARALLEL_THRESHOLD:
+        if size:
+            pair[0](*arrays, *scalars)
+        return
+    with parallel_guard():
+        pair[1](*arrays, *scalars)
 
 
 def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[np.ndarray]],

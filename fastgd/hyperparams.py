@@ -25,12 +25,15 @@ class StepScalars(NamedTuple):
     def kernel_scalars(self, dtype: Any) -> tuple[Any, ...]:
         """The kernel's scalar arguments: coefficients and ``grad_scale`` in ``dtype``, flags."""
         to = dtype.type
-        return (*(to(c) for c in self.coefficients), to(self.grad_scale), *self.flags)
+        return (*map(to, self.coefficients), to(self.grad_scale), *self.flags)
 
 
 def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
            high_inclusive: bool = False) -> float:
     """``value`` as a float in ``[low, high)`` (or ``[low, high]``), else an error naming it."""
+    if type(value) is float and low <= value and (  # fast path: a plain, valid float
+            value < high or high_inclusive and value <= high and value != math.inf):
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(
             value, "__float__"):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
