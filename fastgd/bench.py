@@ -166,6 +166,12 @@ def _timed(fn: Callable[[], Any], number: int = 1) -> float:
     return (time.perf_counter() - start) / number
 
 
+#: Pause before each timing block: the worker threads of the previous contender (torch's
+#: OpenMP pool, Numba's) spin for a while after their parallel region and would otherwise
+#: compete with the next contender for the cores.
+_SETTLE = 0.02
+
+
 def _calls_per_block(fn: Callable[[], Any], block_seconds: float = 0.02) -> int:
     """How many calls make a timing block of about ``block_seconds`` (short steps are timed
     in blocks: one call is too short for the clock, and a block is not disturbed by what
@@ -217,6 +223,7 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):  # interleaved, so that drifts of a shared machine hit all alike
         for key, fn in fns.items():
+            time.sleep(_SETTLE)
             times[key].append(_timed(fn, numbers[key]))
     med = {k: float(np.median(v)) for k, v in times.items()}
     total = sum(shapes)
