@@ -105,6 +105,8 @@ class Optimizer:
         self.state: dict[int, dict[str, Any]] = {}
         self._views: list[np.ndarray] = []
         self._orders: list[str] = []
+        self._flat_params: dict[int, Any] = {}
+        self._flat_states: dict[int, tuple[list[Any], list[Any]]] = {}
         groups, self._single = _param_groups(params)
         self._check_hyperparameters(self.defaults)
         for group in groups:
@@ -205,7 +207,7 @@ class Optimizer:
                 if "master_param" not in state:
                     state["master_param"] = from_host(view, view, np.float32)
                 names = ["master_param", *names]
-            arrays = [kernel_view(view, order), gflat] + [flat(state[n], order) for n in names]
+            arrays = [self._kernel_view(index), gflat] + self._state_views(index, names)
             host = isinstance(view, np.ndarray)
             batches.setdefault((view.dtype, host, scalars, fmt), []).append(arrays)
         for (_, host, scalars, fmt), tensors in batches.items():
@@ -219,6 +221,25 @@ class Optimizer:
             self._after_step(state, group, t)
             state["step"] = t
         return info
+
+    def _kernel_view(self, index: int) -> Any:
+        """Flat kernel view of ``params[index]`` (made once: the parameter never changes)."""
+        view = self._flat_params.get(index)
+        if view is None:
+            view = self._flat_params[index] = kernel_view(self._views[index],
+                                                          self._orders[index])
+        return view
+
+    def _state_views(self, index: int, names: list[str]) -> list[Any]:
+        """Flat views of the state arrays ``names`` of ``params[index]``, remade only when
+        the arrays themselves change (new state, ``load_state_dict``)."""
+        arrays = [self.state[index][n] for n in names]
+        cached = self._flat_states.get(index)
+        if cached is None or len(cached[0]) != len(arrays) or any(
+                a is not b for a, b in zip(cached[0], arrays, strict=True)):
+            order = self._orders[index]
+            cached = self._flat_states[index] = (arrays, [flat(a, order) for a in arrays])
+        return list(cached[1])
 
     def _reduce(self, work: list[Any], max_norm: Any, skip_if_nonfinite: bool) -> StepInfo:
         if max_norm is not None:
