@@ -168,15 +168,21 @@ def parallel_guard() -> Iterator[None]:
         _serialise_parallel = numba.threading_layer() == "workqueue"
 
 
-def run_pair(module: Any, name: str, arrays: list[Any], scalars: tuple[Any, ...]) -> None:
-    """Run ``{name}__serial`` or ``{name}__parallel`` of ``module``, by the arrays' size."""
+def _run(serial: Any, parallel: Any, arrays: list[Any], scalars: tuple[Any, ...]) -> None:
+    """Run the serial or the parallel kernel of a pair, by the arrays' size."""
     size = arrays[0].size
     if size < PARALLEL_THRESHOLD:
         if size:
-            getattr(module, f"{name}__serial")(*arrays, *scalars)
+            serial(*arrays, *scalars)
         return
     with parallel_guard():
-        getattr(module, f"{name}__parallel")(*arrays, *scalars)
+        parallel(*arrays, *scalars)
+
+
+def run_pair(module: Any, name: str, arrays: list[Any], scalars: tuple[Any, ...]) -> None:
+    """Run ``{name}__serial`` or ``{name}__parallel`` of ``module``, by the arrays' size."""
+    _run(getattr(module, f"{name}__serial"), getattr(module, f"{name}__parallel"), arrays,
+         scalars)
 
 
 _PAIRS: dict[tuple[str, tuple[str, ...], str], tuple[Any, Any]] = {}
@@ -190,13 +196,7 @@ def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
     if pair is None:  # look the kernels up once: this path is hot for small arrays
         pair = _PAIRS.setdefault(key, (kernel(spec, present, False, storage),
                                        kernel(spec, present, True, storage)))
-    size = arrays[0].size
-    if size < PARALLEL_THRESHOLD:
-        if size:
-            pair[0](*arrays, *scalars)
-        return
-    with parallel_guard():
-        pair[1](*arrays, *scalars)
+    _run(*pair, arrays, scalars)
 
 
 def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[np.ndarray]],
@@ -204,15 +204,14 @@ def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[np.
     """One step of one variant over many tensors (each a list of flat, checked arrays of one
     dtype: param, grad, states) in a single parallel region, with the same scalars."""
     sizes = np.array([arrays[0].size for arrays in tensors], dtype=np.int64)
-    name = kernel_name(spec, present, storage)
     if sizes.sum() < PARALLEL_THRESHOLD:
         for arrays in tensors:
-            run_pair(_module(spec, present, storage), name, arrays, scalars)
+            launch(spec, present, arrays, scalars, storage)
         return
     addresses = np.array([[a.__array_interface__["data"][0] for a in arrays]
                           for arrays in tensors], dtype=np.int64)
     likes = tuple(a[:0] for a in tensors[0])
     heads, first_chunk = block_table(addresses, sizes, likes[0].itemsize)
     with parallel_guard():
-        getattr(_module(spec, present, storage), f"{name}__multi")(
+        getattr(_module(spec, present, storage), f"{kernel_name(spec, present, storage)}__multi")(
             addresses, sizes, heads, first_chunk, likes, *scalars)
