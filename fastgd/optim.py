@@ -47,6 +47,7 @@ from fastgd.hyperparams import (
     adagrad_scalars,
     adam_scalars,
     adamax_scalars,
+    nadam_mu,
     nadam_scalars,
     number,
     rmsprop_scalars,
@@ -601,17 +602,17 @@ class NAdam(Optimizer):
                                       decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize, master_weights=master_weights))
 
-    def _nadam(self, group, t, state):
+    def _scalars(self, group, t, state):
         beta1, beta2 = _betas(group)
         return nadam_scalars(step=t, mu_product=state.get("mu_product", 1.0), lr=_lr(group, t),
                              beta1=beta1, beta2=beta2, eps=group["eps"],
                              weight_decay=group["weight_decay"],
                              momentum_decay=group["momentum_decay"],
                              decoupled_weight_decay=group["decoupled_weight_decay"],
-                             maximize=group["maximize"])
-
-    def _scalars(self, group, t, state):
-        return self._nadam(group, t, state)[0]
+                             maximize=group["maximize"])[0]
 
     def _after_step(self, state, group, t):
-        state["mu_product"] = self._nadam(group, t, state)[1]
+        # The step's scalars were checked and computed already: advance the product only
+        # (without evaluating a schedule or re-checking every hyperparameter once more).
+        mu = nadam_mu(float(_betas(group)[0]), float(group["momentum_decay"]), t)
+        state["mu_product"] = state.get("mu_product", 1.0) * mu
