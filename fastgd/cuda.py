@@ -93,12 +93,6 @@ def launch_config(size: int) -> tuple[int, int]:
     return max(1, min(-(-size // THREADS), _max_blocks())), THREADS
 
 
-def is_device_array(x: Any) -> bool:
-    """Whether ``x`` lives on a GPU (``__cuda_array_interface__``, or a simulator array)."""
-    return hasattr(x, "__cuda_array_interface__") or (
-        SIMULATOR and type(x).__name__ == "FakeCUDAArray")
-
-
 def as_device_array(x: Any) -> Any:
     """A zero-copy Numba device-array view of a CUDA array (CuPy, torch, Numba)."""
     if SIMULATOR:
@@ -155,10 +149,6 @@ def zeros_like(param: Any, fill: float = 0.0, stream: Any = None) -> Any:
         flat = arr.reshape(arr.size, order=order)
         _module().fill[blocks, threads, as_stream(stream)](flat, param.dtype.type(fill))
     return arr
-
-
-def to_host(arr: Any) -> np.ndarray:
-    return arr.copy_to_host()
 
 
 def to_device(values: np.ndarray, like: Any) -> Any:
