@@ -2,9 +2,10 @@
 
 Numba's on-disk cache (``cache=True``) works only for functions defined in a source file, and
 it does not notice when an inlined function in *another* file changes. So the generated
-module is written to a file whose name carries a hash of its own text, of ``rules.py`` and of
-the Numba version: any change gives a new file, hence a fresh cache, and an unchanged one is
-reused by every later process (no recompilation).
+module is written to a file whose name carries a hash of its own text, of the modules it
+compiles in (``rules.py``, ``halfprec.py``, ...) and of the Numba version: any change gives a
+new file, hence a fresh cache, and an unchanged one is reused by every later process (no
+recompilation).
 
 The file lives in ``$FASTGD_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastgd`` (``~/.cache/fastgd``),
 else the system temporary directory; Numba keeps its compiled kernels beside it.
@@ -22,8 +23,6 @@ from pathlib import Path
 from types import ModuleType
 
 import numba
-
-from fastgd import rules
 
 
 def cache_dir() -> Path:
@@ -43,6 +42,9 @@ def cache_dir() -> Path:
 
 
 _LOCK = threading.Lock()
+#: Modules whose functions the generated kernels compile in (a change to one must recompile).
+_INLINED = [Path(__file__).with_name(name) for name in
+            ("rules.py", "halfprec.py", "pointers.py", "device_pointers.py")]
 
 
 def load_generated(prefix: str, source: str) -> ModuleType:
@@ -55,7 +57,7 @@ def load_generated(prefix: str, source: str) -> ModuleType:
 
 def _load_generated(prefix: str, source: str) -> ModuleType:
     digest = hashlib.sha256()
-    for part in (source, Path(rules.__file__).read_text(), numba.__version__):
+    for part in (source, *(path.read_text() for path in _INLINED), numba.__version__):
         digest.update(part.encode())
     path = cache_dir() / f"{prefix}_{digest.hexdigest()[:16]}.py"
     if not path.exists():

@@ -101,3 +101,18 @@ def test_second_process_loads_every_kernel_from_the_cache(tmp_path):
     # nothing was regenerated or rewritten by the second process
     files_after_second = {p: p.stat().st_mtime_ns for p in cache_dir.rglob("*")}
     assert files_after_second == files_after_first
+
+
+def test_editing_a_compiled_in_module_gives_a_new_kernel_module(tmp_path, monkeypatch):
+    from fastgd import codegen
+
+    monkeypatch.setenv("FASTGD_CACHE_DIR", str(tmp_path))
+    inlined = tmp_path / "inlined.py"
+    monkeypatch.setattr(codegen, "_INLINED", [inlined])
+    names = []
+    for text in ("A = 1\n", "A = 1\n", "A = 2\n"):
+        inlined.write_text(text)
+        names.append(codegen.load_generated("probe", "X = 3\n").__name__)
+    assert names[0] == names[1] != names[2]
+    assert {p.name for p in tmp_path.glob("probe_*.py")} == {
+        n.removeprefix("_fastgd_") + ".py" for n in names}
