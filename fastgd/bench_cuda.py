@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fastgd.bench import CASES, Case, Result, bytes_per_step
+from fastgd.bench import CASES, Case, Result, bytes_per_step, many_tensor_sizes
 
 
 def _event_seconds(fn: Callable[[], Any], repeat: int) -> float:
@@ -33,20 +33,21 @@ def _event_seconds(fn: Callable[[], Any], repeat: int) -> float:
     return float(np.median(times))
 
 
-def _torch_seconds(case: Case, params: np.ndarray, grads: np.ndarray, repeat: int
-                   ) -> tuple[float | None, str | None]:
+def _torch_seconds(case: Case, params: list[np.ndarray], grads: list[np.ndarray],
+                   repeat: int) -> tuple[float | None, str | None]:
     try:
         import torch
     except ImportError:
         return None, None
     if not torch.cuda.is_available():
         return None, None
-    tp = torch.nn.Parameter(torch.tensor(params, device="cuda"))
-    tp.grad = torch.tensor(grads, device="cuda")
+    tensors = [torch.nn.Parameter(torch.tensor(p, device="cuda")) for p in params]
+    for t, g in zip(tensors, grads, strict=True):
+        t.grad = torch.tensor(g, device="cuda")
     cls = getattr(torch.optim, case.torch_name)
     for flavour in ("fused", "foreach"):
         try:
-            opt = cls([tp], **case.options, **{flavour: True})
+            opt = cls(tensors, **case.options, **{flavour: True})
             opt.step()
         except (RuntimeError, TypeError, ValueError):
             continue
@@ -63,27 +64,31 @@ def _torch_seconds(case: Case, params: np.ndarray, grads: np.ndarray, repeat: in
     return None, None
 
 
-def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = True
-             ) -> Result:
-    """One (algorithm, size, dtype) on the current GPU."""
+def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = True,
+             tensors: list[int] | None = None) -> Result:
+    """One (algorithm, size, dtype) on the current GPU; with ``tensors`` (a list of sizes),
+    one step over that many arrays (``size`` is ignored), against a copy of the same total
+    size."""
     from numba import cuda
 
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(0)
-    host_p = rng.standard_normal(size).astype(dtype)
-    host_g = rng.standard_normal(size).astype(dtype)
-    p, g = cuda.to_device(host_p), cuda.to_device(host_g)
-    opt = case.cls([p], **case.options)
-    seconds = _event_seconds(lambda: opt.step([g]), repeat)
-    moved = bytes_per_step(case, size, dtype)
-    src = cuda.device_array(moved // 2 // dtype.itemsize, dtype=dtype)
+    shapes = tensors or [size]
+    host_p = [rng.standard_normal(n).astype(dtype) for n in shapes]
+    host_g = [rng.standard_normal(n).astype(dtype) for n in shapes]
+    params, grads = [cuda.to_device(p) for p in host_p], [cuda.to_device(g) for g in host_g]
+    opt = case.cls(params, **case.options)
+    seconds = _event_seconds(lambda: opt.step(grads), repeat)
+    total = sum(shapes)
+    moved = bytes_per_step(case, total, dtype)
+    src = cuda.device_array(max(1, moved // 2 // dtype.itemsize), dtype=dtype)
     dst = cuda.device_array_like(src)
     copy_seconds = _event_seconds(lambda: dst.copy_to_device(src), repeat)
     torch_seconds, torch_impl = (_torch_seconds(case, host_p, host_g, repeat) if baselines
                                  else (None, None))
     return Result(
-        algorithm=case.name, dtype=dtype.name, size=size, tensors=1, seconds=seconds,
-        gbps=moved / seconds / 1e9, roofline_seconds=copy_seconds,
+        algorithm=case.name, dtype=dtype.name, size=total, tensors=len(shapes),
+        seconds=seconds, gbps=moved / seconds / 1e9, roofline_seconds=copy_seconds,
         pct_roofline=100.0 * copy_seconds / seconds, numpy_speedup=None,
         torch_speedup=torch_seconds / seconds if torch_seconds else None,
         torch_impl=torch_impl)
@@ -97,14 +102,17 @@ def device_name() -> str:
 
 
 def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], repeat: int,
-        baselines: bool = True, progress: bool = True) -> list[Result]:
-    """Every combination on the GPU, with a progress bar."""
+        baselines: bool = True, progress: bool = True, many: bool = False) -> list[Result]:
+    """Every combination on the GPU, with a progress bar; ``many`` adds, per algorithm and
+    dtype, one step over the 161 tensors of :func:`fastgd.bench.many_tensor_sizes`."""
     from tqdm import tqdm
 
-    combos = [(a, s, d) for a in algorithms for d in dtypes for s in sizes]
-    return [run_case(CASES[a], s, d, repeat, baselines)
-            for a, s, d in tqdm(combos, desc="fastgd bench (cuda)", disable=not progress,
-                                unit="case")]
+    combos = [(a, s, d, None) for a in algorithms for d in dtypes for s in sizes]
+    if many:
+        combos += [(a, 0, d, many_tensor_sizes()) for a in algorithms for d in dtypes]
+    return [run_case(CASES[a], s, d, repeat, baselines, tensors)
+            for a, s, d, tensors in tqdm(combos, desc="fastgd bench (cuda)",
+                                         disable=not progress, unit="case")]
 
 
 def available() -> bool:

@@ -91,7 +91,8 @@ def _bench(args: argparse.Namespace) -> int:
                              many=args.many)
     if use_gpu:
         results += bench_cuda.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
-                                  baselines=not args.no_baselines, progress=not args.quiet)
+                                  baselines=not args.no_baselines, progress=not args.quiet,
+                                  many=args.many)
         print(f"GPU: {bench_cuda.device_name()} (rows after the CPU rows; roofline = "
               "device-to-device copy)")
     startup = bench.startup_seconds() if args.startup else None

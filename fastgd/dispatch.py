@@ -7,6 +7,7 @@ raises ``TypeError``/``ValueError`` naming the offending argument, with nothing 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -187,6 +188,35 @@ def check_no_overlap(arrays: Mapping[str, Any]) -> None:
         for name_b, b in items[i + 1:]:
             if shares_memory(a, b):
                 raise ValueError(f"{name_a} and {name_b} share memory; pass separate arrays")
+
+
+def check_stream(stream: Any, arrays: list[Any]) -> None:
+    """``stream=`` is for updates of GPU arrays, and must be a stream (see
+    :func:`fastgd.cuda.as_stream`)."""
+    if not all(is_device(a) for a in arrays):
+        raise TypeError("stream applies to GPU arrays only")
+    if arrays:
+        from fastgd import cuda
+
+        cuda.as_stream(stream)
+
+
+def gpu_of(arr: Any) -> int | None:
+    """The GPU that holds ``arr`` (its ordinal), or None for a host array."""
+    if not is_device(arr):
+        return None
+    from fastgd import cuda
+
+    return cuda.device_ordinal(arr)
+
+
+def on_gpu(gpu: int | None) -> AbstractContextManager[Any]:
+    """Context in which kernels launch on GPU ``gpu`` (nothing to do for None: the host)."""
+    if gpu is None:
+        return nullcontext()
+    from fastgd import cuda
+
+    return cuda.on_gpu(gpu)
 
 
 def check_same_gpu(arrays: Mapping[str, Any]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fastgd import algorithms, cpu
-from fastgd.dispatch import prepare
+from fastgd.dispatch import check_stream, gpu_of, on_gpu, prepare
 from fastgd.hyperparams import (
     StepScalars,
     adadelta_scalars,
@@ -48,7 +48,10 @@ def run_step(spec: algorithms.RuleSpec, param: ArrayLike, grad: ArrayLike,
     used = {name: states[name] for name in spec.states
             if name not in optional or name in scalars.optional}
     arrays, storage = prepare(param, grad, used)
-    launch_flat(spec, arrays, scalars, stream, storage)
+    if stream is not None:
+        check_stream(stream, arrays)
+    with on_gpu(gpu_of(arrays[0])):
+        launch_flat(spec, arrays, scalars, stream, storage)
 
 
 def compute_dtype(arrays: list[Any], storage: str) -> np.dtype:
@@ -74,12 +77,19 @@ def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScala
         cuda.launch(spec, scalars.optional, arrays, kernel_scalars, stream)
 
 
-def launch_many_flat(spec: algorithms.RuleSpec, tensors: list[list[np.ndarray]],
-                     scalars: StepScalars, storage: str = "") -> None:
-    """Run one step over many host tensors (checked flat kernel views of one dtype and
-    storage format) at once."""
-    cpu.launch_many(spec, scalars.optional, tensors,
-                    scalars.kernel_scalars(compute_dtype(tensors[0], storage)), storage)
+def launch_many_flat(spec: algorithms.RuleSpec, tensors: list[list[Any]],
+                     scalars: StepScalars, stream: Any = None, storage: str = "") -> None:
+    """Run one step over many tensors (checked flat kernel views of one dtype, storage
+    format and device) at once: one parallel region on the CPU, one launch on the GPU."""
+    kernel_scalars = scalars.kernel_scalars(compute_dtype(tensors[0], storage))
+    if isinstance(tensors[0][0], np.ndarray):
+        if stream is not None:
+            raise TypeError("stream applies to GPU arrays only")
+        cpu.launch_many(spec, scalars.optional, tensors, kernel_scalars, storage)
+    else:
+        from fastgd import cuda
+
+        cuda.launch_many(spec, scalars.optional, tensors, kernel_scalars, stream)
 
 
 def sgd(param: ArrayLike, grad: ArrayLike, momentum_buffer: ArrayLike | None = None, *,

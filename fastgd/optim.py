@@ -27,11 +27,14 @@ from fastgd import algorithms
 from fastgd.dispatch import (
     as_array,
     check_like,
+    check_stream,
     flat,
     from_host,
+    gpu_of,
     is_device,
     kernel_view,
     memory_order,
+    on_gpu,
     shares_memory,
     span,
     state_dtype,
@@ -106,6 +109,7 @@ class Optimizer:
         self.state: dict[int, dict[str, Any]] = {}
         self._views: list[np.ndarray] = []
         self._orders: list[str] = []
+        self._gpus: list[int | None] = []  # the GPU of each device parameter
         self._flat_params: dict[int, Any] = {}
         self._flat_states: dict[int, tuple[list[Any], list[Any]]] = {}
         groups, self._single = _param_groups(params)
@@ -141,6 +145,7 @@ class Optimizer:
         self.param_groups.append(group)
         self._views += views
         self._orders += orders
+        self._gpus += [gpu_of(v) for v in views]
 
     def _check_hyperparameters(self, group: Mapping[str, Any]) -> None:
         self._scalars(group, 1, {})
@@ -177,6 +182,10 @@ class Optimizer:
                     check_like(garr, view, order, name, f"params[{index}]")
                     if shares_memory(garr, view):
                         raise ValueError(f"{name} shares memory with params[{index}]")
+                    gpu = self._gpus[index]
+                    if gpu is not None and gpu_of(garr) != gpu:
+                        raise ValueError(f"{name} is on GPU {gpu_of(garr)} but params[{index}] "
+                                         f"is on GPU {gpu}")
                     state = self.state.get(index, {})
                     t = state.get("step", 0) + 1
                     key = (g_index, t)
@@ -184,6 +193,8 @@ class Optimizer:
                         scalar_cache[key] = self._scalars(group, t, state)
                     work.append((index, group, kernel_view(garr, order), scalar_cache[key], t))
                 index += 1
+        if stream is not None:
+            check_stream(stream, [self._views[index] for index, *_ in work])
         info = None
         if max_norm is not None or skip_if_nonfinite:
             info = self._reduce(work, max_norm, skip_if_nonfinite)
@@ -192,8 +203,8 @@ class Optimizer:
             if max_norm is not None:
                 scale = clip_scale(info.grad_norm, float(max_norm))
                 work = [(i, g, gf, sc._replace(grad_scale=scale), t) for i, g, gf, sc, t in work]
-        # Tensors that share dtype and step scalars run as one many-tensor launch (CPU).
-        batches: dict[tuple[Any, bool, StepScalars], list[list[Any]]] = {}
+        # Tensors that share dtype, device and step scalars run as one many-tensor launch.
+        batches: dict[tuple[Any, int | None, StepScalars, str], list[list[Any]]] = {}
         for index, group, gflat, scalars, _ in work:
             state = self.state.setdefault(index, {})
             view, order = self._views[index], self._orders[index]
@@ -209,14 +220,14 @@ class Optimizer:
                     state["master_param"] = from_host(view, view, np.float32)
                 names = ["master_param", *names]
             arrays = [self._kernel_view(index), gflat] + self._state_views(index, names)
-            host = isinstance(view, np.ndarray)
-            batches.setdefault((view.dtype, host, scalars, fmt), []).append(arrays)
-        for (_, host, scalars, fmt), tensors in batches.items():
-            if host and len(tensors) > 1:
-                launch_many_flat(self.spec, tensors, scalars, fmt)
-            else:
-                for arrays in tensors:
-                    launch_flat(self.spec, arrays, scalars, stream, fmt)
+            key = (view.dtype, self._gpus[index], scalars, fmt)
+            batches.setdefault(key, []).append(arrays)
+        for (_, gpu, scalars, fmt), tensors in batches.items():
+            with on_gpu(gpu):
+                if len(tensors) > 1:
+                    launch_many_flat(self.spec, tensors, scalars, stream, fmt)
+                else:
+                    launch_flat(self.spec, tensors[0], scalars, stream, fmt)
         for index, group, _, _, t in work:
             state = self.state[index]
             self._after_step(state, group, t)

@@ -1,5 +1,6 @@
-"""Every real CUDA kernel compiles to PTX for compute capability 9.0, without a GPU, and the
-float32 kernels do no float64 arithmetic (NVVM comes with ``numba-cuda[cu13]``)."""
+"""Every real CUDA kernel (one-tensor and many-tensor) compiles to PTX for compute capability
+9.0, without a GPU, and the float32 kernels do no float64 arithmetic (NVVM comes with
+``numba-cuda[cu13]``)."""
 
 import os
 import re
@@ -19,12 +20,13 @@ F64_ARITHMETIC = re.compile(
     r"^\s*(add|sub|mul|div|fma|sqrt|rsqrt|rcp|max|min|neg|abs|cvt)[.\w]*\.f64\b", re.M)
 
 
+@pytest.mark.parametrize("many", [False, True], ids=["one", "many"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("spec, present", VARIANTS,
                          ids=[s.kernel_name(p, "cuda") for s, p in VARIANTS])
-def test_kernel_compiles_to_ptx(spec, present, dtype):
+def test_kernel_compiles_to_ptx(spec, present, dtype, many):
     try:
-        ptx = cuda.compile_ptx(spec, present, dtype)
+        ptx = cuda.compile_ptx(spec, present, dtype, many=many)
     except Exception as exc:  # no NVVM in this environment
         if "NVVM" in str(exc) or "libnvvm" in str(exc).lower():
             pytest.skip(f"NVVM unavailable: {exc}")

@@ -102,6 +102,54 @@ def test_stream_is_refused_for_host_arrays():
     np.testing.assert_array_equal(p, np.ones(5))
 
 
+def test_optimizer_refuses_stream_when_a_param_is_on_the_host():
+    host, device = np.ones(5), cuda.to_device(np.ones(5))
+    opt = fastgd.SGD([device, host], lr=0.1)
+    with pytest.raises(TypeError, match="stream"):
+        opt.step([cuda.to_device(np.ones(5)), np.ones(5)], stream=cuda.stream())
+    np.testing.assert_array_equal(device.copy_to_host(), np.ones(5))
+    np.testing.assert_array_equal(host, np.ones(5))
+
+
+def _count_launches(monkeypatch):
+    launches = []
+    for name in ("launch", "launch_many"):
+        original = getattr(fastgd_cuda, name)
+
+        def spy(spec, present, arrays, *args, _original=original, _name=name, **kwargs):
+            launches.append((_name, len(arrays) if _name == "launch_many" else 1))
+            return _original(spec, present, arrays, *args, **kwargs)
+
+        monkeypatch.setattr(fastgd_cuda, name, spy)
+    return launches
+
+
+def test_many_device_tensors_step_in_one_launch_per_dtype_and_group(monkeypatch):
+    # Sizes around the many-tensor kernel's chunk (several chunks, empty and 1-element tensors).
+    chunk = fastgd_cuda.CHUNK
+    sizes = [chunk + 1, 0, 1, 2 * chunk, 7, chunk - 1, 3, 2 * chunk + 5]
+    rng = np.random.default_rng(5)
+    host = [rng.standard_normal(n).astype(np.float32 if i % 3 else np.float64)
+            for i, n in enumerate(sizes)]
+    groups = [{"params": host[:6]}, {"params": host[6:], "lr": 0.05, "amsgrad": True}]
+    device = [cuda.to_device(p) for p in host]
+    dgroups = [{**g, "params": device[:6] if i == 0 else device[6:]}
+               for i, g in enumerate(groups)]
+    opt_host = fastgd.Adam(groups, lr=0.1, weight_decay=0.01)
+    opt_device = fastgd.Adam(dgroups, lr=0.1, weight_decay=0.01)
+    launches = _count_launches(monkeypatch)
+    for _ in range(3):
+        grads = [rng.standard_normal(n).astype(p.dtype) for n, p in zip(sizes, host, strict=True)]
+        opt_host.step(grads)
+        opt_device.step([cuda.to_device(g) for g in grads])
+    # Per step: group 0's two float64 and four float32 tensors take one launch each; group
+    # 1 has one tensor of each dtype.
+    step = [("launch", 1), ("launch", 1), ("launch_many", 2), ("launch_many", 4)]
+    assert sorted(launches) == sorted(step * 3)
+    for p, d in zip(host, device, strict=True):
+        np.testing.assert_allclose(d.copy_to_host(), p, **TOL[p.dtype.type])
+
+
 def test_state_lives_on_device_and_round_trips():
     host = np.linspace(-1, 1, 9).astype(np.float32)
     p = cuda.to_device(host)
@@ -128,3 +176,11 @@ def test_gpu_benchmark_runs():
     assert result.tensors == 1 and result.numpy_speedup is None and result.size == 100
     if not fastgd_cuda.SIMULATOR:  # the simulator's events do not measure time
         assert result.seconds > 0 and result.gbps > 0 and result.pct_roofline > 0
+
+
+def test_gpu_many_tensor_benchmark_runs():
+    from fastgd import bench, bench_cuda
+
+    result = bench_cuda.run_case(bench.CASES["adamw"], 0, "float64", repeat=1,
+                                 tensors=[5, 300, 1])
+    assert (result.tensors, result.size, result.algorithm) == (3, 306, "adamw")
