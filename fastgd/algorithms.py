@@ -58,26 +58,26 @@ SGD = RuleSpec(
     "sgd", rules.sgd_rule,
     states=("momentum_buffer",),
     coefficients=("lr", "weight_decay", "momentum", "one_minus_dampening"),
-    flags=("maximize", "l2", "first_step", "nesterov"),
+    flags=("l2", "first_step", "nesterov"),
     optional=(("momentum_buffer", "use_momentum"),),
 )
 ADAGRAD = RuleSpec(
     "adagrad", rules.adagrad_rule,
     states=("sum",),
     coefficients=("clr", "weight_decay", "eps"),
-    flags=("maximize", "l2"),
+    flags=("l2",),
 )
 ADADELTA = RuleSpec(
     "adadelta", rules.adadelta_rule,
     states=("square_avg", "acc_delta"),
     coefficients=("lr", "weight_decay", "rho", "one_minus_rho", "eps"),
-    flags=("maximize", "l2"),
+    flags=("l2",),
 )
 RMSPROP = RuleSpec(
     "rmsprop", rules.rmsprop_rule,
     states=("square_avg", "momentum_buffer", "grad_avg"),
     coefficients=("lr", "weight_decay", "alpha", "one_minus_alpha", "eps", "momentum"),
-    flags=("maximize", "l2"),
+    flags=("l2",),
     optional=(("momentum_buffer", "use_momentum"), ("grad_avg", "centered")),
 )
 ADAM = RuleSpec(
@@ -85,21 +85,21 @@ ADAM = RuleSpec(
     states=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
     coefficients=("step_size", "weight_decay", "decay_factor", "beta1", "one_minus_beta1",
                   "beta2", "one_minus_beta2", "sqrt_bc2", "eps"),
-    flags=("maximize", "l2", "decoupled"),
+    flags=("l2", "decoupled"),
     optional=(("max_exp_avg_sq", "amsgrad"),),
 )
 ADAMAX = RuleSpec(
     "adamax", rules.adamax_rule,
     states=("exp_avg", "exp_inf"),
     coefficients=("clr", "weight_decay", "beta1", "one_minus_beta1", "beta2", "eps"),
-    flags=("maximize", "l2"),
+    flags=("l2",),
 )
 NADAM = RuleSpec(
     "nadam", rules.nadam_rule,
     states=("exp_avg", "exp_avg_sq"),
     coefficients=("grad_coef", "avg_coef", "weight_decay", "decay_factor", "beta1",
                   "one_minus_beta1", "beta2", "one_minus_beta2", "bc2", "eps"),
-    flags=("maximize", "l2", "decoupled"),
+    flags=("l2", "decoupled"),
 )
 
 SPECS: dict[str, RuleSpec] = {

@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 
 class StepScalars(NamedTuple):
     """Per-step scalars of one rule: coefficients, runtime flags, needed optional states,
-    and the factor applied to every gradient element (clipping by global norm)."""
+    and the factor applied to every gradient element as it is read: -1 for ``maximize``,
+    times the clipping factor when gradients are clipped by global norm."""
 
     coefficients: tuple[float, ...]
     flags: tuple[bool, ...]
@@ -78,6 +79,11 @@ def flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
+def direction(maximize: Any) -> float:
+    """The gradient's sign: -1 to maximize the objective, else 1."""
+    return -1.0 if flag("maximize", maximize) else 1.0
+
+
 def sgd_scalars(*, lr: Any, momentum: Any, dampening: Any, weight_decay: Any, nesterov: Any,
                 maximize: Any, first_step: Any) -> StepScalars:
     lr, momentum = number("lr", lr), number("momentum", momentum)
@@ -87,8 +93,8 @@ def sgd_scalars(*, lr: Any, momentum: Any, dampening: Any, weight_decay: Any, ne
         raise ValueError("nesterov requires momentum > 0 and dampening == 0")
     return StepScalars(
         (lr, weight_decay, momentum, 1.0 - dampening),
-        (flag("maximize", maximize), weight_decay != 0, flag("first_step", first_step), nesterov),
-        ("momentum_buffer",) if momentum != 0 else ())
+        (weight_decay != 0, flag("first_step", first_step), nesterov),
+        ("momentum_buffer",) if momentum != 0 else (), direction(maximize))
 
 
 def adagrad_scalars(*, step: Any, lr: Any, lr_decay: Any, weight_decay: Any, eps: Any,
@@ -96,8 +102,8 @@ def adagrad_scalars(*, step: Any, lr: Any, lr_decay: Any, weight_decay: Any, eps
     t, lr, lr_decay = step_count(step), number("lr", lr), number("lr_decay", lr_decay)
     weight_decay = number("weight_decay", weight_decay)
     clr = lr / (1.0 + (t - 1) * lr_decay)
-    return StepScalars((clr, weight_decay, number("eps", eps)),
-                       (flag("maximize", maximize), weight_decay != 0))
+    return StepScalars((clr, weight_decay, number("eps", eps)), (weight_decay != 0,),
+                       grad_scale=direction(maximize))
 
 
 def adadelta_scalars(*, lr: Any, rho: Any, eps: Any, weight_decay: Any,
@@ -105,7 +111,7 @@ def adadelta_scalars(*, lr: Any, rho: Any, eps: Any, weight_decay: Any,
     rho = number("rho", rho, high=1.0, high_inclusive=True)
     weight_decay = number("weight_decay", weight_decay)
     return StepScalars((number("lr", lr), weight_decay, rho, 1.0 - rho, number("eps", eps)),
-                       (flag("maximize", maximize), weight_decay != 0))
+                       (weight_decay != 0,), grad_scale=direction(maximize))
 
 
 def rmsprop_scalars(*, lr: Any, alpha: Any, eps: Any, weight_decay: Any, momentum: Any,
@@ -115,7 +121,7 @@ def rmsprop_scalars(*, lr: Any, alpha: Any, eps: Any, weight_decay: Any, momentu
     optional = ("momentum_buffer",) * (momentum > 0) + ("grad_avg",) * flag("centered", centered)
     return StepScalars(
         (number("lr", lr), weight_decay, alpha, 1.0 - alpha, number("eps", eps), momentum),
-        (flag("maximize", maximize), weight_decay != 0), optional)
+        (weight_decay != 0,), optional, direction(maximize))
 
 
 def adam_scalars(*, step: Any, lr: Any, beta1: Any, beta2: Any, eps: Any, weight_decay: Any,
@@ -128,8 +134,8 @@ def adam_scalars(*, step: Any, lr: Any, beta1: Any, beta2: Any, eps: Any, weight
     return StepScalars(
         (lr / bc1, weight_decay, 1.0 - lr * weight_decay, beta1, 1.0 - beta1, beta2,
          1.0 - beta2, math.sqrt(bc2), number("eps", eps)),
-        (flag("maximize", maximize), weight_decay != 0 and not decoupled, decoupled),
-        ("max_exp_avg_sq",) if flag("amsgrad", amsgrad) else ())
+        (weight_decay != 0 and not decoupled, decoupled),
+        ("max_exp_avg_sq",) if flag("amsgrad", amsgrad) else (), direction(maximize))
 
 
 def adamax_scalars(*, step: Any, lr: Any, beta1: Any, beta2: Any, eps: Any, weight_decay: Any,
@@ -139,7 +145,7 @@ def adamax_scalars(*, step: Any, lr: Any, beta1: Any, beta2: Any, eps: Any, weig
     weight_decay = number("weight_decay", weight_decay)
     return StepScalars(
         (lr / (1.0 - beta1**t), weight_decay, beta1, 1.0 - beta1, beta2, number("eps", eps)),
-        (flag("maximize", maximize), weight_decay != 0))
+        (weight_decay != 0,), grad_scale=direction(maximize))
 
 
 def nadam_mu(beta1: float, momentum_decay: float, t: int) -> float:
@@ -163,5 +169,5 @@ def nadam_scalars(*, step: Any, mu_product: Any, lr: Any, beta1: Any, beta2: Any
         (lr * (1.0 - mu) / (1.0 - mu_product), lr * mu_next / (1.0 - mu_product * mu_next),
          weight_decay, 1.0 - lr * weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
          1.0 - beta2**t, number("eps", eps)),
-        (flag("maximize", maximize), weight_decay != 0 and not decoupled, decoupled))
+        (weight_decay != 0 and not decoupled, decoupled), grad_scale=direction(maximize))
     return scalars, mu_product

@@ -25,8 +25,8 @@ def split_storage(storage: str) -> tuple[str, bool]:
 def kernel_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> list[str]:
     """Kernel parameters: the arrays, the coefficients, ``grad_scale``, the runtime flags.
 
-    ``grad_scale`` multiplies every gradient element as it is read (gradient clipping by
-    global norm, fused into the update; 1 otherwise)."""
+    ``grad_scale`` multiplies every gradient element as it is read: -1 for ``maximize``,
+    times the factor of gradient clipping by global norm (fused into the update)."""
     master = ["master"] if split_storage(storage)[1] else []
     return ["param", "grad", *master, *spec.present_states(present), *spec.coefficients,
             "grad_scale", *spec.flags]

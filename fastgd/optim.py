@@ -202,7 +202,8 @@ class Optimizer:
                 return info
             if max_norm is not None:
                 scale = clip_scale(info.grad_norm, float(max_norm))
-                work = [(i, g, gf, sc._replace(grad_scale=scale), t) for i, g, gf, sc, t in work]
+                work = [(i, g, gf, sc._replace(grad_scale=sc.grad_scale * scale), t)
+                        for i, g, gf, sc, t in work]
         # Tensors that share dtype, device and step scalars run as one many-tensor launch.
         batches: dict[tuple[Any, int | None, StepScalars, str], list[list[Any]]] = {}
         for index, group, gflat, scalars, _ in work:
