@@ -219,22 +219,41 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
             pass
     for fn in fns.values():
         fn()  # warm-up
-    numbers = {key: _calls_per_block(fn) for key, fn in fns.items()}
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):  # interleaved, so that drifts of a shared machine hit all alike
-        for key, fn in fns.items():
-            time.sleep(_SETTLE)
-            times[key].append(_timed(fn, numbers[key]))
-    med = {k: float(np.median(v)) for k, v in times.items()}
+    times = _interleaved_times(fns, repeat)
+    step = times["fastgd"]
+
+    def ratio(key: str) -> float | None:
+        # Per repetition, so that both sides of a ratio see the same state of the machine.
+        return float(np.median(times[key] / step)) if key in times else None
+
     total = sum(shapes)
+    seconds = float(np.median(step))
     moved = bytes_per_step(case, total, dtype)
     return Result(
         algorithm=case.name, dtype=dtype.name, size=total, tensors=len(shapes),
-        seconds=med["fastgd"], gbps=moved / med["fastgd"] / 1e9,
-        roofline_seconds=med["roofline"], pct_roofline=100.0 * med["roofline"] / med["fastgd"],
-        numpy_speedup=med["numpy"] / med["fastgd"] if "numpy" in med else None,
-        torch_speedup=med["torch"] / med["fastgd"] if "torch" in med else None,
-        torch_impl=torch_impl)
+        seconds=seconds, gbps=moved / seconds / 1e9,
+        roofline_seconds=float(np.median(times["roofline"])),
+        pct_roofline=100.0 * ratio("roofline"), numpy_speedup=ratio("numpy"),
+        torch_speedup=ratio("torch"), torch_impl=torch_impl)
+
+
+def _interleaved_times(fns: dict[str, Callable[[], Any]], repeat: int
+                       ) -> dict[str, np.ndarray]:
+    """Seconds per call of each function, ``repeat`` times, interleaved.
+
+    The memory bandwidth of a shared machine drifts by tens of percent over seconds, so the
+    contenders take turns: repetition ``r`` times each of them once, in an order that is
+    reversed on every other repetition (a linear drift then hits all alike), and ratios are
+    taken within a repetition.
+    """
+    numbers = {key: _calls_per_block(fn) for key, fn in fns.items()}
+    keys = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(repeat):
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            time.sleep(_SETTLE)
+            times[key].append(_timed(fns[key], numbers[key]))
+    return {k: np.array(v) for k, v in times.items()}
 
 
 def startup_seconds(repeat: int = 3) -> float:
