@@ -63,7 +63,8 @@ def _copy_kernels() -> Any:
                           *(f"{s}[i] = {s}[i] + g" for s in states)])
         sources.append(cpu.kernel_pair_source(f"copy{k}", ["param", "grad", *states],
                                               2 + k, body))
-    return load_generated("bench_kernels", "import numba\n" + "".join(sources))
+    header = "import numba\nfrom fastgd.chunks import chunk_bounds\n"
+    return load_generated("bench_kernels", header + "".join(sources))
 
 
 def roofline_step(arrays: list[np.ndarray]) -> None:

@@ -44,7 +44,7 @@ def cache_dir() -> Path:
 _LOCK = threading.Lock()
 #: Modules whose functions the generated kernels compile in (a change to one must recompile).
 _INLINED = [Path(__file__).with_name(name) for name in
-            ("rules.py", "halfprec.py", "pointers.py", "device_pointers.py")]
+            ("rules.py", "halfprec.py", "pointers.py", "device_pointers.py", "chunks.py")]
 
 
 def load_generated(prefix: str, source: str) -> ModuleType:

@@ -5,11 +5,12 @@ a cached module file (:mod:`fastgd.codegen`) and compiled lazily, once per dtype
 use. Arrays reach them flattened to 1-D views. Small arrays run the serial loop: starting the
 thread pool costs more than the work below :data:`PARALLEL_THRESHOLD` elements.
 
-The parallel kernel hands blocks of :data:`BLOCK` elements to the serial loop. Its first
-block is short, so that the others start on a 64-byte boundary of ``param``: NumPy's own
-allocations are only 16-byte aligned, and vector loads that straddle cache lines cost ~25%
-of the bandwidth. (State arrays that fastgd allocates share ``param``'s offset, see
-:func:`fastgd.dispatch.zeros_like`, so they line up too.)
+The parallel kernel hands chunks of :data:`~fastgd.chunks.BLOCK` elements to the serial
+loop, all but the first starting on a 64-byte boundary of ``param`` (see
+:mod:`fastgd.chunks`): NumPy's own allocations are only 16-byte aligned. (State arrays that
+fastgd allocates share ``param``'s offset, see :func:`fastgd.dispatch.zeros_like`, so they
+line up too.) The many-tensor kernel runs the chunks of all tensors in one parallel region,
+each thread taking a run of chunks that hold equal numbers of elements.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import numba
 import numpy as np
 
 from fastgd.algorithms import SPECS, RuleSpec
+from fastgd.chunks import ALIGN, BLOCK, chunk_table
 from fastgd.codegen import load_generated
 from fastgd.kernelgen import STORAGES, kernel_args, n_arrays, rule_call
+from fastgd.pointers import address
 
 #: Arrays with at least this many elements use the multi-threaded kernel.
 PARALLEL_THRESHOLD = int(os.environ.get("FASTGD_PARALLEL_THRESHOLD", 32768))
@@ -36,12 +39,10 @@ _HEADER = '''\
 import numba
 import numpy as np
 from fastgd import halfprec, rules
+from fastgd.chunks import chunk_bounds
 from fastgd.pointers import address_as_pointer
 '''
 
-#: Elements per task of the parallel kernel (a multiple of every vector width).
-BLOCK = 16384
-_ALIGN = 64
 
 _TEMPLATE = '''
 
@@ -55,9 +56,8 @@ def {serial}({args}):
 def {parallel}({args}):
     n = param.size
     head = min(n, (-param.ctypes.data) % {align} // param.itemsize)
-    for b in numba.prange(1 + (n - head + {block} - 1) // {block}):
-        lo = 0 if b == 0 else min(n, head + (b - 1) * {block})
-        hi = min(n, head + b * {block})
+    for b in numba.prange(max(1, (n - head + {block} - 1) // {block})):
+        lo, hi = chunk_bounds(b, n, head)
         {serial}({sliced})
 '''
 
@@ -65,39 +65,30 @@ def {parallel}({args}):
 _MULTI_TEMPLATE = '''
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True)
-def {name}__multi(addresses, sizes, heads, first_chunk, likes, {scalars}):
-    for c in numba.prange(first_chunk[-1]):
-        k = np.searchsorted(first_chunk, c, side="right") - 1
-        j = c - first_chunk[k]
-        n = sizes[k]
-        lo = 0 if j == 0 else min(n, heads[k] + (j - 1) * {block})
-        hi = min(n, heads[k] + j * {block})
-        {views}
-        {name}__serial({sliced}, {scalars})
+def {name}__multi(addresses, sizes, table, likes, {scalars}):
+    heads, first_chunk, worker_first = table
+    for w in numba.prange(worker_first.size - 1):
+        k = np.searchsorted(first_chunk, worker_first[w], side="right") - 1
+        for c in range(worker_first[w], worker_first[w + 1]):
+            while first_chunk[k + 1] <= c:
+                k += 1
+            lo, hi = chunk_bounds(c - first_chunk[k], sizes[k], heads[k])
+            n = sizes[k]
+            {views}
+            {name}__serial({sliced}, {scalars})
 '''
 
 
 def multi_source(name: str, arrays: list[str], scalars: list[str]) -> str:
-    """Source of ``{name}__multi``: the serial loop of ``name`` over aligned blocks of many
+    """Source of ``{name}__multi``: the serial loop of ``name`` over aligned chunks of many
     tensors at once (one parallel region). ``addresses[k, j]`` is the address of array ``j``
     of tensor ``k``, which has ``sizes[k]`` elements, and ``likes[j]`` an empty array of its
-    dtype; ``first_chunk`` (cumulative block counts) and ``heads`` come from
-    :func:`block_table`."""
-    views = "\n        ".join(
+    dtype; ``table`` comes from :func:`chunk_table`."""
+    views = "\n            ".join(
         f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], likes[{j}]), n)"
         for j, a in enumerate(arrays))
     return _MULTI_TEMPLATE.format(name=name, scalars=", ".join(scalars), views=views,
-                                  sliced=", ".join(f"{a}[lo:hi]" for a in arrays),
-                                  block=BLOCK)
-
-
-def block_table(addresses: np.ndarray, sizes: np.ndarray, itemsize: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Per tensor: elements before its first 64-byte boundary, and cumulative block counts
-    (the blocks of all tensors are spread evenly over the threads)."""
-    heads = np.minimum(sizes, (-addresses[:, 0]) % _ALIGN // itemsize)
-    blocks = 1 + (sizes - heads + BLOCK - 1) // BLOCK
-    return heads, np.concatenate(([0], np.cumsum(blocks)))
+                                  sliced=", ".join(f"{a}[lo:hi]" for a in arrays))
 
 
 def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str) -> str:
@@ -106,7 +97,7 @@ def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str) -> 
     of ``args`` are the arrays."""
     sliced = [f"{a}[lo:hi]" for a in args[:n_arrays]] + args[n_arrays:]
     return _TEMPLATE.format(serial=f"{name}__serial", parallel=f"{name}__parallel",
-                            args=", ".join(args), sliced=", ".join(sliced), align=_ALIGN,
+                            args=", ".join(args), sliced=", ".join(sliced), align=ALIGN,
                             block=BLOCK, body=body)
 
 
@@ -200,18 +191,21 @@ def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
 
 
 def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[np.ndarray]],
-                scalars: tuple[Any, ...], storage: str = "") -> None:
+                scalars: tuple[Any, ...], storage: str = "",
+                addresses: list[list[int]] | None = None) -> None:
     """One step of one variant over many tensors (each a list of flat, checked arrays of one
-    dtype: param, grad, states) in a single parallel region, with the same scalars."""
+    dtype: param, grad, states) in a single parallel region, with the same scalars.
+    ``addresses`` (of the arrays of ``tensors``) saves looking them up, if known."""
     sizes = np.array([arrays[0].size for arrays in tensors], dtype=np.int64)
     if sizes.sum() < PARALLEL_THRESHOLD:
         for arrays in tensors:
             launch(spec, present, arrays, scalars, storage)
         return
-    addresses = np.array([[a.__array_interface__["data"][0] for a in arrays]
-                          for arrays in tensors], dtype=np.int64)
+    if addresses is None:
+        addresses = [[address(a) for a in arrays] for arrays in tensors]
+    addresses = np.array(addresses, dtype=np.int64)
     likes = tuple(a[:0] for a in tensors[0])
-    heads, first_chunk = block_table(addresses, sizes, likes[0].itemsize)
+    table = chunk_table(addresses[:, 0], sizes, likes[0].itemsize)
     with parallel_guard():
         getattr(_module(spec, present, storage), f"{kernel_name(spec, present, storage)}__multi")(
-            addresses, sizes, heads, first_chunk, likes, *scalars)
+            addresses, sizes, table, likes, *scalars)

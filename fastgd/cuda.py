@@ -75,7 +75,7 @@ def multi_source(name: str, arrays: list[str], scalars: list[str], body: str) ->
 
     Row ``k < n`` of the int64 ``table`` describes tensor ``k``: the addresses of its arrays
     (in ``arrays`` order), its size, and the number of :data:`CHUNK`-element chunks of the
-    tensors before it; row ``n`` holds the total number of chunks (see :func:`chunk_table`).
+    tensors before it; row ``n`` holds the total number of chunks (see :func:`tensor_table`).
     Each block takes chunks in turn (grid-stride over chunks), finds their tensor by binary
     search, and its threads run ``body`` over the chunk. ``like`` is any array of the dtype.
     """
@@ -87,7 +87,7 @@ def multi_source(name: str, arrays: list[str], scalars: list[str], body: str) ->
         body=body.replace("\n", "\n            "))
 
 
-def chunk_table(addresses: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def tensor_table(addresses: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """The ``table`` of :func:`multi_source` for tensors with ``addresses[k, j]`` (array
     ``j`` of tensor ``k``) and ``sizes[k]`` elements."""
     n, m = addresses.shape
@@ -131,7 +131,7 @@ def _module() -> Any:
 
 def kernel(spec: RuleSpec, present: tuple[str, ...], many: bool = False) -> Any:
     """The CUDA kernel of one rule variant (compiled per dtype on first launch): over one
-    tensor's flat arrays, or (``many``) over a :func:`chunk_table` of tensors."""
+    tensor's flat arrays, or (``many``) over a :func:`tensor_table` of tensors."""
     return getattr(_module(), spec.kernel_name(present, "cuda") + ("__multi" if many else ""))
 
 
@@ -230,17 +230,20 @@ def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
 
 
 def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[Any]],
-                scalars: tuple[Any, ...], stream: Any = None) -> None:
+                scalars: tuple[Any, ...], stream: Any = None,
+                addresses: list[list[int]] | None = None) -> None:
     """One step of one variant over many tensors (each a list of flat, checked device
-    arrays of one dtype: param, grad, states) with one kernel launch (asynchronously)."""
-    tensors = [arrays for arrays in tensors if arrays[0].size]
-    if not tensors:
-        return
-    from fastgd.device_pointers import device_address
+    arrays of one dtype: param, grad, states) with one kernel launch (asynchronously).
+    ``addresses`` (of the arrays of ``tensors``) saves looking them up, if known."""
+    if addresses is None:
+        from fastgd.device_pointers import device_address
 
-    addresses = np.array([[device_address(a) for a in arrays] for arrays in tensors],
-                         dtype=np.int64)
-    table = chunk_table(addresses, np.array([a[0].size for a in tensors], dtype=np.int64))
+        addresses = [[device_address(a) for a in arrays] for arrays in tensors]
+    sizes = np.array([arrays[0].size for arrays in tensors], dtype=np.int64)
+    nonempty = sizes > 0
+    if not nonempty.any():
+        return
+    table = tensor_table(np.array(addresses, dtype=np.int64)[nonempty], sizes[nonempty])
     stream = as_stream(stream)
     blocks = max(1, min(int(table[-1, -1]), _max_blocks()))
     # The table's device copy is freed only once no queued kernel can still read it: Numba

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from fastgd import pointers
+
 #: dtypes the kernels compute in.
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: low-precision parameter dtypes (CPU): stored as float16/bfloat16, computed in float32.
@@ -295,6 +297,15 @@ def from_host(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
     from fastgd import cuda
 
     return cuda.to_device(values, like)
+
+
+def address(arr: Any) -> int:
+    """Address of the first element of a host or device array."""
+    if isinstance(arr, np.ndarray):
+        return pointers.address(arr)
+    from fastgd.device_pointers import device_address
+
+    return device_address(arr)
 
 
 def span(arr: Any) -> tuple[int, int] | None:

@@ -78,18 +78,20 @@ def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScala
 
 
 def launch_many_flat(spec: algorithms.RuleSpec, tensors: list[list[Any]],
-                     scalars: StepScalars, stream: Any = None, storage: str = "") -> None:
+                     scalars: StepScalars, stream: Any = None, storage: str = "",
+                     addresses: list[list[int]] | None = None) -> None:
     """Run one step over many tensors (checked flat kernel views of one dtype, storage
-    format and device) at once: one parallel region on the CPU, one launch on the GPU."""
+    format and device) at once: one parallel region on the CPU, one launch on the GPU.
+    ``addresses``, if known, are those of the arrays of ``tensors``."""
     kernel_scalars = scalars.kernel_scalars(compute_dtype(tensors[0], storage))
     if isinstance(tensors[0][0], np.ndarray):
         if stream is not None:
             raise TypeError("stream applies to GPU arrays only")
-        cpu.launch_many(spec, scalars.optional, tensors, kernel_scalars, storage)
+        cpu.launch_many(spec, scalars.optional, tensors, kernel_scalars, storage, addresses)
     else:
         from fastgd import cuda
 
-        cuda.launch_many(spec, scalars.optional, tensors, kernel_scalars, stream)
+        cuda.launch_many(spec, scalars.optional, tensors, kernel_scalars, stream, addresses)
 
 
 def sgd(param: ArrayLike, grad: ArrayLike, momentum_buffer: ArrayLike | None = None, *,

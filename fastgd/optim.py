@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from fastgd import algorithms
 from fastgd.dispatch import (
+    address,
     as_array,
     check_like,
     check_stream,
@@ -110,8 +112,9 @@ class Optimizer:
         self._views: list[np.ndarray] = []
         self._orders: list[str] = []
         self._gpus: list[int | None] = []  # the GPU of each device parameter
-        self._flat_params: dict[int, Any] = {}
-        self._flat_states: dict[int, tuple[list[Any], list[Any]]] = {}
+        self._flat_params: dict[int, tuple[Any, int]] = {}
+        self._flat_states: dict[int, tuple[list[Any], list[Any], list[int]]] = {}
+        self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
         groups, self._single = _param_groups(params)
         self._check_hyperparameters(self.defaults)
         for group in groups:
@@ -208,9 +211,8 @@ class Optimizer:
         batches: dict[tuple[Any, int | None, StepScalars, str], list[list[Any]]] = {}
         for index, group, gflat, scalars, _ in work:
             state = self.state.setdefault(index, {})
-            view, order = self._views[index], self._orders[index]
-            names = [name for name in self.spec.states
-                     if name in scalars.optional or name not in dict(self.spec.optional)]
+            view = self._views[index]
+            names = self._state_names(scalars.optional)
             for name in names:
                 if name not in state:
                     state[name] = self._initial_state(group, view, name)
@@ -219,14 +221,17 @@ class Optimizer:
                 fmt += "_master"
                 if "master_param" not in state:
                     state["master_param"] = from_host(view, view, np.float32)
-                names = ["master_param", *names]
-            arrays = [self._kernel_view(index), gflat] + self._state_views(index, names)
+                names = ("master_param", *names)
+            pflat, paddress = self._kernel_view(index)
+            sflats, saddresses = self._state_views(index, names)
             key = (view.dtype, self._gpus[index], scalars, fmt)
-            batches.setdefault(key, []).append(arrays)
-        for (_, gpu, scalars, fmt), tensors in batches.items():
+            batch = batches.setdefault(key, ([], []))
+            batch[0].append([pflat, gflat, *sflats])
+            batch[1].append([paddress, address(gflat), *saddresses])
+        for (_, gpu, scalars, fmt), (tensors, addresses) in batches.items():
             with on_gpu(gpu):
                 if len(tensors) > 1:
-                    launch_many_flat(self.spec, tensors, scalars, stream, fmt)
+                    launch_many_flat(self.spec, tensors, scalars, stream, fmt, addresses)
                 else:
                     launch_flat(self.spec, tensors[0], scalars, stream, fmt)
         for index, group, _, _, t in work:
@@ -235,24 +240,34 @@ class Optimizer:
             state["step"] = t
         return info
 
-    def _kernel_view(self, index: int) -> Any:
-        """Flat kernel view of ``params[index]`` (made once: the parameter never changes)."""
-        view = self._flat_params.get(index)
-        if view is None:
-            view = self._flat_params[index] = kernel_view(self._views[index],
-                                                          self._orders[index])
-        return view
+    def _kernel_view(self, index: int) -> tuple[Any, int]:
+        """Flat kernel view of ``params[index]`` and its address (made once: the parameter
+        never changes)."""
+        cached = self._flat_params.get(index)
+        if cached is None:
+            view = kernel_view(self._views[index], self._orders[index])
+            cached = self._flat_params[index] = (view, address(view))
+        return cached
 
-    def _state_views(self, index: int, names: list[str]) -> list[Any]:
-        """Flat views of the state arrays ``names`` of ``params[index]``, remade only when
-        the arrays themselves change (new state, ``load_state_dict``)."""
-        arrays = [self.state[index][n] for n in names]
+    def _state_names(self, optional: tuple[str, ...]) -> tuple[str, ...]:
+        """The state arrays a step uses when the optional states ``optional`` are on."""
+        names = self._names.get(optional)
+        if names is None:
+            off = {state for state, _ in self.spec.optional} - set(optional)
+            names = self._names[optional] = tuple(n for n in self.spec.states if n not in off)
+        return names
+
+    def _state_views(self, index: int, names: tuple[str, ...]) -> tuple[list[Any], list[int]]:
+        """Flat views of the state arrays ``names`` of ``params[index]`` and their addresses,
+        remade only when the arrays themselves change (new state, ``load_state_dict``)."""
+        state = self.state[index]
+        arrays = [state[n] for n in names]
         cached = self._flat_states.get(index)
-        if cached is None or len(cached[0]) != len(arrays) or any(
-                a is not b for a, b in zip(cached[0], arrays, strict=True)):
-            order = self._orders[index]
-            cached = self._flat_states[index] = (arrays, [flat(a, order) for a in arrays])
-        return list(cached[1])
+        if cached is None or len(cached[0]) != len(arrays) or not all(
+                map(operator.is_, cached[0], arrays)):
+            flats = [flat(a, self._orders[index]) for a in arrays]
+            cached = self._flat_states[index] = (arrays, flats, [address(f) for f in flats])
+        return cached[1], cached[2]
 
     def _reduce(self, work: list[Any], max_norm: Any, skip_if_nonfinite: bool) -> StepInfo:
         if max_norm is not None:

@@ -13,26 +13,28 @@ import numba
 import numpy as np
 
 from fastgd import cpu
-from fastgd.pointers import address_as_pointer
+from fastgd.chunks import chunk_bounds, chunk_table
+from fastgd.pointers import address, address_as_pointer
 
 
 # ``reassoc`` lets the sum vectorize; NaN and Inf still propagate (no nnan/ninf).
 @numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True,
             fastmath={"reassoc", "contract"})
-def _sum_of_squares(addresses, sizes, heads, first_chunk, like):  # pragma: no cover - jit
-    partial = np.zeros(first_chunk[-1])
-    for c in numba.prange(first_chunk[-1]):
-        k = np.searchsorted(first_chunk, c, side="right") - 1
-        j = c - first_chunk[k]
-        n = sizes[k]
-        lo = 0 if j == 0 else min(n, heads[k] + (j - 1) * cpu.BLOCK)
-        hi = min(n, heads[k] + j * cpu.BLOCK)
-        grad = numba.carray(address_as_pointer(addresses[k], like), n)
+def _sum_of_squares(addresses, sizes, table, like):  # pragma: no cover - jit
+    heads, first_chunk, worker_first = table
+    partial = np.zeros(worker_first.size - 1)
+    for w in numba.prange(worker_first.size - 1):
+        k = np.searchsorted(first_chunk, worker_first[w], side="right") - 1
         total = 0.0
-        for i in range(lo, hi):
-            x = np.float64(grad[i])
-            total += x * x
-        partial[c] = total
+        for c in range(worker_first[w], worker_first[w + 1]):
+            while first_chunk[k + 1] <= c:
+                k += 1
+            lo, hi = chunk_bounds(c - first_chunk[k], sizes[k], heads[k])
+            grad = numba.carray(address_as_pointer(addresses[k], like), sizes[k])
+            for i in range(lo, hi):
+                x = np.float64(grad[i])
+                total += x * x
+        partial[w] = total
     return partial.sum()
 
 
@@ -43,11 +45,11 @@ def global_norm(grads: Sequence[np.ndarray]) -> float:
         same = [g for g in grads if g.dtype == dtype and g.size]
         if not same:
             continue
-        addresses = np.array([g.__array_interface__["data"][0] for g in same], dtype=np.int64)
+        addresses = np.array([address(g) for g in same], dtype=np.int64)
         sizes = np.array([g.size for g in same], dtype=np.int64)
-        heads, first_chunk = cpu.block_table(addresses[:, None], sizes, dtype.itemsize)
+        table = chunk_table(addresses, sizes, dtype.itemsize)
         with cpu.parallel_guard():
-            total += _sum_of_squares(addresses, sizes, heads, first_chunk, same[0][:0])
+            total += _sum_of_squares(addresses, sizes, table, same[0][:0])
     return math.sqrt(total)
 
 
