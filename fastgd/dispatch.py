@@ -166,7 +166,7 @@ def check_like(arr: Any, ref: Any, order: str, name: str, ref_name: str = "param
 
 def flat(arr: Any, order: str) -> Any:
     """1-D view of a contiguous (host or device) array; never a copy."""
-    return arr.reshape(arr.size, order=order)
+    return arr if arr.ndim == 1 else arr.reshape(arr.size, order=order)
 
 
 def shares_memory(a: Any, b: Any) -> bool:

@@ -181,11 +181,11 @@ class Optimizer:
                     if not view.flags["WRITEABLE"]:
                         raise ValueError(f"params[{index}] has become read-only")
                     name = f"grads[{index}]"
-                    garr = as_array(grad, name, writable=False, device=is_device(view))
+                    gpu = self._gpus[index]
+                    garr = as_array(grad, name, writable=False, device=gpu is not None)
                     check_like(garr, view, order, name, f"params[{index}]")
                     if shares_memory(garr, view):
                         raise ValueError(f"{name} shares memory with params[{index}]")
-                    gpu = self._gpus[index]
                     if gpu is not None and gpu_of(garr) != gpu:
                         raise ValueError(f"{name} is on GPU {gpu_of(garr)} but params[{index}] "
                                          f"is on GPU {gpu}")
