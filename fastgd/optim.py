@@ -182,7 +182,9 @@ class Optimizer:
                         raise ValueError(f"params[{index}] has become read-only")
                     name = f"grads[{index}]"
                     gpu = self._gpus[index]
-                    garr = as_array(grad, name, writable=False, device=gpu is not None)
+                    # A plain host array needs no conversion (check_like checks its dtype).
+                    garr = grad if type(grad) is np.ndarray and gpu is None else as_array(
+                        grad, name, writable=False, device=gpu is not None)
                     check_like(garr, view, order, name, f"params[{index}]")
                     if shares_memory(garr, view):
                         raise ValueError(f"{name} shares memory with params[{index}]")
