@@ -210,7 +210,8 @@ class Optimizer:
                 work = [(i, g, gf, sc._replace(grad_scale=sc.grad_scale * scale), t)
                         for i, g, gf, sc, t in work]
         # Tensors that share dtype, device and step scalars run as one many-tensor launch.
-        batches: dict[tuple[Any, int | None, StepScalars, str], list[list[Any]]] = {}
+        batches: dict[tuple[Any, int | None, StepScalars, str],
+                      tuple[list[list[Any]], list[list[int]]]] = {}
         for index, group, gflat, scalars, _ in work:
             state = self.state.setdefault(index, {})
             view = self._views[index]
