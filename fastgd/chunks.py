@@ -23,6 +23,26 @@ def chunk_bounds(j, n, head):  # pragma: no cover - jit
     return lo, min(n, head + (j + 1) * BLOCK)
 
 
+@numba.njit(inline="always")
+def thread_run(table, w):  # pragma: no cover - jit
+    """Thread run ``w`` of a :func:`chunk_table`: its chunks ``[start, stop)`` and the
+    tensor of its first chunk."""
+    _, first_chunk, worker_first = table
+    start = worker_first[w]
+    return start, worker_first[w + 1], np.searchsorted(first_chunk, start, side="right") - 1
+
+
+@numba.njit(inline="always")
+def locate(table, sizes, c, k):  # pragma: no cover - jit
+    """Chunk ``c`` of a :func:`chunk_table` of tensors of ``sizes`` elements: its tensor
+    (``k`` or a later one: runs visit chunks in order) and its elements ``[lo, hi)``."""
+    heads, first_chunk, _ = table
+    while first_chunk[k + 1] <= c:
+        k += 1
+    lo, hi = chunk_bounds(c - first_chunk[k], sizes[k], heads[k])
+    return k, lo, hi
+
+
 def chunk_table(address: np.ndarray, sizes: np.ndarray, itemsize: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """How a many-tensor kernel splits tensors of ``sizes`` elements at ``address`` (of

@@ -39,7 +39,7 @@ _HEADER = '''\
 import numba
 import numpy as np
 from fastgd import halfprec, rules
-from fastgd.chunks import chunk_bounds
+from fastgd.chunks import chunk_bounds, locate, thread_run
 from fastgd.pointers import address_as_pointer
 '''
 
@@ -66,13 +66,10 @@ _MULTI_TEMPLATE = '''
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True)
 def {name}__multi(addresses, sizes, table, likes, {scalars}):
-    heads, first_chunk, worker_first = table
-    for w in numba.prange(worker_first.size - 1):
-        k = np.searchsorted(first_chunk, worker_first[w], side="right") - 1
-        for c in range(worker_first[w], worker_first[w + 1]):
-            while first_chunk[k + 1] <= c:
-                k += 1
-            lo, hi = chunk_bounds(c - first_chunk[k], sizes[k], heads[k])
+    for w in numba.prange(table[2].size - 1):
+        start, stop, k = thread_run(table, w)
+        for c in range(start, stop):
+            k, lo, hi = locate(table, sizes, c, k)
             n = sizes[k]
             {views}
             {name}__serial({sliced}, {scalars})

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from fastgd import cpu
-from fastgd.chunks import chunk_bounds, chunk_table
+from fastgd.chunks import chunk_table, locate, thread_run
 from fastgd.pointers import address, address_as_pointer
 
 
@@ -21,15 +21,12 @@ from fastgd.pointers import address, address_as_pointer
 @numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True,
             fastmath={"reassoc", "contract"})
 def _sum_of_squares(addresses, sizes, table, like):  # pragma: no cover - jit
-    heads, first_chunk, worker_first = table
-    partial = np.zeros(worker_first.size - 1)
-    for w in numba.prange(worker_first.size - 1):
-        k = np.searchsorted(first_chunk, worker_first[w], side="right") - 1
+    partial = np.zeros(table[2].size - 1)
+    for w in numba.prange(partial.size):
+        start, stop, k = thread_run(table, w)
         total = 0.0
-        for c in range(worker_first[w], worker_first[w + 1]):
-            while first_chunk[k + 1] <= c:
-                k += 1
-            lo, hi = chunk_bounds(c - first_chunk[k], sizes[k], heads[k])
+        for c in range(start, stop):
+            k, lo, hi = locate(table, sizes, c, k)
             grad = numba.carray(address_as_pointer(addresses[k], like), sizes[k])
             for i in range(lo, hi):
                 x = np.float64(grad[i])
