@@ -64,12 +64,11 @@ def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScala
     """Run a step on already checked flat kernel views (param, grad, [master], states in
     rule order) of ``storage`` format (see :mod:`fastgd.kernelgen`).
 
-    NumPy arrays run on the CPU; device arrays on the GPU, queued on ``stream``.
+    NumPy arrays run on the CPU; device arrays on the GPU, queued on ``stream`` (which the
+    caller has checked, :func:`fastgd.dispatch.check_stream`).
     """
     kernel_scalars = scalars.kernel_scalars(compute_dtype(arrays, storage))
     if isinstance(arrays[0], np.ndarray):
-        if stream is not None:
-            raise TypeError("stream applies to GPU arrays only")
         cpu.launch(spec, scalars.optional, arrays, kernel_scalars, storage)
     else:
         from fastgd import cuda
@@ -81,12 +80,11 @@ def launch_many_flat(spec: algorithms.RuleSpec, tensors: list[list[Any]],
                      scalars: StepScalars, stream: Any = None, storage: str = "",
                      addresses: list[list[int]] | None = None) -> None:
     """Run one step over many tensors (checked flat kernel views of one dtype, storage
-    format and device) at once: one parallel region on the CPU, one launch on the GPU.
-    ``addresses``, if known, are those of the arrays of ``tensors``."""
+    format and device) at once: one parallel region on the CPU, one launch on the GPU (on
+    ``stream``, checked like :func:`launch_flat`'s). ``addresses``, if known, are those of
+    the arrays of ``tensors``."""
     kernel_scalars = scalars.kernel_scalars(compute_dtype(tensors[0], storage))
     if isinstance(tensors[0][0], np.ndarray):
-        if stream is not None:
-            raise TypeError("stream applies to GPU arrays only")
         cpu.launch_many(spec, scalars.optional, tensors, kernel_scalars, storage, addresses)
     else:
         from fastgd import cuda

@@ -1277,3 +1277,17 @@ def test_class_torch_bad_grad_refused(cname):
         refuse(lambda b=bad: opt.step([torch.ones(4, dtype=torch.float64), b]), *tparams,
                names=("grads[1]",))
         snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("cname", CLASS_NAMES)
+def test_stream_is_refused_for_host_arrays_before_anything_runs(cname):
+    params = [np.ones(5), np.ones(40_000)]  # a serial and a parallel launch
+    opt = make(cname, params)
+    snap = OptimizerSnapshot(opt, params)
+    for stream in (object(), 0):
+        with pytest.raises(TypeError, match="stream"):
+            opt.step([np.ones(5), np.ones(40_000)], stream=stream)
+        snap.assert_unchanged()
+    with pytest.raises(TypeError, match="stream"):
+        fastgd.functional.sgd(params[0], np.ones(5), lr=0.1, stream=object())
+    snap.assert_unchanged()
