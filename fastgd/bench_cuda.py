@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from fastgd.bench import CASES, Case, Result, bytes_per_step, many_tensor_sizes
+from fastgd.bench import (
+    CASES,
+    Case,
+    Result,
+    _torch_stepper,
+    bytes_per_step,
+    many_tensor_sizes,
+)
 
 
 def _event_seconds(fn: Callable[[], Any], repeat: int) -> float:
@@ -41,27 +48,20 @@ def _torch_seconds(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
         return None, None
     if not torch.cuda.is_available():
         return None, None
-    tensors = [torch.nn.Parameter(torch.tensor(p, device="cuda")) for p in params]
-    for t, g in zip(tensors, grads, strict=True):
-        t.grad = torch.tensor(g, device="cuda")
-    cls = getattr(torch.optim, case.torch_name)
-    for flavour in ("fused", "foreach"):
-        try:
-            opt = cls(tensors, **case.options, **{flavour: True})
-            opt.step()
-        except (RuntimeError, TypeError, ValueError):
-            continue
-        times = []
-        for _ in range(repeat):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            opt.step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return float(np.median(times)), flavour
-    return None, None
+    try:
+        step, flavour = _torch_stepper(case, params, grads, device="cuda")
+    except RuntimeError:  # neither fused nor foreach on this GPU
+        return None, None
+    times = []
+    for _ in range(repeat):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return float(np.median(times)), flavour
 
 
 def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = True,
