@@ -20,21 +20,12 @@ from fastgd import bench
 from . import common
 
 
-class Roofline:
+class Roofline(common._CaseStep):
     """The memory roofline of one step of ``algorithm`` on one array."""
-
-    params = [common.ALGORITHMS, common.SIZES, common.DTYPES]
-    param_names = ["algorithm", "size", "dtype"]
-    repeat = (3, 50, 2.0)
-    warmup_time = 0.1
-    timeout = 180.0
 
     def setup(self, algorithm: str, size: int, dtype: str) -> None:
         self.step = common.cached(("roofline", algorithm, size, dtype), lambda: (
             common.roofline_stepper(algorithm, *common.pair(size, dtype))))
-
-    def time_step(self, algorithm: str, size: int, dtype: str) -> None:
-        self.step()
 
     def track_bandwidth(self, algorithm: str, size: int, dtype: str) -> float:
         return common.gbps(self.step, bench.bytes_per_step(bench.CASES[algorithm], size, dtype))
@@ -42,25 +33,17 @@ class Roofline:
     track_bandwidth.unit = "GB/s"
 
 
-class NumpyStep:
+class NumpyStep(common._CaseStep):
     """One step of ``algorithm`` in plain NumPy on one array."""
 
-    params = [common.ALGORITHMS, common.SIZES, common.DTYPES]
-    param_names = ["algorithm", "size", "dtype"]
-    repeat = (3, 50, 2.0)
-    warmup_time = 0.1
-    timeout = 180.0
     rounds = 1  # a reference, not a regression target: one round is enough
 
     def setup(self, algorithm: str, size: int, dtype: str) -> None:
         self.step = common.cached(("numpy", algorithm, size, dtype), lambda: (
             common.numpy_stepper(algorithm, *common.pair(size, dtype))))
 
-    def time_step(self, algorithm: str, size: int, dtype: str) -> None:
-        self.step()
 
-
-class TorchStep:
+class TorchStep(common._CaseStep):
     """One ``torch.optim`` step of ``algorithm`` on one tensor (fused, else foreach).
 
     The smallest and the largest size only: every one of these processes imports torch and
@@ -69,10 +52,6 @@ class TorchStep:
     """
 
     params = [common.ALGORITHMS, [common.SIZES[0], common.SIZES[-1]], common.DTYPES]
-    param_names = ["algorithm", "size", "dtype"]
-    repeat = (3, 50, 2.0)
-    warmup_time = 0.1
-    timeout = 180.0
     rounds = 1  # a reference, not a regression target: one round is enough
 
     def setup(self, algorithm: str, size: int, dtype: str) -> None:
@@ -80,24 +59,14 @@ class TorchStep:
         self.step = common.cached(("torch", algorithm, size, dtype), lambda: (
             common.torch_stepper(algorithm, *common.pair(size, dtype))))
 
-    def time_step(self, algorithm: str, size: int, dtype: str) -> None:
-        self.step()
 
-
-class ManyTensorRoofline:
+class ManyTensorRoofline(common._Step):
     """The memory roofline of an Adam step over the many-tensor model: the copy kernel over
     one float32 array of the model's total size (as ``fastgd bench`` does)."""
-
-    repeat = (3, 50, 2.0)
-    warmup_time = 0.1
-    timeout = 180.0
 
     def setup(self) -> None:
         self.step = common.cached("roofline-many", lambda: common.roofline_stepper(
             "adam", *common.pair(common.many_tensor_elements(), "float32")))
-
-    def time_step(self) -> None:
-        self.step()
 
     def track_bandwidth(self) -> float:
         return common.gbps(self.step, common.many_tensor_bytes())
@@ -105,34 +74,22 @@ class ManyTensorRoofline:
     track_bandwidth.unit = "GB/s"
 
 
-class ManyTensorNumpyAdam:
+class ManyTensorNumpyAdam(common._Step):
     """A plain NumPy Adam step over the many-tensor model, array after array."""
 
-    repeat = (3, 50, 2.0)
-    warmup_time = 0.1
-    timeout = 180.0
     rounds = 1  # a reference, not a regression target: one round is enough
 
     def setup(self) -> None:
         self.step = common.cached("numpy-many", lambda: common.numpy_stepper(
             "adam", *common.many_tensor_arrays()))
 
-    def time_step(self) -> None:
-        self.step()
 
-
-class ManyTensorTorchAdam:
+class ManyTensorTorchAdam(common._Step):
     """One ``torch.optim.Adam`` step (fused) over the many-tensor model's 161 tensors."""
 
-    repeat = (3, 50, 2.0)
-    warmup_time = 0.1
-    timeout = 180.0
     rounds = 1  # a reference, not a regression target: one round is enough
 
     def setup(self) -> None:
         common.require_torch()
         self.step = common.cached("torch-many", lambda: common.torch_stepper(
             "adam", *common.many_tensor_arrays()))
-
-    def time_step(self) -> None:
-        self.step()

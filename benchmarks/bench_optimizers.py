@@ -15,22 +15,13 @@ from fastgd import bench
 from . import common
 
 
-class OptimizerStep:
+class OptimizerStep(common._CaseStep):
     """One ``opt.step(grads)`` of a fastgd optimizer class (``fastgd.bench.CASES``: torch's
     defaults, SGD with momentum 0.9) on one array of ``size`` elements."""
-
-    params = [common.ALGORITHMS, common.SIZES, common.DTYPES]
-    param_names = ["algorithm", "size", "dtype"]
-    repeat = (3, 50, 2.0)  # at least 3 samples, then up to 50 within about 2 s
-    warmup_time = 0.1
-    timeout = 180.0
 
     def setup(self, algorithm: str, size: int, dtype: str) -> None:
         self.step = common.cached(("fastgd", algorithm, size, dtype), lambda: (
             common.fastgd_stepper(algorithm, *common.pair(size, dtype))))
-
-    def time_step(self, algorithm: str, size: int, dtype: str) -> None:
-        self.step()
 
     def track_bandwidth(self, algorithm: str, size: int, dtype: str) -> float:
         return common.gbps(self.step, bench.bytes_per_step(bench.CASES[algorithm], size, dtype))
@@ -38,21 +29,14 @@ class OptimizerStep:
     track_bandwidth.unit = "GB/s"
 
 
-class ManyTensorAdam:
+class ManyTensorAdam(common._Step):
     """One ``fastgd.Adam.step`` over the many-tensor model: 161 float32 arrays of
     ``fastgd.bench.many_tensor_sizes()`` (log-normal sizes, ~17M elements, the largest 2.4M,
     fixed seed), so per-array overheads count too."""
 
-    repeat = (3, 50, 2.0)
-    warmup_time = 0.1
-    timeout = 180.0
-
     def setup(self) -> None:
         self.step = common.cached("fastgd-many", lambda: common.fastgd_stepper(
             "adam", *common.many_tensor_arrays()))
-
-    def time_step(self) -> None:
-        self.step()
 
     def track_bandwidth(self) -> float:
         return common.gbps(self.step, common.many_tensor_bytes())

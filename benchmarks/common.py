@@ -35,6 +35,27 @@ DTYPES = ["float32", "float64"]
 _live: dict[Hashable, Any] = {}
 
 
+class _Step:
+    """Times ``self.step``, the call that ``setup`` builds, with the suite's sampling
+    settings. (asv skips names that start with an underscore, so this base is no benchmark.)
+    """
+
+    repeat = (3, 50, 2.0)  # at least 3 samples, then up to 50 within about 2 s
+    warmup_time = 0.1
+    timeout = 180.0
+    step: Callable[[], Any]
+
+    def time_step(self, *params: Any) -> None:
+        self.step()
+
+
+class _CaseStep(_Step):
+    """A :class:`_Step` per algorithm x size x dtype, on one array."""
+
+    params = [ALGORITHMS, SIZES, DTYPES]
+    param_names = ["algorithm", "size", "dtype"]
+
+
 def cached(key: Hashable, build: Callable[[], Any]) -> Any:
     """``build()``, once per process and ``key``; only the latest key is kept alive."""
     if key not in _live:
