@@ -53,6 +53,17 @@ def test_resume_is_bit_identical(cls, options, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]  # no temporary file left
 
 
+def saved_adam(path, seed):
+    """An Adam optimizer after one step, its parameters, and ``rng`` for more; saved to
+    ``path``."""
+    rng = np.random.default_rng(seed)
+    params = make_params(rng)
+    opt = fastgd.Adam(params)
+    opt.step(grads_for(params, rng))
+    fastgd.save(path, opt)
+    return opt, params, rng
+
+
 def refused(opt, params, path, match):
     before = opt.state_dict()
     snapshot = [p.copy() for p in params]
@@ -68,12 +79,8 @@ def refused(opt, params, path, match):
 
 
 def test_mismatched_checkpoints_are_refused(tmp_path):
-    rng = np.random.default_rng(2)
-    params = make_params(rng)
-    adam = fastgd.Adam(params)
-    adam.step(grads_for(params, rng))
     path = tmp_path / "adam.npz"
-    fastgd.save(path, adam)
+    _, _, rng = saved_adam(path, 2)
 
     other = make_params(rng)
     sgd = fastgd.SGD(other, momentum=0.9)
@@ -90,12 +97,8 @@ def test_mismatched_checkpoints_are_refused(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing"])
 def test_corrupt_checkpoints_are_refused(tmp_path, damage):
-    rng = np.random.default_rng(3)
-    params = make_params(rng)
-    opt = fastgd.Adam(params)
-    opt.step(grads_for(params, rng))
     path = tmp_path / "c.npz"
-    fastgd.save(path, opt)
+    opt, params, _ = saved_adam(path, 3)
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
@@ -109,12 +112,8 @@ def test_corrupt_checkpoints_are_refused(tmp_path, damage):
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    rng = np.random.default_rng(4)
-    params = make_params(rng)
-    opt = fastgd.Adam(params)
-    opt.step(grads_for(params, rng))
     path = tmp_path / "c.npz"
-    fastgd.save(path, opt)
+    opt, params, rng = saved_adam(path, 4)
     good = path.read_bytes()
     opt.step(grads_for(params, rng))
 

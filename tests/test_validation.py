@@ -513,12 +513,17 @@ def test_optional_state_not_needed_is_ignored():
 
 # -- supported odd layouts (functional) ------------------------------------------------------
 
-def run_steps(name: str, arrays: dict[str, Any], grads: list[np.ndarray]) -> None:
-    """Two or more steps, writing each gradient into ``arrays['grad']`` in place."""
+def run_steps(name: str, arrays: dict[str, Any], grads: list[np.ndarray],
+              feed: Any = None) -> None:
+    """Two or more steps, writing each gradient into ``arrays['grad']`` in place, or, with
+    ``feed``, passing ``feed(gradient)`` as the gradient."""
     mu = 1.0
-    grad = arrays["grad"]
+    grad = arrays.get("grad")
     for t, g in enumerate(grads, start=1):
-        as_numpy(grad)[...] = g
+        if feed is None:
+            as_numpy(grad)[...] = g
+        else:
+            arrays["grad"] = feed(g)
         result = call(name, arrays, t=t, mu_product=mu)
         if name == "nadam":
             mu = result
@@ -676,13 +681,13 @@ def test_read_only_grad_works(name):
     grads = two_grads((6,), np.float64)
     expected = reference_values(name, base, grads)
     arrays = dict(base)
-    mu = 1.0
-    for t, g in enumerate(grads, start=1):
+
+    def read_only(g):
         g = g.copy()
         g.flags.writeable = False
-        arrays["grad"] = g
-        out = call(name, arrays, t=t, mu_product=mu)
-        mu = out if name == "nadam" else mu
+        return g
+
+    run_steps(name, arrays, grads, feed=read_only)
     for key in ALGOS[name].states + ("param",):
         assert np.array_equal(arrays[key], expected[key]), key
 
@@ -694,11 +699,7 @@ def test_grad_as_nested_list_works(name):
     grads = two_grads((6,), np.float64)
     expected = reference_values(name, base, grads)
     arrays = dict(base)
-    mu = 1.0
-    for t, g in enumerate(grads, start=1):
-        arrays["grad"] = g.tolist()
-        out = call(name, arrays, t=t, mu_product=mu)
-        mu = out if name == "nadam" else mu
+    run_steps(name, arrays, grads, feed=np.ndarray.tolist)
     assert np.array_equal(arrays["param"], expected["param"])
 
 
