@@ -2,8 +2,8 @@
 
 * ``Roofline``: ``fastgd.bench.roofline_step``, a fused copy kernel that reads and writes the
   same arrays as the algorithm's step with trivial arithmetic: the memory-bound floor.
-* ``NumpyStep``: ``fastgd.bench._numpy_step``, the update as a careful NumPy user writes it
-  (in place where NumPy allows, with its temporaries).
+* ``NumpyStep``: ``fastgd.bench.NUMPY_STEPS``, the update as a careful NumPy user writes it
+  (in place where NumPy allows, with its temporaries), for the algorithms that have one.
 * ``TorchStep``: ``torch.optim`` through ``fastgd.bench._torch_stepper``, fused where torch has
   a fused CPU step (SGD, Adagrad, Adam, AdamW), else foreach; skipped without torch. Only these
   benchmarks import torch (in their ``setup``), so every other figure is taken in a process

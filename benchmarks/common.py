@@ -2,7 +2,7 @@
 set-up cases and an in-process bandwidth measurement.
 
 The cases (``CASES``), byte counts (``bytes_per_step``), roofline kernel (``roofline_step``),
-baselines (``_numpy_step``, ``_torch_stepper``) and the many-tensor model
+baselines (``NUMPY_STEPS``, ``_torch_stepper``) and the many-tensor model
 (``many_tensor_sizes``) come from :mod:`fastgd.bench`, so the suite and ``fastgd bench``
 measure the same things.
 
@@ -26,7 +26,7 @@ import numpy as np
 
 import fastgd
 from fastgd import bench
-from fastgd.dispatch import zeros_like
+from fastgd.arrays import zeros_like
 
 ALGORITHMS = list(bench.CASES)
 SIZES = [1_000, 100_000, 2**24]
@@ -133,7 +133,11 @@ def roofline_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.nd
 
 def numpy_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.ndarray]
                   ) -> Callable[[], None]:
-    """``bench._numpy_step`` (what a careful NumPy user writes) on each array, warmed up."""
+    """``bench.NUMPY_STEPS[algorithm]`` (what a careful NumPy user writes) on each array,
+    warmed up; NotImplementedError (asv skips the benchmark) for an algorithm without one."""
+    numpy_step = bench.NUMPY_STEPS.get(algorithm)
+    if numpy_step is None:
+        raise NotImplementedError(f"no NumPy baseline for {algorithm}")
     n_states = len(bench.CASES[algorithm].states)
     states = [[zeros_like(p, fill=1.0) for _ in range(n_states)] for p in params]
     counter = itertools.count(1)
@@ -141,7 +145,7 @@ def numpy_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.ndarr
     def step() -> None:
         t = next(counter)
         for p, g, s in zip(params, grads, states, strict=True):
-            bench._numpy_step(algorithm, p, g, s, t)
+            numpy_step(p, g, s, t)
 
     step()
     return step
@@ -150,8 +154,12 @@ def numpy_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.ndarr
 def torch_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.ndarray]
                   ) -> Callable[[], Any]:
     """torch.optim's step for ``algorithm`` over tensor copies of ``params``
-    (``bench._torch_stepper``: fused where torch has it, else foreach), warmed up."""
-    return bench._torch_stepper(bench.CASES[algorithm], params, grads)[0]
+    (``bench._torch_stepper``: fused where torch has it, else foreach), warmed up;
+    NotImplementedError (asv skips the benchmark) where torch.optim has no such class."""
+    try:
+        return bench._torch_stepper(bench.CASES[algorithm], params, grads)[0]
+    except RuntimeError as exc:
+        raise NotImplementedError(str(exc)) from exc
 
 
 def require_torch() -> None:

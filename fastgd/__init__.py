@@ -1,26 +1,19 @@
 """fastgd: fused, in-place gradient-descent updates at memory speed (Numba kernels).
 
 Two faces: :mod:`fastgd.functional` (one in-place pass per call, explicit state arrays) and
-torch.optim-style optimizer classes (:class:`SGD`, :class:`Adam`, ...).
+torch.optim-style optimizer classes (:class:`SGD`, :class:`Adam`, ...), one per algorithm of
+the table in :mod:`fastgd.algorithms`.
 """
 
-from fastgd import functional, schedules
+from fastgd import functional, optim, schedules
 from fastgd.checkpoint import load, save
-from fastgd.optim import (
-    SGD,
-    Adadelta,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    NAdam,
-    Optimizer,
-    RMSprop,
-    StepInfo,
-)
+from fastgd.optim import Optimizer, StepInfo
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "schedules", "save", "load", "Optimizer", "SGD", "Adagrad", "Adadelta",
-           "RMSprop", "Adam",
-           "AdamW", "Adamax", "NAdam", "StepInfo", "__version__"]
+#: The optimizer classes, by name (``fastgd.Adam`` is ``fastgd.optim.Adam``).
+CLASSES = {name: getattr(optim, name) for name in optim.__all__ if name not in optim.BASES}
+globals().update(CLASSES)
+
+__all__ = ["functional", "schedules", "save", "load", "Optimizer", "StepInfo", "__version__",
+           *CLASSES]

@@ -1,107 +1,491 @@
-"""What each update rule needs: its state arrays, coefficients and flags.
+"""The algorithm table: every optimizer declared once.
 
-A :class:`RuleSpec` describes the signature of one rule in :mod:`fastgd.rules` so that the
-kernel generators can write the loops, and the dispatch layer can pass arguments in order.
+An :class:`Algorithm` names its per-element rule (:mod:`fastgd.rules`), its state arrays,
+its hyperparameters (torch.optim's names, defaults and valid ranges, see
+:mod:`fastgd.hyperparams`) and its ``update`` function, which computes the rule's per-step
+coefficients and flags on the host, *by name*: it returns a dict keyed by the rule's argument
+names (and by the names of the per-parameter scalars it advances, such as NAdam's
+``mu_product``). The names are checked against the rule's signature when this module is
+imported. The functional API, the optimizer classes, hyperparameter validation, the benchmark
+rows, the demo entries and the test cases are all derived from these declarations.
+
+``update`` reads the hyperparameters it needs as positional parameters and, as keyword-only
+parameters, what it needs of the step: ``step`` (the 1-based number ``t`` of the step being
+taken), ``first_step`` (the parameter's state arrays are new: SGD's first momentum step) and
+the per-parameter :class:`Scalar` states.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from fastgd import rules
+from fastgd.hyperparams import BETA, FINITE, NON_NEGATIVE, UNIT, Domain, Flag, Pair, Real
+
+#: The step-dependent inputs an ``update`` function may ask for (besides its scalars).
+STEP_INPUTS = ("step", "first_step")
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Typical values drawn uniformly from ``[low, high]`` (``log``: log-uniformly)."""
+
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A hyperparameter: its name and default (torch.optim's), its valid values, and the
+    range of typical values (tests and tools draw from it). A ``switch`` turns a part of the
+    rule on when non-zero (``momentum``, ``weight_decay``) or true (``nesterov``); tests
+    cover both settings. ``keyword_only`` ones follow ``*`` in the class signature."""
+
+    name: str
+    default: Any
+    domain: Domain
+    typical: Uniform | tuple[Uniform, Uniform] | None = None
+    switch: bool = False
+    keyword_only: bool = False
+
+
+@dataclass(frozen=True)
+class State:
+    """A state array, one element per parameter element. An optional one exists when the
+    hyperparameter ``when`` passes ``test`` (``momentum_buffer`` when ``momentum != 0``); the
+    functional API then requires it, unless ``implied``: there the array's presence sets
+    the (boolean) hyperparameter (Adam's ``max_exp_avg_sq`` and ``amsgrad``). New arrays are
+    filled with 0, or with the value of the hyperparameter ``fill``."""
+
+    name: str
+    when: str | None = None
+    test: Callable[[Any], bool] = bool
+    fill: str | None = None
+    implied: bool = False
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A per-parameter number kept in the optimizer state and advanced by ``update``
+    (NAdam's ``mu_product``); it starts at ``initial`` (a number, or the value of the
+    hyperparameter of that name)."""
+
+    name: str
+    initial: float | str
+    domain: Real
 
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """Signature of a per-element rule.
-
-    ``states`` lists every state array the rule can update, in argument order;
-    ``optional`` maps the optional ones to the structural flag that enables them (the
-    structural flags are the rule's last arguments, in the order of ``optional``);
-    ``coefficients`` are the per-step scalars cast to the array dtype, ``flags`` the runtime
-    booleans.
-    """
+    """The kernel-level signature of a rule: ``rule(p, g, *states, *coefficients, *flags,
+    *has_<optional state>)``; coefficients are cast to the array dtype, flags are runtime
+    booleans, and each optional state's ``has_`` flag is a literal of the kernel variant."""
 
     name: str
     rule: Any
     states: tuple[str, ...]
     coefficients: tuple[str, ...]
     flags: tuple[str, ...]
-    optional: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        expected = ("p", "g", *self.states, *self.coefficients, *self.flags,
-                    *(flag for _, flag in self.optional))
-        actual = tuple(inspect.signature(self.rule.py_func).parameters)
-        if actual != expected:
-            raise AssertionError(f"{self.name}: rule signature {actual} != spec {expected}")
+    optional: tuple[str, ...] = ()
 
     def variants(self) -> list[tuple[str, ...]]:
         """Every combination of present optional states (as tuples of state names)."""
         combos: list[tuple[str, ...]] = [()]
-        for state, _ in self.optional:
+        for state in self.optional:
             combos += [c + (state,) for c in combos]
         return combos
 
     def present_states(self, present_optional: tuple[str, ...]) -> tuple[str, ...]:
         """The state arrays a variant takes, in rule order."""
-        optional = {state for state, _ in self.optional}
-        return tuple(s for s in self.states if s not in optional or s in present_optional)
+        return tuple(s for s in self.states
+                     if s not in self.optional or s in present_optional)
 
     def kernel_name(self, present_optional: tuple[str, ...], target: str) -> str:
         return "_".join((self.name, *present_optional, target))
 
 
-SGD = RuleSpec(
-    "sgd", rules.sgd_rule,
-    states=("momentum_buffer",),
-    coefficients=("lr", "weight_decay", "momentum", "one_minus_dampening"),
-    flags=("l2", "first_step", "nesterov"),
-    optional=(("momentum_buffer", "use_momentum"),),
-)
-ADAGRAD = RuleSpec(
-    "adagrad", rules.adagrad_rule,
-    states=("sum",),
-    coefficients=("clr", "weight_decay", "eps"),
-    flags=("l2",),
-)
-ADADELTA = RuleSpec(
-    "adadelta", rules.adadelta_rule,
-    states=("square_avg", "acc_delta"),
-    coefficients=("lr", "weight_decay", "rho", "one_minus_rho", "eps"),
-    flags=("l2",),
-)
-RMSPROP = RuleSpec(
-    "rmsprop", rules.rmsprop_rule,
-    states=("square_avg", "momentum_buffer", "grad_avg"),
-    coefficients=("lr", "weight_decay", "alpha", "one_minus_alpha", "eps", "momentum"),
-    flags=("l2",),
-    optional=(("momentum_buffer", "use_momentum"), ("grad_avg", "centered")),
-)
-ADAM = RuleSpec(
-    "adam", rules.adam_rule,
-    states=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-    coefficients=("step_size", "weight_decay", "decay_factor", "beta1", "one_minus_beta1",
-                  "beta2", "one_minus_beta2", "sqrt_bc2", "eps"),
-    flags=("l2", "decoupled"),
-    optional=(("max_exp_avg_sq", "amsgrad"),),
-)
-ADAMAX = RuleSpec(
-    "adamax", rules.adamax_rule,
-    states=("exp_avg", "exp_inf"),
-    coefficients=("clr", "weight_decay", "beta1", "one_minus_beta1", "beta2", "eps"),
-    flags=("l2",),
-)
-NADAM = RuleSpec(
-    "nadam", rules.nadam_rule,
-    states=("exp_avg", "exp_avg_sq"),
-    coefficients=("grad_coef", "avg_coef", "weight_decay", "decay_factor", "beta1",
-                  "one_minus_beta1", "beta2", "one_minus_beta2", "bc2", "eps"),
-    flags=("l2", "decoupled"),
+@dataclass(frozen=True, eq=False)
+class Algorithm:
+    """One optimizer, declared once (see the module docstring).
+
+    ``fixed`` hyperparameters have a value that the class does not take as an argument
+    (AdamW's ``decoupled_weight_decay``); ``constraint`` checks relations between
+    hyperparameters; ``math`` is the update in plain notation, shown in the docstrings;
+    ``bench`` the options of the benchmark row; ``demo`` the entries of ``fastgd demo``
+    (name -> options and learning rate) and ``shown`` the hyperparameters their labels show.
+    """
+
+    name: str
+    summary: str
+    math: str
+    source: str
+    rule: Any
+    states: tuple[State, ...]
+    hyperparameters: tuple[Hyper, ...]
+    update: Callable[..., dict[str, Any]]
+    scalars: tuple[Scalar, ...] = ()
+    constraint: Callable[[Mapping[str, Any]], None] | None = None
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    bench: Mapping[str, Any] = field(default_factory=dict)
+    demo: Mapping[str, tuple[Mapping[str, Any], float]] = field(default_factory=dict)
+    shown: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.spec  # noqa: B018 - derive (and so check) the kernel signature at import
+
+    # -- derived facts ----------------------------------------------------------------------
+    @property
+    def function_name(self) -> str:
+        """Name of the functional API's function (``fastgd.functional.adamw``)."""
+        return self.name.lower()
+
+    @cached_property
+    def hyper(self) -> dict[str, Hyper]:
+        return {h.name: h for h in self.hyperparameters}
+
+    @cached_property
+    def defaults(self) -> dict[str, Any]:
+        """Every hyperparameter's default, fixed ones included (a group's options)."""
+        return {**{h.name: h.default for h in self.hyperparameters}, **self.fixed}
+
+    @cached_property
+    def optional(self) -> tuple[State, ...]:
+        return tuple(s for s in self.states if s.when is not None)
+
+    @cached_property
+    def reads(self) -> tuple[str, ...]:
+        """The hyperparameters ``update`` reads, in its argument order."""
+        return tuple(n for n, p in inspect.signature(self.update).parameters.items()
+                     if p.kind is p.POSITIONAL_OR_KEYWORD)
+
+    @cached_property
+    def inputs(self) -> tuple[str, ...]:
+        """What ``update`` needs of the step (``step``, ``first_step``, scalar states)."""
+        return tuple(n for n, p in inspect.signature(self.update).parameters.items()
+                     if p.kind is p.KEYWORD_ONLY)
+
+    @cached_property
+    def spec(self) -> RuleSpec:
+        """The rule's kernel signature, checked against this declaration."""
+        return _rule_spec(self)
+
+    def present(self, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The optional states that the (checked) options use."""
+        return tuple(s.name for s in self.optional if s.test(options[s.when]))
+
+    def check(self, options: Mapping[str, Any], t: int | None = None) -> dict[str, Any]:
+        """Checked copies of every hyperparameter in ``options`` (those of this algorithm,
+        fixed ones included); with a step ``t``, ``lr`` may be a schedule, checked (and
+        returned) at ``t``. Raises ``TypeError``/``ValueError`` naming the first bad one."""
+        checked = {}
+        for h in self.hyperparameters:
+            value = options[h.name]
+            if t is not None and h.name == "lr" and callable(value):
+                value = value(t)
+            checked[h.name] = h.domain.check(h.name, value)
+        for name, value in self.fixed.items():
+            checked[name] = value
+        if self.constraint is not None:
+            self.constraint(checked)
+        return checked
+
+    def initial_scalars(self, options: Mapping[str, Any]) -> dict[str, float]:
+        """The per-parameter scalars of a parameter's first step (checked ``options``)."""
+        return {s.name: float(options[s.initial]) if isinstance(s.initial, str)
+                else s.initial for s in self.scalars}
+
+    def variant(self, name: str, summary: str, *, defaults: Mapping[str, Any] = {},
+                fixed: Mapping[str, Any] = {}, **changes: Any) -> Algorithm:
+        """A new algorithm running the same rule with other defaults and fixed options
+        (AdamW: Adam with ``decoupled_weight_decay=True`` and ``weight_decay=1e-2``)."""
+        hyper = tuple(replace(h, default=defaults.get(h.name, h.default))
+                      for h in self.hyperparameters if h.name not in fixed)
+        return replace(self, name=name, summary=summary, hyperparameters=hyper,
+                       fixed={**self.fixed, **fixed}, **changes)
+
+
+def _rule_spec(algorithm: Algorithm) -> RuleSpec:
+    """Check that ``algorithm``'s rule takes ``p, g``, its states, then exactly what its
+    ``update`` returns (floats: coefficients, then bools: flags), then ``has_<state>`` for
+    each optional state; return the rule's :class:`RuleSpec`."""
+    name = algorithm.name
+    params = tuple(inspect.signature(algorithm.rule.py_func).parameters)
+    states = tuple(s.name for s in algorithm.states)
+    structural = tuple(f"has_{s.name}" for s in algorithm.optional)
+    head, body, tail = params[:2 + len(states)], params[2 + len(states):], params[
+        len(params) - len(structural):]
+    if head != ("p", "g", *states) or tail != structural:
+        raise AssertionError(f"{name}: rule arguments {params} do not start with p, g, "
+                             f"{states} and end with {structural}")
+    body = body[:len(body) - len(structural)]
+    for s in algorithm.states:
+        if s.when is not None and s.when not in algorithm.hyper:
+            raise AssertionError(f"{name}: state {s.name} depends on unknown {s.when!r}")
+    unknown = set(algorithm.reads) - set(algorithm.defaults)
+    inputs = set(algorithm.inputs) - set(STEP_INPUTS) - {s.name for s in algorithm.scalars}
+    if unknown or inputs:
+        raise AssertionError(f"{name}: update reads unknown {sorted(unknown | inputs)}")
+    sample = example_update(algorithm)
+    scalars = {s.name for s in algorithm.scalars}
+    if set(sample) != set(body) | scalars:
+        raise AssertionError(f"{name}: update returns {sorted(sample)}, the rule takes "
+                             f"{body} (and the scalars are {sorted(scalars)})")
+    kinds = [isinstance(sample[b], bool) for b in body]
+    if kinds != sorted(kinds):
+        raise AssertionError(f"{name}: the rule's coefficients must come before its flags")
+    return RuleSpec(algorithm.rule.__name__.removesuffix("_rule"), algorithm.rule, states,
+                    tuple(b for b in body if not isinstance(sample[b], bool)),
+                    tuple(b for b in body if isinstance(sample[b], bool)),
+                    tuple(s.name for s in algorithm.optional))
+
+
+def example_update(algorithm: Algorithm) -> dict[str, Any]:
+    """``update`` at the defaults, on a first step."""
+    options = algorithm.check(algorithm.defaults)
+    inputs = {"step": 1, "first_step": True, **algorithm.initial_scalars(options)}
+    return algorithm.update(**{n: options[n] for n in algorithm.reads},
+                            **{n: inputs[n] for n in algorithm.inputs})
+
+
+# -- hyperparameters shared by many algorithms --------------------------------------------------
+
+def _lr(default: float, low: float, high: float) -> Hyper:
+    return Hyper("lr", default, NON_NEGATIVE, Uniform(low, high))
+
+
+def _betas(default: tuple[float, float] = (0.9, 0.999)) -> Hyper:
+    return Hyper("betas", default, Pair(BETA, BETA, ("beta1", "beta2")),
+                 (Uniform(0.5, 0.95), Uniform(0.9, 0.9999)))
+
+
+def _eps(default: float, low: float = 1e-10, high: float = 1e-6) -> Hyper:
+    return Hyper("eps", default, NON_NEGATIVE, Uniform(low, high, log=True))
+
+
+WEIGHT_DECAY = Hyper("weight_decay", 0.0, NON_NEGATIVE, Uniform(2**-7, 2**-2, log=True),
+                     switch=True)
+MAXIMIZE = Hyper("maximize", False, Flag(), switch=True, keyword_only=True)
+
+
+def _flag(name: str, keyword_only: bool = False) -> Hyper:
+    return Hyper(name, False, Flag(), switch=True, keyword_only=keyword_only)
+
+
+def _weight_decay_mode(lr: float, weight_decay: float, decoupled: bool) -> dict[str, Any]:
+    """L2 (``g += wd * p``) or decoupled (``p *= 1 - lr * wd``) weight decay."""
+    decoupled = decoupled and weight_decay != 0
+    return dict(weight_decay=weight_decay, decay_factor=1.0 - lr * weight_decay,
+                l2=weight_decay != 0 and not decoupled, decoupled=decoupled)
+
+
+# -- the algorithms ---------------------------------------------------------------------------
+
+def _sgd_constraint(options: Mapping[str, Any]) -> None:
+    if options["nesterov"] and (options["momentum"] <= 0 or options["dampening"] != 0):
+        raise ValueError("nesterov requires momentum > 0 and dampening == 0")
+
+
+def _sgd_update(lr, momentum, dampening, weight_decay, nesterov, *, first_step):
+    return dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
+                one_minus_dampening=1.0 - dampening, l2=weight_decay != 0,
+                first_step=first_step, nesterov=nesterov)
+
+
+SGD = Algorithm(
+    "SGD", "Stochastic gradient descent with optional (Nesterov) momentum.",
+    """\
+g += weight_decay * p
+with momentum: buf = g on the first step, else buf = momentum * buf + (1 - dampening) * g;
+               d = g + momentum * buf (nesterov) or d = buf
+without:       d = g
+p -= lr * d""",
+    "torch/optim/sgd.py", rules.sgd_rule,
+    states=(State("momentum_buffer", when="momentum", test=lambda m: m != 0),),
+    hyperparameters=(
+        _lr(1e-3, 0.01, 0.2),
+        Hyper("momentum", 0.0, NON_NEGATIVE, Uniform(0.3, 0.95), switch=True),
+        Hyper("dampening", 0.0, FINITE, Uniform(0.05, 0.9), switch=True),
+        WEIGHT_DECAY, _flag("nesterov"), MAXIMIZE),
+    update=_sgd_update, constraint=_sgd_constraint,
+    bench={"lr": 1e-3, "momentum": 0.9},
+    demo={"sgd": ({}, 0.01), "momentum": ({"momentum": 0.9}, 0.005),
+          "nesterov": ({"momentum": 0.9, "nesterov": True}, 0.005)},
+    shown=("momentum", "nesterov"),
 )
 
-SPECS: dict[str, RuleSpec] = {
-    s.name: s for s in (SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMAX, NADAM)
-}
+
+def _adagrad_update(lr, lr_decay, weight_decay, eps, *, step):
+    return dict(clr=lr / (1.0 + (step - 1) * lr_decay), weight_decay=weight_decay, eps=eps,
+                l2=weight_decay != 0)
+
+
+ADAGRAD = Algorithm(
+    "Adagrad", "Adagrad: per-element steps scaled by the root of the summed squared gradients.",
+    """\
+g += weight_decay * p
+sum += g * g
+p -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)""",
+    "torch/optim/adagrad.py", rules.adagrad_rule,
+    states=(State("sum", fill="initial_accumulator_value"),),
+    hyperparameters=(
+        _lr(1e-2, 0.01, 0.5),
+        Hyper("lr_decay", 0.0, NON_NEGATIVE, Uniform(0.01, 0.3), switch=True),
+        WEIGHT_DECAY,
+        Hyper("initial_accumulator_value", 0.0, NON_NEGATIVE, Uniform(0.05, 1.0),
+              switch=True),
+        _eps(1e-10), MAXIMIZE),
+    update=_adagrad_update, demo={"adagrad": ({}, 0.5)},
+)
+
+
+def _adadelta_update(lr, rho, eps, weight_decay):
+    return dict(lr=lr, weight_decay=weight_decay, rho=rho, one_minus_rho=1.0 - rho, eps=eps,
+                l2=weight_decay != 0)
+
+
+ADADELTA = Algorithm(
+    "Adadelta", "Adadelta: steps scaled by the ratio of running RMS of updates and gradients.",
+    """\
+g += weight_decay * p
+square_avg = rho * square_avg + (1 - rho) * g * g
+delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+acc_delta = rho * acc_delta + (1 - rho) * delta * delta
+p -= lr * delta""",
+    "torch/optim/adadelta.py", rules.adadelta_rule,
+    states=(State("square_avg"), State("acc_delta")),
+    hyperparameters=(
+        _lr(1.0, 0.3, 2.0), Hyper("rho", 0.9, UNIT, Uniform(0.5, 0.99)),
+        _eps(1e-6, 1e-7, 1e-4), WEIGHT_DECAY, MAXIMIZE),
+    update=_adadelta_update, demo={"adadelta": ({}, 1.0)}, shown=("rho",),
+)
+
+
+def _rmsprop_update(lr, alpha, eps, weight_decay, momentum):
+    return dict(lr=lr, weight_decay=weight_decay, alpha=alpha, one_minus_alpha=1.0 - alpha,
+                eps=eps, momentum=momentum, l2=weight_decay != 0)
+
+
+RMSPROP = Algorithm(
+    "RMSprop", "RMSprop with optional momentum and centering.",
+    """\
+g += weight_decay * p
+square_avg = alpha * square_avg + (1 - alpha) * g * g
+centered:  grad_avg = alpha * grad_avg + (1 - alpha) * g;
+           avg = sqrt(square_avg - grad_avg * grad_avg) + eps
+else:      avg = sqrt(square_avg) + eps
+momentum:  buf = momentum * buf + g / avg; p -= lr * buf
+else:      p -= lr * g / avg""",
+    "torch/optim/rmsprop.py", rules.rmsprop_rule,
+    states=(State("square_avg"), State("momentum_buffer", when="momentum", test=lambda m: m > 0),
+            State("grad_avg", when="centered")),
+    hyperparameters=(
+        _lr(1e-2, 1e-3, 3e-2), Hyper("alpha", 0.99, NON_NEGATIVE, Uniform(0.8, 0.999)),
+        _eps(1e-8, 1e-9, 1e-6), WEIGHT_DECAY,
+        Hyper("momentum", 0.0, NON_NEGATIVE, Uniform(0.3, 0.95), switch=True),
+        _flag("centered"), MAXIMIZE),
+    update=_rmsprop_update, demo={"rmsprop": ({}, 0.01)}, shown=("alpha",),
+)
+
+
+def _adam_update(lr, betas, eps, weight_decay, decoupled_weight_decay, *, step):
+    beta1, beta2 = betas
+    return dict(step_size=lr / (1.0 - beta1**step),
+                **_weight_decay_mode(lr, weight_decay, decoupled_weight_decay),
+                beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+                one_minus_beta2=1.0 - beta2, sqrt_bc2=math.sqrt(1.0 - beta2**step), eps=eps)
+
+
+ADAM = Algorithm(
+    "Adam", "Adam (AMSGrad with amsgrad=True; AdamW with decoupled_weight_decay=True).",
+    """\
+g += weight_decay * p   (decoupled_weight_decay: p *= 1 - lr * weight_decay instead)
+exp_avg = beta1 * exp_avg + (1 - beta1) * g
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+amsgrad: max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq), used below for exp_avg_sq
+p -= lr / (1 - beta1**t) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2**t) + eps)""",
+    "torch/optim/adam.py", rules.adam_rule,
+    states=(State("exp_avg"), State("exp_avg_sq"),
+            State("max_exp_avg_sq", when="amsgrad", implied=True)),
+    hyperparameters=(
+        _lr(1e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY, _flag("amsgrad"), MAXIMIZE,
+        _flag("decoupled_weight_decay", keyword_only=True)),
+    update=_adam_update, demo={"adam": ({}, 0.05)}, shown=("betas",),
+)
+
+ADAMW = ADAM.variant(
+    "AdamW", "Adam with decoupled weight decay, p *= 1 - lr * weight_decay (AdamW).",
+    defaults={"weight_decay": 1e-2}, fixed={"decoupled_weight_decay": True},
+    demo={"adamw": ({}, 0.05)}, shown=("betas", "weight_decay"),
+)
+
+
+def _adamax_update(lr, betas, eps, weight_decay, *, step):
+    beta1, beta2 = betas
+    return dict(clr=lr / (1.0 - beta1**step), weight_decay=weight_decay, beta1=beta1,
+                one_minus_beta1=1.0 - beta1, beta2=beta2, eps=eps, l2=weight_decay != 0)
+
+
+ADAMAX = Algorithm(
+    "Adamax", "Adamax: Adam with the infinity norm.",
+    """\
+g += weight_decay * p
+exp_avg = beta1 * exp_avg + (1 - beta1) * g
+exp_inf = max(beta2 * exp_inf, |g| + eps)
+p -= lr / (1 - beta1**t) * exp_avg / exp_inf""",
+    "torch/optim/adamax.py", rules.adamax_rule,
+    states=(State("exp_avg"), State("exp_inf")),
+    hyperparameters=(_lr(2e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY, MAXIMIZE),
+    update=_adamax_update, demo={"adamax": ({}, 0.05)}, shown=("betas",),
+)
+
+
+def nadam_mu(beta1: float, momentum_decay: float, t: int) -> float:
+    """NAdam's momentum coefficient ``mu_t = beta1 (1 - 0.5 * 0.96**(t * momentum_decay))``."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+
+
+def _nadam_update(lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, *,
+                  step, mu_product):
+    beta1, beta2 = betas
+    mu, mu_next = nadam_mu(beta1, momentum_decay, step), nadam_mu(beta1, momentum_decay,
+                                                                   step + 1)
+    mu_product *= mu
+    return dict(grad_coef=lr * (1.0 - mu) / (1.0 - mu_product),
+                avg_coef=lr * mu_next / (1.0 - mu_product * mu_next),
+                **_weight_decay_mode(lr, weight_decay, decoupled_weight_decay),
+                beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+                one_minus_beta2=1.0 - beta2, bc2=1.0 - beta2**step, eps=eps,
+                mu_product=mu_product)
+
+
+NADAM = Algorithm(
+    "NAdam", "NAdam: Adam with Nesterov momentum and momentum decay.",
+    """\
+mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay)); mu_product *= mu_t
+g += weight_decay * p   (decoupled_weight_decay: p *= 1 - lr * weight_decay instead)
+exp_avg, exp_avg_sq as in Adam; denom = sqrt(exp_avg_sq / (1 - beta2**t)) + eps
+p -= lr * (1 - mu_t) / (1 - mu_product) * g / denom
+p -= lr * mu_{t+1} / (1 - mu_product * mu_{t+1}) * exp_avg / denom""",
+    "torch/optim/nadam.py", rules.nadam_rule,
+    states=(State("exp_avg"), State("exp_avg_sq")),
+    hyperparameters=(
+        _lr(2e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY,
+        Hyper("momentum_decay", 4e-3, NON_NEGATIVE, Uniform(1e-3, 3e-2, log=True)),
+        _flag("decoupled_weight_decay"), MAXIMIZE),
+    update=_nadam_update, scalars=(Scalar("mu_product", 1.0, UNIT),),
+    demo={"nadam": ({}, 0.05)}, shown=("betas",),
+)
+
+#: Every algorithm, by class name.
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
+    SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM,
+)}
+
+#: Every rule's kernel signature, by rule name (algorithms may share a rule).
+SPECS: dict[str, RuleSpec] = {a.spec.name: a.spec for a in ALGORITHMS.values()}

@@ -4,11 +4,12 @@ An element-wise update is memory-bound: it must read ``param``, ``grad`` and eac
 array once and write ``param`` and each state array once, ``(3 + 2 * n_states) * itemsize``
 bytes per element. The *roofline* is a fused copy kernel that moves exactly those bytes
 (same arrays, same reads and writes, trivial arithmetic), measured in the same run. Baselines
-are a plain NumPy implementation (with its temporaries) and ``torch.optim`` with its fastest
-CPU implementation (``fused=True`` where torch has it, else ``foreach=True``) when torch is
-installed. Short steps are timed in blocks of calls; the blocks of all contenders are
-interleaved and the median per call is reported, which is robust to the noise of a shared
-machine.
+are a plain NumPy implementation (with its temporaries; :data:`NUMPY_STEPS`, for the
+algorithms that have one) and ``torch.optim`` with its fastest CPU implementation
+(``fused=True`` where torch has it, else ``foreach=True``) when torch is installed and has
+the algorithm. Every algorithm of :mod:`fastgd.algorithms` has a row (:data:`CASES`).
+Short steps are timed in blocks of calls; the blocks of all contenders are interleaved and
+the median per call is reported, which is robust to the noise of a shared machine.
 """
 
 from __future__ import annotations
@@ -22,14 +23,18 @@ from typing import Any
 
 import numpy as np
 
-import fastgd
-from fastgd import cpu
+from fastgd import cpu, optim
+from fastgd.algorithms import ALGORITHMS, Algorithm
+from fastgd.arrays import flat, zeros_like
 from fastgd.codegen import load_generated
-from fastgd.dispatch import flat, zeros_like
 
 
 @dataclass(frozen=True)
 class Case:
+    """A benchmark row: an optimizer class with its options (the algorithm's ``bench``
+    options), the state arrays a step of it moves, and the torch.optim class of the same
+    name (if torch has one)."""
+
     name: str
     cls: type
     options: dict[str, Any]
@@ -37,16 +42,15 @@ class Case:
     torch_name: str
 
 
-CASES: dict[str, Case] = {c.name: c for c in (
-    Case("sgd", fastgd.SGD, {"lr": 1e-3, "momentum": 0.9}, ("momentum_buffer",), "SGD"),
-    Case("adagrad", fastgd.Adagrad, {}, ("sum",), "Adagrad"),
-    Case("adadelta", fastgd.Adadelta, {}, ("square_avg", "acc_delta"), "Adadelta"),
-    Case("rmsprop", fastgd.RMSprop, {}, ("square_avg",), "RMSprop"),
-    Case("adam", fastgd.Adam, {}, ("exp_avg", "exp_avg_sq"), "Adam"),
-    Case("adamw", fastgd.AdamW, {}, ("exp_avg", "exp_avg_sq"), "AdamW"),
-    Case("adamax", fastgd.Adamax, {}, ("exp_avg", "exp_inf"), "Adamax"),
-    Case("nadam", fastgd.NAdam, {}, ("exp_avg", "exp_avg_sq"), "NAdam"),
-)}
+def case(algorithm: Algorithm) -> Case:
+    """The benchmark row of ``algorithm``."""
+    options = algorithm.check({**algorithm.defaults, **algorithm.bench})
+    states = algorithm.spec.present_states(algorithm.present(options))
+    return Case(algorithm.function_name, getattr(optim, algorithm.name), dict(algorithm.bench),
+                states, algorithm.name)
+
+
+CASES: dict[str, Case] = {a.function_name: case(a) for a in ALGORITHMS.values()}
 
 
 def bytes_per_step(case: Case, size: int, dtype: np.dtype) -> int:
@@ -72,47 +76,74 @@ def roofline_step(arrays: list[np.ndarray]) -> None:
     cpu.run_pair(_copy_kernels(), f"copy{len(arrays) - 2}", arrays, ())
 
 
-# -- NumPy baselines: what a careful NumPy user writes (in-place where NumPy allows) ----------
-def _numpy_step(name: str, p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    if name == "sgd":
-        s[0] *= 0.9
-        s[0] += g
-        p -= 1e-3 * s[0]
-    elif name == "adagrad":
-        s[0] += g * g
-        p -= 1e-2 * g / (np.sqrt(s[0]) + 1e-10)
-    elif name == "adadelta":
-        s[0] *= 0.9
-        s[0] += 0.1 * g * g
-        delta = np.sqrt(s[1] + 1e-6) / np.sqrt(s[0] + 1e-6) * g
-        s[1] *= 0.9
-        s[1] += 0.1 * delta * delta
-        p -= delta
-    elif name == "rmsprop":
-        s[0] *= 0.99
-        s[0] += 0.01 * g * g
-        p -= 1e-2 * g / (np.sqrt(s[0]) + eps)
-    elif name in ("adam", "adamw", "nadam"):
-        if name == "adamw":
-            p *= 1 - 1e-3 * 1e-2
-        s[0] *= b1
-        s[0] += (1 - b1) * g
-        s[1] *= b2
-        s[1] += (1 - b2) * g * g
-        if name == "nadam":
-            denom = np.sqrt(s[1] / (1 - b2**t)) + eps
-            p -= 1e-4 * g / denom
-            p -= 1e-3 * s[0] / denom
-        else:
-            p -= 1e-3 / (1 - b1**t) * s[0] / (np.sqrt(s[1]) / math.sqrt(1 - b2**t) + eps)
-    elif name == "adamax":
-        s[0] *= b1
-        s[0] += (1 - b1) * g
-        np.maximum(b2 * s[1], np.abs(g) + eps, out=s[1])
-        p -= 2e-3 / (1 - b1**t) * s[0] / s[1]
-    else:
-        raise ValueError(name)
+# -- NumPy baselines: what a careful NumPy user writes (in place where NumPy allows) ----------
+# (torch's defaults, SGD with momentum 0.9: the options of the rows of CASES)
+_B1, _B2, _EPS = 0.9, 0.999, 1e-8
+
+
+def _numpy_sgd(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    s[0] *= 0.9
+    s[0] += g
+    p -= 1e-3 * s[0]
+
+
+def _numpy_adagrad(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    s[0] += g * g
+    p -= 1e-2 * g / (np.sqrt(s[0]) + 1e-10)
+
+
+def _numpy_adadelta(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    s[0] *= 0.9
+    s[0] += 0.1 * g * g
+    delta = np.sqrt(s[1] + 1e-6) / np.sqrt(s[0] + 1e-6) * g
+    s[1] *= 0.9
+    s[1] += 0.1 * delta * delta
+    p -= delta
+
+
+def _numpy_rmsprop(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    s[0] *= 0.99
+    s[0] += 0.01 * g * g
+    p -= 1e-2 * g / (np.sqrt(s[0]) + _EPS)
+
+
+def _numpy_moments(g: np.ndarray, s: list[np.ndarray]) -> None:
+    s[0] *= _B1
+    s[0] += (1 - _B1) * g
+    s[1] *= _B2
+    s[1] += (1 - _B2) * g * g
+
+
+def _numpy_adam(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    _numpy_moments(g, s)
+    p -= 1e-3 / (1 - _B1**t) * s[0] / (np.sqrt(s[1]) / math.sqrt(1 - _B2**t) + _EPS)
+
+
+def _numpy_adamw(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    p *= 1 - 1e-3 * 1e-2
+    _numpy_adam(p, g, s, t)
+
+
+def _numpy_nadam(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    _numpy_moments(g, s)
+    denom = np.sqrt(s[1] / (1 - _B2**t)) + _EPS
+    p -= 1e-4 * g / denom
+    p -= 1e-3 * s[0] / denom
+
+
+def _numpy_adamax(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    s[0] *= _B1
+    s[0] += (1 - _B1) * g
+    np.maximum(_B2 * s[1], np.abs(g) + _EPS, out=s[1])
+    p -= 2e-3 / (1 - _B1**t) * s[0] / s[1]
+
+
+#: The NumPy baseline of a row, by row name: ``step(param, grad, states, t)`` in place.
+NUMPY_STEPS: dict[str, Callable[[np.ndarray, np.ndarray, list[np.ndarray], int], None]] = {
+    "sgd": _numpy_sgd, "adagrad": _numpy_adagrad, "adadelta": _numpy_adadelta,
+    "rmsprop": _numpy_rmsprop, "adam": _numpy_adam, "adamw": _numpy_adamw,
+    "adamax": _numpy_adamax, "nadam": _numpy_nadam,
+}
 
 
 def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray],
@@ -124,7 +155,9 @@ def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
     tensors = [torch.nn.Parameter(torch.tensor(p, device=device)) for p in params]
     for t, g in zip(tensors, grads, strict=True):
         t.grad = torch.tensor(g, device=device)
-    cls = getattr(torch.optim, case.torch_name)
+    cls = getattr(torch.optim, case.torch_name, None)
+    if cls is None:
+        raise RuntimeError(f"torch.optim has no {case.torch_name}")
     for flavour in ("fused", "foreach"):
         try:
             opt = cls(tensors, **case.options, **{flavour: True})
@@ -206,19 +239,21 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         "roofline": lambda: roofline_step(copy_arrays),
     }
     torch_impl = None
-    if baselines:
+    numpy_baseline = NUMPY_STEPS.get(case.name)
+    if baselines and numpy_baseline is not None:
         copies = [(p.copy(), [zeros_like(p) + 1 for _ in case.states]) for p in params]
         counter = iter(range(1, 1 << 60))
 
         def numpy_step() -> None:
             t = next(counter)
             for (p, states), g in zip(copies, grads, strict=True):
-                _numpy_step(case.name, p, g, states, t)
+                numpy_baseline(p, g, states, t)
 
         fns["numpy"] = numpy_step
+    if baselines:
         try:
             fns["torch"], torch_impl = _torch_stepper(case, params, grads)
-        except ImportError:
+        except (ImportError, RuntimeError):  # no torch, or no such torch.optim class
             pass
     for fn in fns.values():
         fn()  # warm-up

@@ -3,8 +3,11 @@
 The file holds the optimizer's :meth:`~fastgd.Optimizer.state_dict` (state arrays, step
 counts, hyperparameters; schedules stored as their constructor arguments), the algorithm's
 name, each parameter's shape and dtype and, by default, the parameter values. It is written
-to a temporary file in the same directory and renamed into place, so a crash never leaves a
-half-written checkpoint. Loading checks everything first and refuses a checkpoint of another
+to a temporary file in the same directory (``.<name>.<random>.tmp``) and renamed into place,
+so a crash never leaves a half-written checkpoint. The writer holds a lock on its temporary
+file while it writes; a later save to the same path removes the temporary files of saves
+that died (killed mid-write: their lock is gone) and leaves those of saves still running in
+other processes alone. Loading checks everything first and refuses a checkpoint of another
 algorithm, shape or dtype (or a corrupt file) with nothing changed. No pickle is involved:
 a checkpoint cannot run code when loaded.
 """
@@ -15,6 +18,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,13 @@ from typing import Any
 import numpy as np
 
 from fastgd import schedules
-from fastgd.dispatch import is_device, storage, to_host
+from fastgd.arrays import is_device, is_torch, storage, to_host
 from fastgd.optim import Optimizer
+
+try:
+    import fcntl
+except ImportError:  # Windows: an open file cannot be removed, which protects it instead
+    fcntl = None  # type: ignore[assignment]
 
 FORMAT = "fastgd-checkpoint-1"
 
@@ -59,33 +68,62 @@ def _portable(arr: np.ndarray) -> np.ndarray:
     return arr.view(np.uint16) if storage(arr) == "bf16" else arr
 
 
+def _host(value: Any) -> Any:
+    """A state-dict value as ``.npz`` stores it: NumPy arrays (torch tensors converted)."""
+    return value.detach().cpu().numpy() if is_torch(value) else value
+
+
+#: Temporary files younger than this are left alone even when unlocked: their writer may
+#: not have taken its lock yet (it locks right after creating the file, before writing).
+_GRACE_SECONDS = 60.0
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of earlier saves to ``path`` whose writer died."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            with open(tmp, "rb") as handle:
+                if fcntl is not None:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                info = os.fstat(handle.fileno())
+                if info.st_size == 0 and time.time() - info.st_mtime < _GRACE_SECONDS:
+                    continue
+                os.unlink(tmp)  # (while holding the lock: no writer can be in it)
+        except OSError:  # locked by a running save, gone already, or in use (Windows)
+            continue
+
+
 def save(path: str | os.PathLike[str], optimizer: Optimizer, *, params: bool = True) -> None:
     """Write ``optimizer``'s state (and, with ``params=True``, its parameters) to ``path``."""
     sd = optimizer.state_dict()
     meta = {
         "format": FORMAT,
         "algorithm": type(optimizer).__name__,
-        "params": [[list(v.shape), str(v.dtype)] for v in optimizer._views],
+        "params": [[list(v.shape), str(v.dtype)] for v in optimizer.parameters()],
         "param_groups": [{k: _encode(v) for k, v in g.items()} for g in sd["param_groups"]],
-        "scalars": {str(i): {k: v for k, v in s.items() if not isinstance(v, np.ndarray)}
+        "scalars": {str(i): {k: v for k, v in s.items() if isinstance(v, (int, float))}
                     for i, s in sd["state"].items()},
     }
-    arrays = {f"state/{i}/{k}": v for i, s in sd["state"].items() for k, v in s.items()
-              if isinstance(v, np.ndarray)}
+    arrays = {f"state/{i}/{k}": _host(v) for i, s in sd["state"].items()
+              for k, v in s.items() if not isinstance(v, (int, float))}
     if params:
         arrays.update({f"param/{i}": _portable(to_host(v))
-                       for i, v in enumerate(optimizer._views)})
+                       for i, v in enumerate(optimizer.parameters())})
     path = Path(path)
+    _remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            if fcntl is not None:  # held until the file is renamed into place
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             np.savez(handle, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
                      **arrays)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
 
 
@@ -104,7 +142,8 @@ def load(path: str | os.PathLike[str], optimizer: Optimizer) -> None:
     name = type(optimizer).__name__
     if meta.get("algorithm") != name:
         raise ValueError(f"{path} holds a {meta.get('algorithm')} checkpoint, not {name}")
-    expected = [[list(v.shape), str(v.dtype)] for v in optimizer._views]
+    views = optimizer.parameters()
+    expected = [[list(v.shape), str(v.dtype)] for v in views]
     if meta.get("params") != expected:
         raise ValueError(f"{path} was saved for parameters {meta.get('params')}, this "
                          f"optimizer has {expected}")
@@ -122,14 +161,14 @@ def load(path: str | os.PathLike[str], optimizer: Optimizer) -> None:
         raise ValueError(f"{path} has malformed parameter groups: {exc}") from None
     saved_params = {int(k.split("/")[1]): v for k, v in arrays.items() if k.startswith("param/")}
     for i, value in saved_params.items():
-        view = optimizer._views[i] if 0 <= i < len(optimizer._views) else None
+        view = views[i] if 0 <= i < len(views) else None
         target = None if view is None or is_device(view) else _portable(view)
         if view is None or value.shape != tuple(view.shape) or value.dtype != (
                 view.dtype if target is None else target.dtype):
             raise ValueError(f"{path}: saved param/{i} does not match the optimizer's")
     optimizer.load_state_dict({"state": state, "param_groups": groups})  # checks, then sets
     for i, value in saved_params.items():
-        view = optimizer._views[i]
+        view = views[i]
         if is_device(view):
             view.copy_to_device(value)
         else:

@@ -2,10 +2,11 @@
 
 Numba's on-disk cache (``cache=True``) works only for functions defined in a source file, and
 it does not notice when an inlined function in *another* file changes. So the generated
-module is written to a file whose name carries a hash of its own text, of the modules it
-compiles in (``rules.py``, ``halfprec.py``, ...) and of the Numba version: any change gives a
-new file, hence a fresh cache, and an unchanged one is reused by every later process (no
-recompilation).
+module is written to a file whose name carries a hash of its own text, of the fastgd modules
+it imports (and so compiles in: ``rules.py``, ``halfprec.py``, ... -- read off its own
+``from fastgd...`` lines, so that CPU kernels do not depend on CUDA-only modules) and of the
+Numba version: any change gives a new file, hence a fresh cache, and an unchanged one is
+reused by every later process (no recompilation).
 
 The file lives in ``$FASTGD_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastgd`` (``~/.cache/fastgd``),
 else the system temporary directory; Numba keeps its compiled kernels beside it.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -42,9 +44,16 @@ def cache_dir() -> Path:
 
 
 _LOCK = threading.Lock()
-#: Modules whose functions the generated kernels compile in (a change to one must recompile).
-_INLINED = [Path(__file__).with_name(name) for name in
-            ("rules.py", "halfprec.py", "pointers.py", "device_pointers.py", "chunks.py")]
+_IMPORT = re.compile(r"^from fastgd(?:\.(\w+))? import ([\w, ]+)$", re.M)
+
+
+def compiled_in(source: str) -> list[Path]:
+    """The fastgd modules that generated ``source`` imports (``from fastgd import rules``,
+    ``from fastgd.chunks import locate``): a change to one of them must recompile it."""
+    names = set()
+    for module, imported in _IMPORT.findall(source):
+        names.update([module] if module else (n.strip() for n in imported.split(",")))
+    return [Path(__file__).with_name(f"{name}.py") for name in sorted(names)]
 
 
 def load_generated(prefix: str, source: str) -> ModuleType:
@@ -57,7 +66,8 @@ def load_generated(prefix: str, source: str) -> ModuleType:
 
 def _load_generated(prefix: str, source: str) -> ModuleType:
     digest = hashlib.sha256()
-    for part in (source, *(path.read_text() for path in _INLINED), numba.__version__):
+    for part in (source, *(path.read_text() for path in compiled_in(source)),
+                 numba.__version__):
         digest.update(part.encode())
     path = cache_dir() / f"{prefix}_{digest.hexdigest()[:16]}.py"
     if not path.exists():

@@ -1,16 +1,21 @@
-"""CPU kernels: a parallel (``prange``) and a serial loop per rule variant.
+"""CPU kernels: serial and multi-threaded (``prange``) loops per rule variant.
 
 The kernels are generated from :mod:`fastgd.rules` (see :mod:`fastgd.kernelgen`), written to
 a cached module file (:mod:`fastgd.codegen`) and compiled lazily, once per dtype, on first
-use. Arrays reach them flattened to 1-D views. Small arrays run the serial loop: starting the
-thread pool costs more than the work below :data:`PARALLEL_THRESHOLD` elements.
+use. Per rule variant and storage format there are:
 
-The parallel kernel hands chunks of :data:`~fastgd.chunks.BLOCK` elements to the serial
-loop, all but the first starting on a 64-byte boundary of ``param`` (see
+* ``__serial``: the element loop over flat arrays (every other kernel runs it);
+* ``__parallel``: aligned blocks of one tensor's loop over the threads;
+* ``__run``: one tensor after the other, from a table of array addresses;
+* ``__multi``: the chunks of every tensor of an address table in one parallel region.
+
+Small work runs serially: starting the thread pool costs more than the work below
+:data:`PARALLEL_THRESHOLD` elements. Parallel chunks hold :data:`~fastgd.chunks.BLOCK`
+elements and all but the first start on a 64-byte boundary of ``param`` (see
 :mod:`fastgd.chunks`): NumPy's own allocations are only 16-byte aligned. (State arrays that
-fastgd allocates share ``param``'s offset, see :func:`fastgd.dispatch.zeros_like`, so they
-line up too.) The many-tensor kernel runs the chunks of all tensors in one parallel region,
-each thread taking a run of chunks that hold equal numbers of elements.
+fastgd allocates share ``param``'s offset, see :func:`fastgd.arrays.zeros_like`, so they
+line up too.) In the many-tensor kernel each thread takes a run of chunks that hold equal
+numbers of elements.
 """
 
 from __future__ import annotations
@@ -28,10 +33,9 @@ import numpy as np
 from fastgd.algorithms import SPECS, RuleSpec
 from fastgd.chunks import ALIGN, BLOCK, chunk_table
 from fastgd.codegen import load_generated
-from fastgd.kernelgen import STORAGES, kernel_args, n_arrays, rule_call
-from fastgd.pointers import address
+from fastgd.kernelgen import STORAGES, kernel_args, n_arrays, rule_call, split_storage
 
-#: Arrays with at least this many elements use the multi-threaded kernel.
+#: Work of at least this many elements uses the multi-threaded kernels.
 PARALLEL_THRESHOLD = int(os.environ.get("FASTGD_PARALLEL_THRESHOLD", 32768))
 
 _HEADER = '''\
@@ -44,7 +48,7 @@ from fastgd.pointers import address_as_pointer
 '''
 
 
-_TEMPLATE = '''
+_PAIR_TEMPLATE = '''
 
 @numba.njit(cache=True, error_model="numpy", nogil=True)
 def {serial}({args}):
@@ -62,30 +66,26 @@ def {parallel}({args}):
 '''
 
 
-_MULTI_TEMPLATE = '''
+_TABLE_TEMPLATE = '''
+
+@numba.njit(cache=True, error_model="numpy", nogil=True)
+def {name}__run(addresses, sizes, plike, slike, {scalars}):
+    for k in range(sizes.size):
+        n = sizes[k]
+        {run_views}
+        {name}__serial({arrays}, {scalars})
+
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True)
-def {name}__multi(addresses, sizes, table, likes, {scalars}):
+def {name}__multi(addresses, sizes, table, plike, slike, {scalars}):
     for w in numba.prange(table[2].size - 1):
         start, stop, k = thread_run(table, w)
         for c in range(start, stop):
             k, lo, hi = locate(table, sizes, c, k)
             n = sizes[k]
-            {views}
+            {multi_views}
             {name}__serial({sliced}, {scalars})
 '''
-
-
-def multi_source(name: str, arrays: list[str], scalars: list[str]) -> str:
-    """Source of ``{name}__multi``: the serial loop of ``name`` over aligned chunks of many
-    tensors at once (one parallel region). ``addresses[k, j]`` is the address of array ``j``
-    of tensor ``k``, which has ``sizes[k]`` elements, and ``likes[j]`` an empty array of its
-    dtype; ``table`` comes from :func:`chunk_table`."""
-    views = "\n            ".join(
-        f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], likes[{j}]), n)"
-        for j, a in enumerate(arrays))
-    return _MULTI_TEMPLATE.format(name=name, scalars=", ".join(scalars), views=views,
-                                  sliced=", ".join(f"{a}[lo:hi]" for a in arrays))
 
 
 def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str) -> str:
@@ -93,19 +93,35 @@ def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str) -> 
     ``{name}__parallel`` (aligned blocks of that loop over threads); the first ``n_arrays``
     of ``args`` are the arrays."""
     sliced = [f"{a}[lo:hi]" for a in args[:n_arrays]] + args[n_arrays:]
-    return _TEMPLATE.format(serial=f"{name}__serial", parallel=f"{name}__parallel",
-                            args=", ".join(args), sliced=", ".join(sliced), align=ALIGN,
-                            block=BLOCK, body=body)
+    return _PAIR_TEMPLATE.format(serial=f"{name}__serial", parallel=f"{name}__parallel",
+                                 args=", ".join(args), sliced=", ".join(sliced), align=ALIGN,
+                                 block=BLOCK, body=body)
+
+
+def table_source(name: str, arrays: list[str], scalars: list[str], n_param: int = 2) -> str:
+    """Source of ``{name}__run`` and ``{name}__multi``, the loop ``{name}__serial`` over a
+    table of tensors. ``addresses[k, j]`` is the address of array ``j`` of tensor ``k``,
+    which has ``sizes[k]`` elements; the first ``n_param`` arrays have the dtype of the
+    empty array ``plike``, the others that of ``slike``; ``table`` comes from
+    :func:`chunk_table`."""
+    def views(indent: int) -> str:
+        return ("\n" + " " * indent).join(
+            f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], "
+            f"{'plike' if j < n_param else 'slike'}), n)" for j, a in enumerate(arrays))
+
+    return _TABLE_TEMPLATE.format(
+        name=name, scalars=", ".join(scalars), arrays=", ".join(arrays),
+        sliced=", ".join(f"{a}[lo:hi]" for a in arrays), run_views=views(8),
+        multi_views=views(12))
 
 
 def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> str:
-    """Python source of the CPU kernels (serial, parallel, many-tensor) of one rule variant
-    and storage format."""
+    """Python source of the CPU kernels of one rule variant and storage format."""
     name = kernel_name(spec, present, storage)
     args, count = kernel_args(spec, present, storage), n_arrays(spec, present, storage)
     body = rule_call(spec, present, "i", storage).replace("\n", "\n        ")
     return "".join([_HEADER, kernel_pair_source(name, args, count, body),
-                    multi_source(name, args[:count], args[count:])])
+                    table_source(name, args[:count], args[count:])])
 
 
 def all_variants() -> list[tuple[RuleSpec, tuple[str, ...], str]]:
@@ -127,11 +143,14 @@ def kernel_name(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> 
     return spec.kernel_name(present, "cpu") + (f"_{storage}" if storage else "")
 
 
-def kernel(spec: RuleSpec, present: tuple[str, ...], parallel: bool, storage: str = "") -> Any:
-    """The compiled-on-demand CPU kernel of one rule variant."""
-    suffix = "parallel" if parallel else "serial"
+def kernel(spec: RuleSpec, present: tuple[str, ...], kind: str | bool, storage: str = ""
+           ) -> Any:
+    """The compiled-on-demand CPU kernel of one rule variant: ``kind`` is ``"serial"``,
+    ``"parallel"``, ``"run"`` or ``"multi"`` (a bool: parallel or serial)."""
+    if isinstance(kind, bool):
+        kind = "parallel" if kind else "serial"
     return getattr(_module(spec, present, storage),
-                   f"{kernel_name(spec, present, storage)}__{suffix}")
+                   f"{kernel_name(spec, present, storage)}__{kind}")
 
 
 _PARALLEL_LOCK = threading.Lock()
@@ -173,36 +192,69 @@ def run_pair(module: Any, name: str, arrays: list[Any], scalars: tuple[Any, ...]
          scalars)
 
 
-_PAIRS: dict[tuple[str, tuple[str, ...], str], tuple[Any, Any]] = {}
+_KERNELS: dict[tuple[str, tuple[str, ...], str], tuple[Any, Any, Any, Any]] = {}
+
+
+def _kernels(spec: RuleSpec, present: tuple[str, ...], storage: str
+             ) -> tuple[Any, Any, Any, Any]:
+    """The serial, parallel, run and multi kernels of a variant, looked up once (this path
+    is hot for small arrays)."""
+    key = (spec.name, present, storage)
+    found = _KERNELS.get(key)
+    if found is None:
+        found = _KERNELS.setdefault(key, tuple(
+            kernel(spec, present, kind, storage) for kind in ("serial", "parallel", "run",
+                                                               "multi")))
+    return found
 
 
 def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
            scalars: tuple[Any, ...], storage: str = "") -> None:
     """Run one variant over flat, validated arrays (param, grad, states...) in place."""
-    key = (spec.name, present, storage)
-    pair = _PAIRS.get(key)
-    if pair is None:  # look the kernels up once: this path is hot for small arrays
-        pair = _PAIRS.setdefault(key, (kernel(spec, present, False, storage),
-                                       kernel(spec, present, True, storage)))
-    _run(*pair, arrays, scalars)
+    serial, parallel, _, _ = _kernels(spec, present, storage)
+    _run(serial, parallel, arrays, scalars)
 
 
-def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[np.ndarray]],
-                scalars: tuple[Any, ...], storage: str = "",
-                addresses: list[list[int]] | None = None) -> None:
-    """One step of one variant over many tensors (each a list of flat, checked arrays of one
-    dtype: param, grad, states) in a single parallel region, with the same scalars.
-    ``addresses`` (of the arrays of ``tensors``) saves looking them up, if known."""
-    sizes = np.array([arrays[0].size for arrays in tensors], dtype=np.int64)
-    if sizes.sum() < PARALLEL_THRESHOLD:
-        for arrays in tensors:
-            launch(spec, present, arrays, scalars, storage)
+class Table:
+    """Tensors of one dtype and storage format as a kernel sees them: the addresses of
+    their arrays (``addresses[k, j]``: array ``j`` of tensor ``k``, in kernel order), their
+    sizes, and empty arrays of the parameter's (``plike``) and the state's (``slike``)
+    kernel dtypes. The chunk table of the parallel kernel is made on first use and kept
+    (it depends on the parameters' addresses and sizes only)."""
+
+    __slots__ = ("addresses", "sizes", "total", "plike", "slike", "_chunks")
+
+    def __init__(self, addresses: np.ndarray, sizes: np.ndarray, plike: np.ndarray,
+                 slike: np.ndarray) -> None:
+        self.addresses, self.sizes, self.plike, self.slike = addresses, sizes, plike, slike
+        self.total = int(sizes.sum())
+        self._chunks: Any = None
+
+    def chunks(self) -> Any:
+        if self._chunks is None:
+            self._chunks = chunk_table(self.addresses[:, 0], self.sizes, self.plike.itemsize)
+        return self._chunks
+
+
+def launch_table(spec: RuleSpec, present: tuple[str, ...], table: Table,
+                 scalars: tuple[Any, ...], storage: str = "") -> None:
+    """One step of one variant over every tensor of ``table`` (checked arrays of one dtype:
+    param, grad, [master], states), with the same scalars: one serial call for little work,
+    else one parallel region."""
+    _, _, run, multi = _kernels(spec, present, storage)
+    if table.total < PARALLEL_THRESHOLD:
+        if table.total:
+            run(table.addresses, table.sizes, table.plike, table.slike, *scalars)
         return
-    if addresses is None:
-        addresses = [[address(a) for a in arrays] for arrays in tensors]
-    addresses = np.array(addresses, dtype=np.int64)
-    likes = tuple(a[:0] for a in tensors[0])
-    table = chunk_table(addresses[:, 0], sizes, likes[0].itemsize)
     with parallel_guard():
-        getattr(_module(spec, present, storage), f"{kernel_name(spec, present, storage)}__multi")(
-            addresses, sizes, table, likes, *scalars)
+        multi(table.addresses, table.sizes, table.chunks(), table.plike, table.slike,
+              *scalars)
+
+
+def likes(storage: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Empty arrays of the parameter's and the state's kernel dtypes (:class:`Table`):
+    uint16 bits and float32 for float16/bfloat16 storage, else ``dtype`` twice."""
+    if split_storage(storage)[0]:
+        return np.empty(0, np.uint16), np.empty(0, np.float32)
+    empty = np.empty(0, dtype)
+    return empty, empty

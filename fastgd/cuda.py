@@ -23,9 +23,9 @@ from numba import cuda
 
 from fastgd.algorithms import SPECS, RuleSpec
 from fastgd.codegen import load_generated
+from fastgd.device_pointers import SIMULATOR
 from fastgd.kernelgen import kernel_args, n_arrays, rule_call
 
-SIMULATOR = not hasattr(cuda, "as_cuda_array")  # Numba's CUDA simulator lacks it
 #: Threads per block of every kernel (the simulator runs each thread as a Python thread).
 THREADS = 32 if SIMULATOR else 256
 #: Elements per block-sized task of the many-tensor kernel.
@@ -151,10 +151,28 @@ def launch_config(size: int) -> tuple[int, int]:
 
 def as_device_array(x: Any) -> Any:
     """A zero-copy Numba device-array view of a CUDA array (CuPy, torch, Numba)."""
+    if hasattr(x, "detach"):  # torch: the interface is refused while a tensor requires grad
+        x = x.detach()
     if SIMULATOR:
-        return x
+        return x if type(x).__name__ == "FakeCUDAArray" else _simulated_view(x)
     # No host synchronisation on the producer's stream: see the module docstring.
     return cuda.as_cuda_array(x, sync=False)
+
+
+class _HostInterface:
+    """The memory a ``__cuda_array_interface__`` describes, offered to NumPy (simulator)."""
+
+    def __init__(self, interface: dict[str, Any]) -> None:
+        self.__array_interface__ = {key: interface[key] for key in
+                                    ("shape", "typestr", "data", "strides")} | {"version": 3}
+
+
+def _simulated_view(x: Any) -> Any:
+    """Under the simulator, device memory is host memory: a simulator array over the memory
+    of any object with ``__cuda_array_interface__`` (a stand-in for CuPy or torch)."""
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    return FakeCUDAArray(np.asarray(_HostInterface(x.__cuda_array_interface__)))
 
 
 def device_span(arr: Any) -> tuple[int, int] | None:
@@ -229,27 +247,23 @@ def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
         kernel(spec, present)[blocks, threads, as_stream(stream)](*arrays, *scalars)
 
 
-def launch_many(spec: RuleSpec, present: tuple[str, ...], tensors: list[list[Any]],
-                scalars: tuple[Any, ...], stream: Any = None,
-                addresses: list[list[int]] | None = None) -> None:
-    """One step of one variant over many tensors (each a list of flat, checked device
-    arrays of one dtype: param, grad, states) with one kernel launch (asynchronously).
-    ``addresses`` (of the arrays of ``tensors``) saves looking them up, if known."""
-    if addresses is None:
-        from fastgd.device_pointers import device_address
-
-        addresses = [[device_address(a) for a in arrays] for arrays in tensors]
-    sizes = np.array([arrays[0].size for arrays in tensors], dtype=np.int64)
+def launch_table(spec: RuleSpec, present: tuple[str, ...], addresses: np.ndarray,
+                 sizes: np.ndarray, like: Any, scalars: tuple[Any, ...], stream: Any = None
+                 ) -> None:
+    """One step of one variant over many tensors of one dtype with one kernel launch
+    (asynchronously): ``addresses[k, j]`` is the device address of array ``j`` (param,
+    grad, states) of tensor ``k``, which has ``sizes[k]`` elements; ``like`` is any device
+    array of the dtype."""
     nonempty = sizes > 0
     if not nonempty.any():
         return
-    table = tensor_table(np.array(addresses, dtype=np.int64)[nonempty], sizes[nonempty])
+    table = tensor_table(addresses[nonempty], sizes[nonempty])
     stream = as_stream(stream)
     blocks = max(1, min(int(table[-1, -1]), _max_blocks()))
     # The table's device copy is freed only once no queued kernel can still read it: Numba
     # defers deallocation, and freeing device memory waits for the device.
     kernel(spec, present, many=True)[blocks, THREADS, stream](
-        cuda.to_device(table, stream=stream), tensors[0][0], *scalars)
+        cuda.to_device(table, stream=stream), like, *scalars)
 
 
 def compile_ptx(spec: RuleSpec, present: tuple[str, ...], dtype: Any,

@@ -39,6 +39,7 @@ import numpy as np
 
 import fastgd
 from fastgd import schedules
+from fastgd.algorithms import ALGORITHMS
 from fastgd.optim import Optimizer
 
 __all__ = ["Objective", "Surface", "LinearRegression", "Parabola", "OptimizerConfig", "Trace",
@@ -245,30 +246,19 @@ def regression_problem(true_w: float = 3.0, true_b: float = 5.0, n: int = 20) ->
 
 # -- optimizers ------------------------------------------------------------------------------
 
-#: name -> (optimizer class, options that define the variant)
+#: name -> (optimizer class, options that define the variant): every ``demo`` entry of the
+#: algorithm table (``sgd``, ``momentum``, ``nesterov``, ``adam``, ...)
 OPTIMIZERS: dict[str, tuple[type[Optimizer], dict[str, Any]]] = {
-    "sgd": (fastgd.SGD, {}),
-    "momentum": (fastgd.SGD, {"momentum": 0.9}),
-    "nesterov": (fastgd.SGD, {"momentum": 0.9, "nesterov": True}),
-    "adagrad": (fastgd.Adagrad, {}),
-    "adadelta": (fastgd.Adadelta, {}),
-    "rmsprop": (fastgd.RMSprop, {}),
-    "adam": (fastgd.Adam, {}),
-    "adamw": (fastgd.AdamW, {}),
-    "adamax": (fastgd.Adamax, {}),
-    "nadam": (fastgd.NAdam, {}),
-}
+    name: (getattr(fastgd, a.name), dict(options))
+    for a in ALGORITHMS.values() for name, (options, _) in a.demo.items()}
 
 #: learning rate of an optimizer a surface does not list
-DEFAULT_LR: dict[str, float] = {"sgd": 0.01, "momentum": 0.005, "nesterov": 0.005,
-                                "adagrad": 0.5, "adadelta": 1.0, "rmsprop": 0.01,
-                                "adam": 0.05, "adamw": 0.05, "adamax": 0.05, "nadam": 0.05}
+DEFAULT_LR: dict[str, float] = {name: lr for a in ALGORITHMS.values()
+                                for name, (_, lr) in a.demo.items()}
 
 #: hyperparameters (besides lr) shown in labels, per class
 SHOWN: dict[type[Optimizer], tuple[str, ...]] = {
-    fastgd.SGD: ("momentum", "nesterov"), fastgd.Adagrad: (), fastgd.Adadelta: ("rho",),
-    fastgd.RMSprop: ("alpha",), fastgd.Adam: ("betas",), fastgd.AdamW: ("betas", "weight_decay"),
-    fastgd.Adamax: ("betas",), fastgd.NAdam: ("betas",)}
+    getattr(fastgd, a.name): a.shown for a in ALGORITHMS.values()}
 
 #: schedule name -> (builder from (lr, steps), label format)
 SCHEDULES: dict[str, tuple[Callable[[float, int], Any], str]] = {

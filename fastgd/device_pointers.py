@@ -10,8 +10,10 @@ import ctypes
 from typing import Any
 
 import numpy as np
+from numba import cuda
 
-from fastgd.cuda import SIMULATOR
+#: Whether Numba's CUDA simulator stands in for a GPU (``NUMBA_ENABLE_CUDASIM=1``).
+SIMULATOR = not hasattr(cuda, "as_cuda_array")  # the simulator lacks it
 
 
 def device_address(arr: Any) -> int:

@@ -1,11 +1,20 @@
 """Functional API: one fused, in-place pass per call, with explicit state arrays.
 
+There is one function per algorithm of :mod:`fastgd.algorithms`, named after it in lower
+case (``adam``, ``adamw``, ``sgd``, ...) and generated from its declaration: ``param``,
+``grad`` and the state arrays (named after ``torch.optim``'s state keys) come first; then, by
+keyword, what the step needs (``step``: the 1-based number ``t`` of the step being taken;
+SGD's ``first_step``; per-parameter scalars such as NAdam's ``mu_product``, whose new value
+the call returns), the hyperparameters the step uses (torch.optim's names and defaults, a
+pair such as ``betas`` given as its parts ``beta1``, ``beta2``) and ``stream``.
+
 Every function checks all of its arguments first (raising ``TypeError``/``ValueError`` that
 name the argument, with nothing written), then updates ``param`` and the state arrays in
 place in a single pass. State arrays must have ``param``'s shape, dtype and memory order
-(float32 state for float16/bfloat16 parameters, whose updates are computed in float32);
-their names follow ``torch.optim``'s state keys. ``step`` is the 1-based number of the step
-being taken (``t``). ``g`` below is the gradient, negated when ``maximize=True``.
+(float32 state for float16/bfloat16 parameters, whose updates are computed in float32). An
+optional state array is required when the hyperparameters use it (``momentum_buffer`` when
+``momentum != 0``) and left alone otherwise; Adam's ``max_exp_avg_sq`` turns AMSGrad on. ``g``
+in the formulas is the gradient, negated when ``maximize=True``.
 
 Host arrays run on the CPU. GPU arrays (anything with ``__cuda_array_interface__``: Numba
 device arrays, CuPy, torch CUDA tensors) run on the GPU, in place, queued on ``stream``
@@ -17,214 +26,94 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from fastgd import engine
+from fastgd.algorithms import ALGORITHMS, Algorithm
+from fastgd.hyperparams import Pair
 
-from fastgd import algorithms, cpu
-from fastgd.dispatch import check_stream, gpu_of, on_gpu, prepare
-from fastgd.hyperparams import (
-    StepScalars,
-    adadelta_scalars,
-    adagrad_scalars,
-    adam_scalars,
-    adamax_scalars,
-    nadam_scalars,
-    rmsprop_scalars,
-    sgd_scalars,
-)
-
-ArrayLike = Any  # NumPy array, torch CPU tensor, or anything NumPy views without copying
-
-__all__ = ["sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw", "adamax", "nadam"]
+ArrayLike = Any  # NumPy array, torch tensor, CUDA array, or anything NumPy views without copying
 
 
-def run_step(spec: algorithms.RuleSpec, param: ArrayLike, grad: ArrayLike,
-             states: dict[str, ArrayLike | None], scalars: StepScalars,
-             stream: Any = None) -> None:
-    """Check the arrays, then apply one step of ``spec`` with precomputed ``scalars``."""
-    optional = {state for state, _ in spec.optional}
-    for name in scalars.optional:
-        if states.get(name) is None:
-            raise ValueError(f"{name} is required with these hyperparameters (got None)")
-    used = {name: states[name] for name in spec.states
-            if name not in optional or name in scalars.optional}
-    arrays, storage = prepare(param, grad, used)
-    if stream is not None:
-        check_stream(stream, arrays)
-    with on_gpu(gpu_of(arrays[0])):
-        launch_flat(spec, arrays, scalars, stream, storage)
+def _result(new: dict[str, float]) -> Any:
+    """What a function returns: None, its one new scalar, or a tuple of them."""
+    if not new:
+        return None
+    values = tuple(new.values())
+    return values[0] if len(values) == 1 else values
 
 
-def compute_dtype(arrays: list[Any], storage: str) -> np.dtype:
-    """dtype the kernel computes in: the param's, float32 for float16/bfloat16 storage."""
-    return np.dtype(np.float32) if storage else np.dtype(arrays[0].dtype)
+def signature_parts(algorithm: Algorithm) -> tuple[list[str], list[str], list[str]]:
+    """The functional signature of ``algorithm``: its state arrays, its step inputs and its
+    hyperparameters (pairs split into their parts)."""
+    shown = set(algorithm.reads) | {s.when for s in algorithm.optional if not s.implied}
+    shown |= {"maximize"} & set(algorithm.hyper)
+    hypers = []
+    for h in algorithm.hyperparameters:
+        if h.name in shown:
+            hypers += list(h.domain.parts) if isinstance(h.domain, Pair) else [h.name]
+    return [s.name for s in algorithm.states], list(algorithm.inputs), hypers
 
 
-def launch_flat(spec: algorithms.RuleSpec, arrays: list[Any], scalars: StepScalars,
-                stream: Any = None, storage: str = "") -> None:
-    """Run a step on already checked flat kernel views (param, grad, [master], states in
-    rule order) of ``storage`` format (see :mod:`fastgd.kernelgen`).
-
-    NumPy arrays run on the CPU; device arrays on the GPU, queued on ``stream`` (which the
-    caller has checked, :func:`fastgd.dispatch.check_stream`).
-    """
-    kernel_scalars = scalars.kernel_scalars(compute_dtype(arrays, storage))
-    if isinstance(arrays[0], np.ndarray):
-        cpu.launch(spec, scalars.optional, arrays, kernel_scalars, storage)
-    else:
-        from fastgd import cuda
-
-        cuda.launch(spec, scalars.optional, arrays, kernel_scalars, stream)
-
-
-def launch_many_flat(spec: algorithms.RuleSpec, tensors: list[list[Any]],
-                     scalars: StepScalars, stream: Any = None, storage: str = "",
-                     addresses: list[list[int]] | None = None) -> None:
-    """Run one step over many tensors (checked flat kernel views of one dtype, storage
-    format and device) at once: one parallel region on the CPU, one launch on the GPU (on
-    ``stream``, checked like :func:`launch_flat`'s). ``addresses``, if known, are those of
-    the arrays of ``tensors``."""
-    kernel_scalars = scalars.kernel_scalars(compute_dtype(tensors[0], storage))
-    if isinstance(tensors[0][0], np.ndarray):
-        cpu.launch_many(spec, scalars.optional, tensors, kernel_scalars, storage, addresses)
-    else:
-        from fastgd import cuda
-
-        cuda.launch_many(spec, scalars.optional, tensors, kernel_scalars, stream, addresses)
+def _source(algorithm: Algorithm) -> str:
+    states, inputs, hypers = signature_parts(algorithm)
+    optional = {s.name for s in algorithm.optional}
+    positional, defaulted = [], False
+    for name in states:
+        defaulted = defaulted or name in optional
+        positional.append(f"{name}: ArrayLike" + (" | None = None" if defaulted else ""))
+    keywords = [f"{n}: int" if n == "step" else f"{n}: bool = False" if n == "first_step"
+                else f"{n}: float" for n in inputs]
+    types = {p: h.domain.first.annotation if isinstance(h.domain, Pair) else h.domain.annotation
+             for h in algorithm.hyperparameters
+             for p in (h.domain.parts if isinstance(h.domain, Pair) else (h.name,))}
+    keywords += [f"{n}: {types[n]} = _DEFAULTS[{n!r}]" for n in hypers]
+    options = []
+    for h in algorithm.hyperparameters:
+        if isinstance(h.domain, Pair) and h.domain.parts[0] in hypers:
+            options.append(f"{h.name!r}: ({', '.join(h.domain.parts)})")
+        elif h.name in hypers:
+            options.append(f"{h.name!r}: {h.name}")
+    options += [f"{s.when!r}: {s.name} is not None" for s in algorithm.optional if s.implied]
+    return f'''\
+from __future__ import annotations
 
 
-def sgd(param: ArrayLike, grad: ArrayLike, momentum_buffer: ArrayLike | None = None, *,
-        lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
-        weight_decay: float = 0.0, nesterov: bool = False, maximize: bool = False,
-        first_step: bool = False, stream: Any = None) -> None:
-    """Stochastic gradient descent, with optional (Nesterov) momentum.
-
-    ``g += weight_decay * p``; if ``momentum != 0``:
-    ``buf = g`` when ``first_step`` (torch's first step), else
-    ``buf = momentum * buf + (1 - dampening) * g``; ``d = g + momentum * buf`` if
-    ``nesterov`` else ``d = buf``. Without momentum ``d = g``. Then ``p -= lr * d``.
-
-    ``momentum_buffer`` is required when ``momentum != 0`` (and left alone otherwise).
-    With a zero buffer and ``first_step=False`` the buffer is an exponential moving average
-    from the first step on (``dampening = beta``).
-    """
-    scalars = sgd_scalars(lr=lr, momentum=momentum, dampening=dampening,
-                          weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
-                          first_step=first_step)
-    run_step(algorithms.SGD, param, grad, {"momentum_buffer": momentum_buffer}, scalars, stream)
+def {algorithm.function_name}(param: ArrayLike, grad: ArrayLike, {", ".join(positional)}, *,
+        {", ".join(keywords + ["stream: Any = None"])}) -> Any:
+    return _result(engine.run(
+        _ALGORITHM, param, grad, {{{", ".join(f"{s!r}: {s}" for s in states)}}},
+        {{**_DEFAULTS, {", ".join(options)}}},
+        {{{", ".join(f"{n!r}: {n}" for n in inputs)}}}, stream))
+'''
 
 
-def adagrad(param: ArrayLike, grad: ArrayLike, sum: ArrayLike, *, step: int,  # noqa: A002
-            lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
-            eps: float = 1e-10, maximize: bool = False,
-            stream: Any = None) -> None:
-    """Adagrad.
-
-    ``g += weight_decay * p; sum += g * g;
-    p -= lr / (1 + (t - 1) lr_decay) * g / (sqrt(sum) + eps)``.
-    """
-    scalars = adagrad_scalars(step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                              eps=eps, maximize=maximize)
-    run_step(algorithms.ADAGRAD, param, grad, {"sum": sum}, scalars, stream)
-
-
-def adadelta(param: ArrayLike, grad: ArrayLike, square_avg: ArrayLike, acc_delta: ArrayLike,
-             *, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
-             weight_decay: float = 0.0, maximize: bool = False,
-             stream: Any = None) -> None:
-    """Adadelta.
-
-    ``square_avg = rho * square_avg + (1 - rho) g^2``;
-    ``delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g``;
-    ``acc_delta = rho * acc_delta + (1 - rho) delta^2``; ``p -= lr * delta``.
-    """
-    scalars = adadelta_scalars(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                               maximize=maximize)
-    run_step(algorithms.ADADELTA, param, grad,
-             {"square_avg": square_avg, "acc_delta": acc_delta}, scalars, stream)
+def _docstring(algorithm: Algorithm) -> str:
+    states, inputs, _ = signature_parts(algorithm)
+    returns = [s.name for s in algorithm.scalars]
+    lines = [algorithm.summary, "", "::", "", *("    " + line for line in
+                                              algorithm.math.splitlines()), "",
+             f"State arrays: {', '.join(f'``{s}``' for s in states)}."]
+    if returns:
+        lines.append(f"Returns the new {' and '.join(f'``{r}``' for r in returns)} "
+                     "(pass it to the next step).")
+    lines.append(f"Formulas and defaults: ``{algorithm.source}``.")
+    return "\n".join(lines)
 
 
-def rmsprop(param: ArrayLike, grad: ArrayLike, square_avg: ArrayLike,
-            momentum_buffer: ArrayLike | None = None, grad_avg: ArrayLike | None = None, *,
-            lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-            weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-            maximize: bool = False, stream: Any = None) -> None:
-    """RMSprop.
-
-    ``square_avg = alpha * square_avg + (1 - alpha) g^2``; if ``centered``:
-    ``grad_avg = alpha * grad_avg + (1 - alpha) g`` and
-    ``avg = sqrt(square_avg - grad_avg^2) + eps``, else ``avg = sqrt(square_avg) + eps``.
-    With ``momentum > 0``: ``buf = momentum * buf + g / avg; p -= lr * buf``; else
-    ``p -= lr * g / avg``. ``momentum_buffer`` (``grad_avg``) is required when
-    ``momentum > 0`` (``centered``).
-    """
-    scalars = rmsprop_scalars(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                              momentum=momentum, centered=centered, maximize=maximize)
-    run_step(algorithms.RMSPROP, param, grad, {"square_avg": square_avg,
-             "momentum_buffer": momentum_buffer, "grad_avg": grad_avg}, scalars, stream)
+def make_function(algorithm: Algorithm) -> Any:
+    """The functional API's function of ``algorithm`` (with a real signature)."""
+    defaults = dict(algorithm.defaults)
+    for h in algorithm.hyperparameters:
+        if isinstance(h.domain, Pair):
+            defaults.update(zip(h.domain.parts, h.default, strict=True))
+    namespace: dict[str, Any] = {"ArrayLike": ArrayLike, "Any": Any, "engine": engine,
+                                 "_result": _result, "_ALGORITHM": algorithm,
+                                 "_DEFAULTS": defaults}
+    exec(_source(algorithm), namespace)  # noqa: S102 - a signature generated from the table
+    function = namespace[algorithm.function_name]
+    function.__doc__ = _docstring(algorithm)
+    function.__module__ = __name__
+    return function
 
 
-def adam(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_avg_sq: ArrayLike,
-         max_exp_avg_sq: ArrayLike | None = None, *, step: int, lr: float = 1e-3,
-         beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-         weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
-         maximize: bool = False, stream: Any = None) -> None:
-    """Adam (AMSGrad when ``max_exp_avg_sq`` is given).
-
-    ``g += weight_decay * p`` (or, decoupled, ``p *= 1 - lr * weight_decay``);
-    ``m = beta1 m + (1 - beta1) g``; ``v = beta2 v + (1 - beta2) g^2``;
-    AMSGrad: ``vmax = max(vmax, v)`` and ``v`` below is ``vmax``;
-    ``p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)``.
-    """
-    scalars = adam_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                           weight_decay=weight_decay,
-                           decoupled_weight_decay=decoupled_weight_decay,
-                           amsgrad=max_exp_avg_sq is not None, maximize=maximize)
-    run_step(algorithms.ADAM, param, grad, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq,
-             "max_exp_avg_sq": max_exp_avg_sq}, scalars, stream)
-
-
-def adamw(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_avg_sq: ArrayLike,
-          max_exp_avg_sq: ArrayLike | None = None, *, step: int, lr: float = 1e-3,
-          beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 1e-2, maximize: bool = False,
-          stream: Any = None) -> None:
-    """AdamW: :func:`adam` with decoupled weight decay ``p *= 1 - lr * weight_decay``."""
-    adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step=step, lr=lr, beta1=beta1,
-         beta2=beta2, eps=eps, weight_decay=weight_decay, decoupled_weight_decay=True,
-         maximize=maximize, stream=stream)
-
-
-def adamax(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_inf: ArrayLike, *,
-           step: int, lr: float = 2e-3, beta1: float = 0.9, beta2: float = 0.999,
-           eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
-             stream: Any = None) -> None:
-    """Adamax (Adam with the infinity norm).
-
-    ``m = beta1 m + (1 - beta1) g``; ``u = max(beta2 u, |g| + eps)``;
-    ``p -= lr / (1 - beta1^t) * m / u``.
-    """
-    scalars = adamax_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-                             weight_decay=weight_decay, maximize=maximize)
-    run_step(algorithms.ADAMAX, param, grad, {"exp_avg": exp_avg, "exp_inf": exp_inf}, scalars,
-             stream)
-
-
-def nadam(param: ArrayLike, grad: ArrayLike, exp_avg: ArrayLike, exp_avg_sq: ArrayLike, *,
-          step: int, mu_product: float, lr: float = 2e-3, beta1: float = 0.9,
-          beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-          momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False,
-          maximize: bool = False, stream: Any = None) -> float:
-    """NAdam; returns the new ``mu_product`` to pass to the next step (start with 1.0).
-
-    ``mu_t = beta1 (1 - 0.5 * 0.96^(t * momentum_decay))``; ``P_t = P_{t-1} mu_t``
-    (``mu_product`` is ``P_{t-1}``); ``m``, ``v`` as in Adam;
-    ``denom = sqrt(v / (1 - beta2^t)) + eps``;
-    ``p -= lr (1 - mu_t) / (1 - P_t) * g / denom + lr mu_{t+1} / (1 - P_t mu_{t+1}) * m / denom``.
-    """
-    scalars, new_mu_product = nadam_scalars(
-        step=step, mu_product=mu_product, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
-        weight_decay=weight_decay, momentum_decay=momentum_decay,
-        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
-    run_step(algorithms.NADAM, param, grad, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
-             scalars, stream)
-    return new_mu_product
+__all__ = [a.function_name for a in ALGORITHMS.values()]
+globals().update({a.function_name: make_function(a) for a in ALGORITHMS.values()})

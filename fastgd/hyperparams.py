@@ -1,63 +1,110 @@
-"""Hyperparameter checks (torch.optim's rules) and the per-step scalars of every rule.
+"""Hyperparameter domains: the valid values of each kind of hyperparameter, and their checks.
 
-Each ``*_scalars`` function validates its hyperparameters and returns a :class:`StepScalars`:
-the coefficients in float64 (cast to the array dtype just before the kernel runs), the
-runtime flags, and the optional state arrays the step needs. Both the functional API and the
-optimizer classes go through these functions, so the math of a step lives in one place.
+A domain checks a value and returns it normalized (a ``float``, a ``bool``, a pair of floats),
+or raises ``TypeError``/``ValueError`` naming the hyperparameter. Domains are also plain data
+(bounds, parts), so that tests and tools can derive valid and invalid values from them.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 
-class StepScalars(NamedTuple):
-    """Per-step scalars of one rule: coefficients, runtime flags, needed optional states,
-    and the factor applied to every gradient element as it is read: -1 for ``maximize``,
-    times the clipping factor when gradients are clipped by global norm."""
+@dataclass(frozen=True)
+class Real:
+    """Finite real numbers from ``low`` to ``high``; each end is included unless
+    ``low_open``/``high_open`` (the default for ``high``: ``[low, high)``)."""
 
-    coefficients: tuple[float, ...]
-    flags: tuple[bool, ...]
-    optional: tuple[str, ...] = ()
-    grad_scale: float = 1.0
+    low: float = 0.0
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = True
+    annotation = "float"  #: the type of its values, for generated signatures
 
-    def kernel_scalars(self, dtype: Any) -> tuple[Any, ...]:
-        """The kernel's scalar arguments: coefficients and ``grad_scale`` in ``dtype``, flags."""
-        to = dtype.type
-        return (*map(to, self.coefficients), to(self.grad_scale), *self.flags)
+    def contains(self, v: float) -> bool:
+        above = v > self.low if self.low_open else v >= self.low
+        below = v < self.high if self.high_open else v <= self.high
+        return above and below and math.isfinite(v)
+
+    def check(self, name: str, value: Any) -> float:
+        if type(value) is float and self.contains(value):  # fast path: a plain, valid float
+            return value
+        v = real(name, value)
+        if not self.contains(v):
+            raise ValueError(f"invalid {name}: {value!r} (expected a finite value in "
+                             f"{self.describe()})")
+        return v
+
+    def describe(self) -> str:
+        return (f"{'(' if self.low_open else '['}{self.low}, "
+                f"{self.high}{')' if self.high_open else ']'}")
 
 
-def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
-           high_inclusive: bool = False) -> float:
-    """``value`` as a float in ``[low, high)`` (or ``[low, high]``), else an error naming it."""
-    if type(value) is float and low <= value and (  # fast path: a plain, valid float
-            value < high or high_inclusive and value <= high and value != math.inf):
-        return value
+@dataclass(frozen=True)
+class Flag:
+    """``True`` or ``False`` (Python or NumPy booleans, or the integers 0 and 1)."""
+
+    annotation = "bool"
+
+    def check(self, name: str, value: Any) -> bool:
+        if value is True or value is False:
+            return value
+        if not isinstance(value, (bool, int)) and type(value).__name__ != "bool_":
+            raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+        return bool(value)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two numbers given as a pair (``betas``), each in its own domain and named by its
+    part (``beta1``, ``beta2``); ``ordered`` requires ``first <= second``."""
+
+    first: Real
+    second: Real
+    parts: tuple[str, str]
+    ordered: bool = False
+    annotation = "tuple[float, float]"
+
+    def check(self, name: str, value: Any) -> tuple[float, float]:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+            raise TypeError(f"{name} must be a pair ({', '.join(self.parts)}), got {value!r}")
+        a = self.first.check(self.parts[0], value[0])
+        b = self.second.check(self.parts[1], value[1])
+        if self.ordered and a > b:
+            raise ValueError(f"invalid {name}: {value!r} ({self.parts[0]} must not exceed "
+                             f"{self.parts[1]})")
+        return a, b
+
+
+Domain = Real | Flag | Pair
+
+NON_NEGATIVE = Real()
+FINITE = Real(low=-math.inf)
+BETA = Real(0.0, 1.0)
+UNIT = Real(0.0, 1.0, high_open=False)
+
+
+def real(name: str, value: Any) -> float:
+    """``value`` as a float (NaN and infinities included), or a ``TypeError`` naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(
             value, "__float__"):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:
-        v = float(value)
+        return float(value)
     except OverflowError:
-        v = math.inf
+        return math.inf
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be a real number, got {value!r} ({exc})") from None
-    ok = low <= v and (v <= high if high_inclusive else v < high)
-    if not ok or math.isinf(v):
-        bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"invalid {name}: {value!r} (expected a finite value in "
-                         f"[{low}, {high}{bracket})")
-    return v
 
 
-def finite(name: str, value: Any) -> float:
-    return number(name, value, low=-math.inf)
-
-
-def beta(name: str, value: Any) -> float:
-    return number(name, value, low=0.0, high=1.0)
+def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
+           high_inclusive: bool = False) -> float:
+    """``value`` as a finite float in ``[low, high)`` (or ``[low, high]``), else an error
+    naming it."""
+    return Real(low, high, high_open=not high_inclusive).check(name, value)
 
 
 def step_count(step: Any) -> int:
@@ -73,101 +120,7 @@ def step_count(step: Any) -> int:
     return t
 
 
-def flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, int)) and type(value).__name__ != "bool_":
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
-
-
-def direction(maximize: Any) -> float:
-    """The gradient's sign: -1 to maximize the objective, else 1."""
-    return -1.0 if flag("maximize", maximize) else 1.0
-
-
-def sgd_scalars(*, lr: Any, momentum: Any, dampening: Any, weight_decay: Any, nesterov: Any,
-                maximize: Any, first_step: Any) -> StepScalars:
-    lr, momentum = number("lr", lr), number("momentum", momentum)
-    dampening, weight_decay = finite("dampening", dampening), number("weight_decay", weight_decay)
-    nesterov = flag("nesterov", nesterov)
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("nesterov requires momentum > 0 and dampening == 0")
-    return StepScalars(
-        (lr, weight_decay, momentum, 1.0 - dampening),
-        (weight_decay != 0, flag("first_step", first_step), nesterov),
-        ("momentum_buffer",) if momentum != 0 else (), direction(maximize))
-
-
-def adagrad_scalars(*, step: Any, lr: Any, lr_decay: Any, weight_decay: Any, eps: Any,
-                    maximize: Any) -> StepScalars:
-    t, lr, lr_decay = step_count(step), number("lr", lr), number("lr_decay", lr_decay)
-    weight_decay = number("weight_decay", weight_decay)
-    clr = lr / (1.0 + (t - 1) * lr_decay)
-    return StepScalars((clr, weight_decay, number("eps", eps)), (weight_decay != 0,),
-                       grad_scale=direction(maximize))
-
-
-def adadelta_scalars(*, lr: Any, rho: Any, eps: Any, weight_decay: Any,
-                     maximize: Any) -> StepScalars:
-    rho = number("rho", rho, high=1.0, high_inclusive=True)
-    weight_decay = number("weight_decay", weight_decay)
-    return StepScalars((number("lr", lr), weight_decay, rho, 1.0 - rho, number("eps", eps)),
-                       (weight_decay != 0,), grad_scale=direction(maximize))
-
-
-def rmsprop_scalars(*, lr: Any, alpha: Any, eps: Any, weight_decay: Any, momentum: Any,
-                    centered: Any, maximize: Any) -> StepScalars:
-    alpha, momentum = number("alpha", alpha), number("momentum", momentum)
-    weight_decay = number("weight_decay", weight_decay)
-    optional = ("momentum_buffer",) * (momentum > 0) + ("grad_avg",) * flag("centered", centered)
-    return StepScalars(
-        (number("lr", lr), weight_decay, alpha, 1.0 - alpha, number("eps", eps), momentum),
-        (weight_decay != 0,), optional, direction(maximize))
-
-
-def adam_scalars(*, step: Any, lr: Any, beta1: Any, beta2: Any, eps: Any, weight_decay: Any,
-                 decoupled_weight_decay: Any, amsgrad: Any, maximize: Any) -> StepScalars:
-    t, lr = step_count(step), number("lr", lr)
-    beta1, beta2 = beta("beta1", beta1), beta("beta2", beta2)
-    weight_decay = number("weight_decay", weight_decay)
-    decoupled = flag("decoupled_weight_decay", decoupled_weight_decay) and weight_decay != 0
-    bc1, bc2 = 1.0 - beta1**t, 1.0 - beta2**t
-    return StepScalars(
-        (lr / bc1, weight_decay, 1.0 - lr * weight_decay, beta1, 1.0 - beta1, beta2,
-         1.0 - beta2, math.sqrt(bc2), number("eps", eps)),
-        (weight_decay != 0 and not decoupled, decoupled),
-        ("max_exp_avg_sq",) if flag("amsgrad", amsgrad) else (), direction(maximize))
-
-
-def adamax_scalars(*, step: Any, lr: Any, beta1: Any, beta2: Any, eps: Any, weight_decay: Any,
-                   maximize: Any) -> StepScalars:
-    t, lr = step_count(step), number("lr", lr)
-    beta1, beta2 = beta("beta1", beta1), beta("beta2", beta2)
-    weight_decay = number("weight_decay", weight_decay)
-    return StepScalars(
-        (lr / (1.0 - beta1**t), weight_decay, beta1, 1.0 - beta1, beta2, number("eps", eps)),
-        (weight_decay != 0,), grad_scale=direction(maximize))
-
-
-def nadam_mu(beta1: float, momentum_decay: float, t: int) -> float:
-    """NAdam's momentum coefficient ``mu_t = beta1 (1 - 0.5 * 0.96**(t * momentum_decay))``."""
-    return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
-
-
-def nadam_scalars(*, step: Any, mu_product: Any, lr: Any, beta1: Any, beta2: Any, eps: Any,
-                  weight_decay: Any, momentum_decay: Any, decoupled_weight_decay: Any,
-                  maximize: Any) -> tuple[StepScalars, float]:
-    """Also returns the product of ``mu_i`` up to this step (the new ``mu_product``)."""
-    t, lr = step_count(step), number("lr", lr)
-    beta1, beta2 = beta("beta1", beta1), beta("beta2", beta2)
-    weight_decay = number("weight_decay", weight_decay)
-    momentum_decay = number("momentum_decay", momentum_decay)
-    mu_product = number("mu_product", mu_product, high=1.0, high_inclusive=True)
-    decoupled = flag("decoupled_weight_decay", decoupled_weight_decay) and weight_decay != 0
-    mu, mu_next = nadam_mu(beta1, momentum_decay, t), nadam_mu(beta1, momentum_decay, t + 1)
-    mu_product *= mu
-    scalars = StepScalars(
-        (lr * (1.0 - mu) / (1.0 - mu_product), lr * mu_next / (1.0 - mu_product * mu_next),
-         weight_decay, 1.0 - lr * weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2,
-         1.0 - beta2**t, number("eps", eps)),
-        (weight_decay != 0 and not decoupled, decoupled), grad_scale=direction(maximize))
-    return scalars, mu_product
+def learning_rate(value: Any, t: int, domain: Real = NON_NEGATIVE) -> float:
+    """The learning rate of step ``t``: a number, or a schedule (a callable ``t -> lr``,
+    see :mod:`fastgd.schedules`) evaluated at ``t``; checked either way."""
+    return domain.check("lr", value(t) if callable(value) else value)

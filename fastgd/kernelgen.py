@@ -58,7 +58,7 @@ def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "
         inputs.append(f"{state}[{i}]" if state in arrays else grad)
         outputs.append(f"{state}[{i}]" if state in arrays else f"_absent{n}")
     inputs += [*spec.coefficients, *spec.flags]
-    inputs += [str(state in present) for state, _ in spec.optional]
+    inputs += [str(state in present) for state in spec.optional]
     lines = [f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})"]
     if master:
         lines.append(f"master[{i}] = new_param")

@@ -1,11 +1,16 @@
 """Optimizer classes with the names, hyperparameters, defaults and formulas of torch.optim.
 
-``params`` is one array, a sequence of arrays (or of ``(name, array)`` pairs), or a list of
-parameter-group dicts with per-group options. Arrays are NumPy arrays, memmaps, torch CPU
-tensors or anything NumPy views without copying; they are updated in place. ``step(grads)``
-takes the gradients in the same structure (``None`` skips a parameter); without ``grads`` the
-``.grad`` attribute of each parameter (torch tensors) is used. ``lr`` may be a number or a
-schedule, a callable ``t -> lr`` such as those of :mod:`fastgd.schedules`.
+There is one class per algorithm of :mod:`fastgd.algorithms`, generated from its declaration
+(its signature: ``params``, then the hyperparameters with their defaults, keyword-only ones
+after ``*``, then ``master_weights``). :class:`Optimizer` is their base class:
+
+``params`` is one array, a sequence of arrays, a sequence of ``(name, array)`` pairs (such as
+``model.named_parameters()``), or a list of parameter-group dicts with per-group options.
+Arrays are NumPy arrays, memmaps, torch tensors, CUDA arrays (CuPy, Numba) or anything NumPy
+views without copying; they are updated in place. ``step(grads)`` takes the gradients in the
+same structure (``None`` skips a parameter); ``step()`` reads the ``.grad`` of each parameter
+(torch tensors) and ``step(closure)`` calls ``closure`` first, as torch does. ``lr`` may be a
+number or a schedule, a callable ``t -> lr`` such as those of :mod:`fastgd.schedules`.
 
 float16 and bfloat16 parameters (NumPy, ``ml_dtypes``, torch CPU tensors) are read and
 written in place in their own format, with float32 optimizer state and float32 arithmetic;
@@ -17,65 +22,26 @@ so that small updates are not lost to float16 rounding.
 from __future__ import annotations
 
 import copy
-import math
-import operator
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from fastgd import algorithms
-from fastgd.dispatch import (
-    address,
-    as_array,
-    check_like,
-    check_stream,
-    flat,
-    from_host,
-    gpu_of,
-    is_device,
-    kernel_view,
-    memory_order,
-    on_gpu,
-    shares_memory,
-    span,
-    state_dtype,
-    storage,
-    to_host,
-    zeros_like,
-)
-from fastgd.functional import launch_flat, launch_many_flat
-from fastgd.halfprec import to_float32
-from fastgd.hyperparams import (
-    StepScalars,
-    adadelta_scalars,
-    adagrad_scalars,
-    adam_scalars,
-    adamax_scalars,
-    nadam_mu,
-    nadam_scalars,
-    number,
-    rmsprop_scalars,
-    sgd_scalars,
-)
-from fastgd.reductions import clip_scale, global_norm
+from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
+from fastgd.arrays import from_host, is_array, is_torch, state_dtype, to_host
+from fastgd.engine import Param, StepInfo, Stepper
+from fastgd.hyperparams import number
 
-__all__ = ["Optimizer", "StepInfo", "SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW",
-           "Adamax", "NAdam"]
-
-
-class StepInfo(NamedTuple):
-    """What a step with ``max_norm`` or ``skip_if_nonfinite`` found."""
-
-    grad_norm: float  #: global L2 norm of the gradients, before clipping
-    finite: bool  #: no gradient holds NaN or Inf
-    skipped: bool  #: the step changed nothing (``skip_if_nonfinite`` and not ``finite``)
+#: Options of torch.optim's state dicts that choose an implementation, not the math.
+TORCH_IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
+#: Options every fastgd optimizer class has besides its algorithm's hyperparameters.
+CLASS_OPTIONS = {"master_weights": False}
 
 
 def _param_groups(params: Any) -> tuple[list[dict[str, Any]], bool]:
     """Normalise ``params`` to a list of groups; also says whether it was a single array."""
-    if isinstance(params, np.ndarray) or hasattr(params, "__array_interface__") or (
-            type(params).__module__.startswith("torch") and hasattr(params, "detach")):
+    if is_array(params):
         return [{"params": [params]}], True
     if isinstance(params, (str, bytes, Mapping)) or not isinstance(params, Iterable):
         raise TypeError("params must be an array, a sequence of arrays or a list of "
@@ -90,73 +56,101 @@ def _param_groups(params: Any) -> tuple[list[dict[str, Any]], bool]:
     return [{"params": items}], False
 
 
-def _unnamed(param: Any) -> Any:
-    if isinstance(param, tuple) and len(param) == 2 and isinstance(param[0], str):
-        return param[1]
-    return param
+def _split_names(items: list[Any]) -> tuple[list[str] | None, list[Any]]:
+    """``(names, arrays)`` of a group's params: ``(name, array)`` pairs give names (as in
+    ``model.named_parameters()``); a group mixing named and unnamed ones is refused."""
+    named = [isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in items]
+    if not any(named):
+        return None, items
+    if not all(named):
+        raise ValueError("all optimizer params should be with/without names; some param "
+                         "names are missing")
+    return [p[0] for p in items], [p[1] for p in items]
+
+
+def _torch_value(value: Any) -> Any:
+    """A torch tensor of a state dict as a Python number (0-d) or a NumPy array (float32
+    for float16/bfloat16, which widens them exactly)."""
+    value = value.detach().cpu()
+    if value.ndim == 0:
+        return value.item()
+    if value.dtype.is_floating_point and value.element_size() < 4:
+        value = value.float()
+    return value.numpy()
 
 
 class Optimizer:
     """Base class: parameter groups, per-parameter state, ``step`` and state dicts.
 
-    Subclasses set ``spec`` (the update rule), implement :meth:`_scalars` (the per-step
-    scalars of a group at step ``t``) and may override :meth:`_initial_state`.
+    Subclasses set ``algorithm`` (a declaration of :mod:`fastgd.algorithms`); the engine
+    (:class:`fastgd.engine.Stepper`) does the checking and the stepping.
     """
 
-    spec: algorithms.RuleSpec
+    algorithm: Algorithm
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
-        self._views: list[np.ndarray] = []
-        self._orders: list[str] = []
-        self._gpus: list[int | None] = []  # the GPU of each device parameter
-        self._flat_params: dict[int, tuple[Any, int]] = {}
-        self._flat_states: dict[int, tuple[list[Any], list[Any], list[int]]] = {}
-        self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._engine = Stepper(self.algorithm)
+        self._named: bool | None = None
         groups, self._single = _param_groups(params)
-        self._check_hyperparameters(self.defaults)
+        self._engine.check_options(self.defaults)
         for group in groups:
             self.add_param_group(group)
 
-    # -- parameters -----------------------------------------------------------------
+    # -- parameters -----------------------------------------------------------------------
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
-        """Add a group of parameters with its own options (the others take ``defaults``)."""
+        """Add a group of parameters with its own options (the others take ``defaults``).
+
+        Its ``params`` may be ``(name, array)`` pairs; then every group must be named, and
+        the names are kept under ``"param_names"`` (as torch does)."""
         if not isinstance(param_group, Mapping) or "params" not in param_group:
             raise TypeError("a parameter group must be a dict with a 'params' entry")
         group = dict(param_group)
         raw = group["params"]
-        if isinstance(raw, np.ndarray) or hasattr(raw, "__array_interface__") or (
-                type(raw).__module__.startswith("torch") and hasattr(raw, "detach")):
+        if is_array(raw):
             raw = [raw]
-        originals = [_unnamed(p) for p in raw]
+        elif isinstance(raw, (set, frozenset)):
+            raise TypeError("params must be an ordered collection (a list), not a set")
+        elif isinstance(raw, (str, bytes, Mapping)) or not isinstance(raw, Iterable):
+            raise TypeError(f"params must be arrays, got {type(raw).__name__}")
+        names, originals = _split_names(list(raw))
         if not originals:
             raise ValueError("optimizer got an empty parameter list")
         unknown = set(group) - set(self.defaults) - {"params"}
         if unknown:
             raise TypeError(f"unknown option(s) in parameter group: {sorted(unknown)}")
+        if self._named is not None and self._named != (names is not None):
+            raise ValueError("all optimizer param groups should be with/without names; "
+                             f"cannot add a group {'with' if names else 'without'} names")
         for key, value in self.defaults.items():
             group.setdefault(key, value)
-        self._check_hyperparameters(group)
-        first = len(self._views)
-        views = [as_array(p, f"params[{first + i}]", writable=True, device=is_device(p))
-                 for i, p in enumerate(originals)]
-        orders = [memory_order(v, f"params[{first + i}]") for i, v in enumerate(views)]
-        _check_disjoint(self._views + views)
+        self._engine.check_options(group)
+        first = len(self._engine.params)
+        params = [Param(p, f"params[{first + i}]") for i, p in enumerate(originals)]
+        _check_disjoint(self._engine.params + params)
         group["params"] = originals
+        if names is not None:
+            group["param_names"] = names
         self.param_groups.append(group)
-        self._views += views
-        self._orders += orders
-        self._gpus += [gpu_of(v) for v in views]
+        self._engine.params += params
+        self._named = names is not None
 
-    def _check_hyperparameters(self, group: Mapping[str, Any]) -> None:
-        self._scalars(group, 1, {})
+    def parameters(self) -> list[Any]:
+        """Every parameter, in order, as a zero-copy array (a NumPy array, or a Numba
+        device array for GPU memory)."""
+        return [p.view for p in self._engine.params]
 
-    # -- stepping -------------------------------------------------------------------
+    # -- stepping -----------------------------------------------------------------------------
     def step(self, grads: Any = None, *, max_norm: float | None = None,
-             skip_if_nonfinite: bool = False, stream: Any = None) -> StepInfo | None:
+             skip_if_nonfinite: bool = False, stream: Any = None) -> StepInfo | Any:
         """Apply one update to every parameter that has a gradient, in place.
+
+        ``grads``: the gradients, in the structure of ``params``; omitted, each parameter's
+        ``.grad`` (torch tensors). A callable is a *closure*, as in torch: it is called
+        first (with gradients enabled, for torch tensors), computes the loss and the
+        gradients, and ``step`` returns what it returned.
 
         All gradients and hyperparameters are checked before any array is written. GPU
         parameters are updated on ``stream`` (see :mod:`fastgd.cuda`).
@@ -166,130 +160,27 @@ class Optimizer:
         ``min(1, max_norm / (n + 1e-6))`` as the update kernel reads it (the gradient arrays
         are not written). ``skip_if_nonfinite``: if any gradient holds NaN or Inf, change
         nothing (params, state, step counts) — AMP's "found inf". With either option one
-        reduction pass computes ``n`` and the step returns ``StepInfo(grad_norm, finite,
-        skipped)``; otherwise it returns None.
+        reduction pass computes ``n`` and (without a closure) the step returns
+        ``StepInfo(grad_norm, finite, skipped)``; otherwise it returns None.
         """
-        grads_flat = self._grad_list(grads)
-        work = []
-        scalar_cache: dict[tuple[int, int], StepScalars] = {}
-        index = 0
-        for g_index, group in enumerate(self.param_groups):
-            for _ in group["params"]:
-                grad = grads_flat[index]
-                if grad is not None:
-                    view, order = self._views[index], self._orders[index]
-                    if not view.flags["WRITEABLE"]:
-                        raise ValueError(f"params[{index}] has become read-only")
-                    name = f"grads[{index}]"
-                    gpu = self._gpus[index]
-                    # A plain host array needs no conversion (check_like checks its dtype).
-                    garr = grad if type(grad) is np.ndarray and gpu is None else as_array(
-                        grad, name, writable=False, device=gpu is not None)
-                    check_like(garr, view, order, name, f"params[{index}]")
-                    if shares_memory(garr, view):
-                        raise ValueError(f"{name} shares memory with params[{index}]")
-                    if gpu is not None and gpu_of(garr) != gpu:
-                        raise ValueError(f"{name} is on GPU {gpu_of(garr)} but params[{index}] "
-                                         f"is on GPU {gpu}")
-                    state = self.state.get(index, {})
-                    t = state.get("step", 0) + 1
-                    key = (g_index, t)
-                    if key not in scalar_cache or self._per_param_scalars:
-                        scalar_cache[key] = self._scalars(group, t, state)
-                    work.append((index, group, kernel_view(garr, order), scalar_cache[key], t))
-                index += 1
-        if stream is not None:
-            check_stream(stream, [self._views[index] for index, *_ in work])
-        info = None
-        if max_norm is not None or skip_if_nonfinite:
-            info = self._reduce(work, max_norm, skip_if_nonfinite)
-            if info.skipped:
-                return info
-            if max_norm is not None:
-                scale = clip_scale(info.grad_norm, float(max_norm))
-                work = [(i, g, gf, sc._replace(grad_scale=sc.grad_scale * scale), t)
-                        for i, g, gf, sc, t in work]
-        # Tensors that share dtype, device and step scalars run as one many-tensor launch.
-        batches: dict[tuple[Any, int | None, StepScalars, str],
-                      tuple[list[list[Any]], list[list[int]]]] = {}
-        for index, group, gflat, scalars, _ in work:
-            state = self.state.setdefault(index, {})
-            view = self._views[index]
-            names = self._state_names(scalars.optional)
-            for name in names:
-                if name not in state:
-                    state[name] = self._initial_state(group, view, name)
-            fmt = storage(view)
-            if fmt and group["master_weights"]:
-                fmt += "_master"
-                if "master_param" not in state:
-                    state["master_param"] = from_host(view, view, np.float32)
-                names = ("master_param", *names)
-            pflat, paddress = self._kernel_view(index)
-            sflats, saddresses = self._state_views(index, names)
-            key = (view.dtype, self._gpus[index], scalars, fmt)
-            batch = batches.setdefault(key, ([], []))
-            batch[0].append([pflat, gflat, *sflats])
-            batch[1].append([paddress, address(gflat), *saddresses])
-        for (_, gpu, scalars, fmt), (tensors, addresses) in batches.items():
-            with on_gpu(gpu):
-                if len(tensors) > 1:
-                    launch_many_flat(self.spec, tensors, scalars, stream, fmt, addresses)
-                else:
-                    launch_flat(self.spec, tensors[0], scalars, stream, fmt)
-        for index, group, _, _, t in work:
-            state = self.state[index]
-            self._after_step(state, group, t)
-            state["step"] = t
-        return info
+        loss = None
+        closure = grads if callable(grads) and not is_array(grads) else None
+        if closure is not None:
+            loss, grads = self._call(closure), None
+        info = self._engine.step(self.param_groups, self.state, self._grad_list(grads),
+                                 max_norm=max_norm, skip_if_nonfinite=skip_if_nonfinite,
+                                 stream=stream)
+        return loss if closure is not None else info
 
-    def _kernel_view(self, index: int) -> tuple[Any, int]:
-        """Flat kernel view of ``params[index]`` and its address (made once: the parameter
-        never changes)."""
-        cached = self._flat_params.get(index)
-        if cached is None:
-            view = kernel_view(self._views[index], self._orders[index])
-            cached = self._flat_params[index] = (view, address(view))
-        return cached
-
-    def _state_names(self, optional: tuple[str, ...]) -> tuple[str, ...]:
-        """The state arrays a step uses when the optional states ``optional`` are on."""
-        names = self._names.get(optional)
-        if names is None:
-            off = {state for state, _ in self.spec.optional} - set(optional)
-            names = self._names[optional] = tuple(n for n in self.spec.states if n not in off)
-        return names
-
-    def _state_views(self, index: int, names: tuple[str, ...]) -> tuple[list[Any], list[int]]:
-        """Flat views of the state arrays ``names`` of ``params[index]`` and their addresses,
-        remade only when the arrays themselves change (new state, ``load_state_dict``)."""
-        state = self.state[index]
-        arrays = [state[n] for n in names]
-        cached = self._flat_states.get(index)
-        if cached is None or len(cached[0]) != len(arrays) or not all(
-                map(operator.is_, cached[0], arrays)):
-            flats = [flat(a, self._orders[index]) for a in arrays]
-            cached = self._flat_states[index] = (arrays, flats, [address(f) for f in flats])
-        return cached[1], cached[2]
-
-    def _reduce(self, work: list[Any], max_norm: Any, skip_if_nonfinite: bool) -> StepInfo:
-        if max_norm is not None:
-            number("max_norm", max_norm)
-        grads = [to_float32(gflat, storage(self._views[index]))
-                 for index, _, gflat, _, _ in work]
-        if not all(isinstance(g, np.ndarray) for g in grads):
-            raise TypeError("max_norm and skip_if_nonfinite support host (NumPy) arrays only")
-        norm = global_norm(grads)
-        finite = math.isfinite(norm)
-        return StepInfo(norm, finite, skip_if_nonfinite and not finite)
-
-    _per_param_scalars = False
-
-    def _after_step(self, state: dict[str, Any], group: Mapping[str, Any], t: int) -> None:
-        """Hook for scalar state that changes every step (NAdam's ``mu_product``)."""
+    def _call(self, closure: Callable[[], Any]) -> Any:
+        torch = sys.modules.get("torch")
+        if torch is not None and any(is_torch(p.original) for p in self._engine.params):
+            with torch.enable_grad():
+                return closure()
+        return closure()
 
     def _grad_list(self, grads: Any) -> list[Any]:
-        n = len(self._views)
+        n = len(self._engine.params)
         if grads is None:
             originals = [p for group in self.param_groups for p in group["params"]]
             if not all(hasattr(p, "grad") for p in originals):
@@ -297,7 +188,8 @@ class Optimizer:
             return [p.grad for p in originals]
         if self._single and not isinstance(grads, (list, tuple)):
             return [grads]
-        if isinstance(grads, (np.ndarray, str, bytes)) or not isinstance(grads, Sequence):
+        if is_array(grads) or isinstance(grads, (str, bytes)) or not isinstance(grads,
+                                                                                Sequence):
             raise TypeError(f"grads must be a sequence of {n} arrays (like params), "
                             f"got {type(grads).__name__}")
         groups = self.param_groups
@@ -312,14 +204,6 @@ class Optimizer:
             raise ValueError(f"got {len(grads)} gradients for {n} parameters")
         return list(grads)
 
-    def _scalars(self, group: Mapping[str, Any], t: int, state: Mapping[str, Any]
-                 ) -> StepScalars:
-        raise NotImplementedError
-
-    def _initial_state(self, group: Mapping[str, Any], param: np.ndarray, name: str
-                       ) -> np.ndarray:
-        return zeros_like(param, dtype=state_dtype(param))
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the ``.grad`` of parameters that have one (torch tensors)."""
         for group in self.param_groups:
@@ -330,7 +214,7 @@ class Optimizer:
                     else:
                         p.grad.detach().zero_()
 
-    # -- learning rate ----------------------------------------------------------------
+    # -- learning rate ----------------------------------------------------------------------
     @property
     def lr(self) -> Any:
         """The learning rate or schedule of every group (``param_groups`` when they differ).
@@ -349,11 +233,20 @@ class Optimizer:
         for group in self.param_groups:
             group["lr"] = value
 
-    # -- state dicts ------------------------------------------------------------------
+    # -- state dicts --------------------------------------------------------------------------
+    def state_nbytes(self) -> int:
+        """Bytes held by the optimizer state (every state array)."""
+        return sum(v.nbytes for entry in self.state.values() for v in entry.values()
+                   if hasattr(v, "nbytes"))
+
     def state_dict(self) -> dict[str, Any]:
-        """``{'state': {index: {...}}, 'param_groups': [...]}`` of plain numbers and copies."""
-        state = {i: {k: (v if isinstance(v, (int, float)) else to_host(v))
-                     for k, v in s.items()} for i, s in self.state.items()}
+        """``{'state': {index: {...}}, 'param_groups': [...]}``, torch.optim's layout:
+        numbers, and copies of the state arrays -- NumPy arrays, or torch tensors on the
+        parameter's device when the parameter is a torch tensor (so that ``torch.optim``'s
+        optimizer of the same name loads it)."""
+        params = self._engine.params
+        state = {i: {k: v if isinstance(v, (int, float)) else self._export(v, params[i])
+                     for k, v in entry.items()} for i, entry in self.state.items()}
         groups, start = [], 0
         for group in self.param_groups:
             options = copy.deepcopy({k: v for k, v in group.items() if k != "params"})
@@ -362,46 +255,89 @@ class Optimizer:
             groups.append(options)
         return {"state": state, "param_groups": groups}
 
+    @staticmethod
+    def _export(value: Any, param: Param) -> Any:
+        host = to_host(value)
+        if param.torch is None:
+            return host
+        import torch
+
+        return torch.from_numpy(host).to(param.torch[3])
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; a mismatched one is refused with nothing changed."""
+        """Restore a :meth:`state_dict`, or a ``torch.optim`` state dict of the same
+        algorithm (tensors, tensor steps; torch's implementation options ``foreach``,
+        ``fused``, ``capturable`` and ``differentiable`` are ignored). A mismatched one is
+        refused with nothing changed."""
         if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
             raise ValueError("state_dict must have exactly the keys 'state' and 'param_groups'")
         saved_groups = list(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, this "
                              f"optimizer has {len(self.param_groups)}")
-        start = 0
+        from_torch = any(isinstance(g, Mapping) and TORCH_IMPLEMENTATION_OPTIONS & set(g)
+                         for g in saved_groups)
+        updates, start = [], 0
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
-            if set(saved) != set(group):
-                raise ValueError(f"param_groups[{i}] has options {sorted(saved)}, expected "
-                                 f"{sorted(group)} (a state dict of another optimizer?)")
-            count = len(group["params"])
-            if list(saved["params"]) != list(range(start, start + count)):
-                raise ValueError(f"param_groups[{i}] holds {len(saved['params'])} parameters "
-                                 f"{list(saved['params'])[:5]}..., expected {count}")
-            start += count
-            self._check_hyperparameters({k: v for k, v in saved.items() if k != "params"})
+            updates.append(self._checked_group(i, saved, group, start))
+            start += len(group["params"])
+        entries = state_dict["state"]
+        if not isinstance(entries, Mapping):
+            raise TypeError("state_dict['state'] must be a dict")
         new_state = {}
-        for key, entry in dict(state_dict["state"]).items():
-            index = _state_index(key, len(self._views))
-            new_state[index] = self._checked_state(index, entry)
-        for saved, group in zip(saved_groups, self.param_groups, strict=True):
-            group.update({k: v for k, v in saved.items() if k != "params"})
+        for key, entry in entries.items():
+            index = _state_index(key, len(self._engine.params))
+            new_state[index] = self._checked_state(index, entry, from_torch)
+        for update, group in zip(updates, self.param_groups, strict=True):
+            group.update(update)
         self.state = new_state
+        self._engine.forget()
 
-    def _checked_state(self, index: int, entry: Any) -> dict[str, Any]:
+    def _checked_group(self, i: int, saved: Any, group: Mapping[str, Any], start: int
+                       ) -> dict[str, Any]:
+        """The options of saved group ``i`` to apply to ``group``, checked."""
+        if not isinstance(saved, Mapping):
+            raise TypeError(f"param_groups[{i}] must be a dict")
+        keys = set(saved) - TORCH_IMPLEMENTATION_OPTIONS - {"params", "param_names"}
+        required = set(self.algorithm.defaults)
+        allowed = set(group) - {"params", "param_names"}
+        if "params" not in saved or not required <= keys <= allowed:
+            raise ValueError(f"param_groups[{i}] has options {sorted(saved)}, expected "
+                             f"{sorted(allowed | {'params'})} (a state dict of another "
+                             "optimizer?)")
+        count = len(group["params"])
+        if list(saved["params"]) != list(range(start, start + count)):
+            raise ValueError(f"param_groups[{i}] holds {len(saved['params'])} parameters "
+                             f"{list(saved['params'])[:5]}..., expected {count}")
+        for name, value in self.algorithm.fixed.items():
+            if saved[name] != value:
+                raise ValueError(f"param_groups[{i}]: {name} is always {value} for "
+                                 f"{self.algorithm.name}, got {saved[name]!r}")
+        update = {k: saved[k] for k in keys}
+        self._engine.check_options({**group, **update})
+        if "param_names" in saved:
+            names = saved["param_names"]
+            if (not isinstance(names, Sequence) or len(names) != count
+                    or not all(isinstance(n, str) for n in names)):
+                raise ValueError(f"param_groups[{i}]['param_names'] must be {count} names")
+            update["param_names"] = list(names)
+        return copy.deepcopy(update)
+
+    def _checked_state(self, index: int, entry: Any, from_torch: bool) -> dict[str, Any]:
         name = f"state[{index}]"
         if not isinstance(entry, Mapping):
             raise TypeError(f"{name} must be a dict")
-        scalar_keys = {"step"} | set(self._scalar_state)
-        arrays_keys = {*self.spec.states, "master_param"}
-        unknown = set(entry) - arrays_keys - scalar_keys
+        entry = {k: _torch_value(v) if is_torch(v) else v for k, v in entry.items()}
+        algorithm = self.algorithm
+        scalars = {s.name: s for s in algorithm.scalars}
+        arrays = {*(s.name for s in algorithm.states), "master_param"}
+        unknown = set(entry) - arrays - set(scalars) - {"step"}
         if unknown:
             raise ValueError(f"{name} has unknown entries {sorted(unknown)} (a state dict of "
                              "another optimizer?)")
-        if "step" not in entry:
+        if "step" not in entry and not (from_torch and "step" not in algorithm.inputs):
             raise ValueError(f"{name} has no 'step'")
-        step = entry["step"]
+        step = entry.get("step", 0)  # (torch's SGD does not count steps)
         if isinstance(step, np.ndarray) and step.ndim == 0:
             step = step.item()
         if isinstance(step, float) and step.is_integer():
@@ -409,33 +345,30 @@ class Optimizer:
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"{name}['step'] must be a non-negative integer, got {step!r}")
         result: dict[str, Any] = {"step": int(step)}
-        for key in self._scalar_state:
+        for key, scalar in scalars.items():
             if key not in entry:
                 raise ValueError(f"{name} has no {key!r}")
-            result[key] = number(f"{name}[{key!r}]", entry[key], high=1.0,
-                                 high_inclusive=True)
-        view = self._views[index]
-        dtype = state_dtype(view)
-        for key in (*self.spec.states, "master_param"):
-            if key in entry:
-                arr = np.asarray(entry[key])
-                if arr.shape != tuple(view.shape) or arr.dtype != dtype:
-                    raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
-                                     f"{dtype} {tuple(view.shape)} for params[{index}]")
-                result[key] = from_host(arr, view, dtype)
-        required = [k for k in self.spec.states if k not in dict(self.spec.optional)]
+            result[key] = scalar.domain.check(f"{name}[{key!r}]", entry[key])
+        param = self._engine.params[index]
+        dtype = state_dtype(param.view)
+        for key in arrays & set(entry):
+            arr = np.asarray(entry[key])
+            if arr.shape != param.shape or arr.dtype != dtype:
+                raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
+                                 f"{dtype} {param.shape} for params[{index}]")
+            result[key] = from_host(arr, param.view, dtype)
+        required = [s.name for s in algorithm.states if s.when is None]
         missing = [k for k in required if k not in result]
         if missing and result["step"] > 0:
             raise ValueError(f"{name} lacks {missing}")
         return result
 
-    _scalar_state: tuple[str, ...] = ()
-
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
         for i, group in enumerate(self.param_groups):
             lines.append(f"Parameter Group {i}")
-            lines += [f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params"]
+            lines += [f"    {k}: {v}" for k, v in sorted(group.items())
+                      if k not in ("params", "param_names")]
         return "\n".join(lines) + "\n)"
 
 
@@ -450,199 +383,66 @@ def _state_index(key: Any, count: int) -> int:
     return index
 
 
-def _check_disjoint(views: list[Any]) -> None:
+def _check_disjoint(params: list[Param]) -> None:
     """Parameters must not share memory (the same array twice would be updated twice)."""
-    spans = sorted((*s, i) for i, s in enumerate(map(span, views)) if s and s[1])
-    for (start_a, size_a, a), (start_b, _, b) in zip(spans, spans[1:], strict=False):
-        if start_b < start_a + size_a:
-            raise ValueError(f"params[{min(a, b)}] and params[{max(a, b)}] share memory "
-                             "(a parameter listed twice?)")
+    spans = sorted((p.gpu is not None, p.gpu or 0, p.address, p.nbytes, i)
+                   for i, p in enumerate(params) if p.nbytes)
+    for a, b in zip(spans, spans[1:], strict=False):
+        if a[:2] == b[:2] and b[2] < a[2] + a[3]:
+            raise ValueError(f"params[{min(a[4], b[4])}] and params[{max(a[4], b[4])}] share "
+                             "memory (a parameter listed twice?)")
 
 
-def _lr(group: Mapping[str, Any], t: int) -> Any:
-    """The group's learning rate for step ``t``: a number, or a schedule evaluated at ``t``."""
-    lr = group["lr"]
-    return lr(t) if callable(lr) else lr
+# -- one class per algorithm ---------------------------------------------------------------------
+
+def _class_doc(algorithm: Algorithm) -> str:
+    states = [s.name + (f" (with {s.when})" if s.when else "") for s in algorithm.states]
+    options = ", ".join(f"{h.name}={h.default!r}" for h in algorithm.hyperparameters)
+    lines = [algorithm.summary, "", "Per element, each step (``g``: the gradient, negated when "
+             "``maximize``; ``t``: the step number)::", "",
+             *("    " + line for line in algorithm.math.splitlines()), "",
+             f"State: {', '.join(states)}"
+             + "".join(f", {s.name} (a number)" for s in algorithm.scalars) + ".",
+             f"Hyperparameters and defaults: {options}"
+             + "".join(f", {k}={v!r} (fixed)" for k, v in algorithm.fixed.items()) + ".",
+             f"Formulas and defaults: ``{algorithm.source}``; see :class:`Optimizer` for "
+             "``params``, ``step`` and the state dicts."]
+    return "\n".join(lines)
 
 
-def _betas(group: Mapping[str, Any]) -> tuple[Any, Any]:
-    betas = group["betas"]
-    if not isinstance(betas, Sequence) or len(betas) != 2:
-        raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    return betas[0], betas[1]
+def make_class(algorithm: Algorithm) -> type[Optimizer]:
+    """The optimizer class of ``algorithm``, with a real signature and the math in its
+    docstring."""
+    hypers = algorithm.hyperparameters
+
+    def argument(h: Hyper) -> str:
+        kind = "float | Callable[[int], float]" if h.name == "lr" else h.domain.annotation
+        return f"{h.name}: {kind} = _DEFAULTS[{h.name!r}]"
+
+    positional = [argument(h) for h in hypers if not h.keyword_only]
+    keyword = [argument(h) for h in hypers if h.keyword_only]
+    keyword += [f"{n}: bool = {v!r}" for n, v in CLASS_OPTIONS.items()]
+    options = ", ".join([f"{h.name!r}: {h.name}" for h in hypers] + ["**_FIXED"]
+                        + [f"{n!r}: {n}" for n in CLASS_OPTIONS])
+    source = f'''\
+from __future__ import annotations
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent with optional (Nesterov) momentum; see
-    :func:`fastgd.functional.sgd` for the math. State: ``momentum_buffer``."""
-
-    spec = algorithms.SGD
-
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 *, maximize: bool = False,
-                 master_weights: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov,
-                                      maximize=maximize, master_weights=master_weights))
-
-    _per_param_scalars = True
-
-    def _scalars(self, group, t, state):
-        return sgd_scalars(lr=_lr(group, t), momentum=group["momentum"],
-                           dampening=group["dampening"], weight_decay=group["weight_decay"],
-                           nesterov=group["nesterov"], maximize=group["maximize"],
-                           first_step="momentum_buffer" not in state)
+def __init__(self, params: Any, {", ".join(positional)}, *, {", ".join(keyword)}) -> None:
+    Optimizer.__init__(self, params, {{{options}}})
+'''
+    namespace: dict[str, Any] = {"Any": Any, "Optimizer": Optimizer,
+                                 "_DEFAULTS": {h.name: h.default for h in hypers},
+                                 "_FIXED": dict(algorithm.fixed)}
+    exec(source, namespace)  # noqa: S102 - a signature generated from the table
+    init = namespace["__init__"]
+    init.__qualname__ = f"{algorithm.name}.__init__"
+    return type(algorithm.name, (Optimizer,), {
+        "algorithm": algorithm, "__init__": init, "__doc__": _class_doc(algorithm),
+        "__module__": __name__})
 
 
-class Adagrad(Optimizer):
-    """Adagrad; see :func:`fastgd.functional.adagrad`. State: ``sum``."""
-
-    spec = algorithms.ADAGRAD
-
-    def __init__(self, params: Any, lr: float = 1e-2, lr_decay: float = 0.0,
-                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10, *, maximize: bool = False,
-                 master_weights: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                                      initial_accumulator_value=initial_accumulator_value,
-                                      eps=eps, maximize=maximize, master_weights=master_weights))
-
-    def _check_hyperparameters(self, group):
-        super()._check_hyperparameters(group)
-        number("initial_accumulator_value", group["initial_accumulator_value"])
-
-    def _scalars(self, group, t, state):
-        return adagrad_scalars(step=t, lr=_lr(group, t), lr_decay=group["lr_decay"],
-                               weight_decay=group["weight_decay"], eps=group["eps"],
-                               maximize=group["maximize"])
-
-    def _initial_state(self, group, param, name):
-        return zeros_like(param, fill=group["initial_accumulator_value"],
-                          dtype=state_dtype(param))
-
-
-class Adadelta(Optimizer):
-    """Adadelta; see :func:`fastgd.functional.adadelta`. State: ``square_avg``,
-    ``acc_delta``."""
-
-    spec = algorithms.ADADELTA
-
-    def __init__(self, params: Any, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6,
-                 weight_decay: float = 0.0, *, maximize: bool = False,
-                 master_weights: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize, master_weights=master_weights))
-
-    def _scalars(self, group, t, state):
-        return adadelta_scalars(lr=_lr(group, t), rho=group["rho"], eps=group["eps"],
-                                weight_decay=group["weight_decay"], maximize=group["maximize"])
-
-
-class RMSprop(Optimizer):
-    """RMSprop with optional momentum and centering; see :func:`fastgd.functional.rmsprop`.
-    State: ``square_avg``, ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered)."""
-
-    spec = algorithms.RMSPROP
-
-    def __init__(self, params: Any, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
-                 *, maximize: bool = False,
-                 master_weights: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                                      momentum=momentum, centered=centered,
-                                      maximize=maximize, master_weights=master_weights))
-
-    def _scalars(self, group, t, state):
-        return rmsprop_scalars(lr=_lr(group, t), alpha=group["alpha"], eps=group["eps"],
-                               weight_decay=group["weight_decay"], momentum=group["momentum"],
-                               centered=group["centered"], maximize=group["maximize"])
-
-
-class Adam(Optimizer):
-    """Adam (AMSGrad with ``amsgrad=True``; AdamW with ``decoupled_weight_decay=True``); see
-    :func:`fastgd.functional.adam`. State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``."""
-
-    spec = algorithms.ADAM
-
-    def __init__(self, params: Any, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
-                 decoupled_weight_decay: bool = False,
-                 master_weights: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      amsgrad=amsgrad, maximize=maximize,
-                                      decoupled_weight_decay=decoupled_weight_decay,
-                                      master_weights=master_weights))
-
-    def _scalars(self, group, t, state):
-        beta1, beta2 = _betas(group)
-        return adam_scalars(step=t, lr=_lr(group, t), beta1=beta1, beta2=beta2, eps=group["eps"],
-                            weight_decay=group["weight_decay"],
-                            decoupled_weight_decay=group["decoupled_weight_decay"],
-                            amsgrad=group["amsgrad"], maximize=group["maximize"])
-
-
-class AdamW(Adam):
-    """Adam with decoupled weight decay, ``p *= 1 - lr * weight_decay`` (default 1e-2)."""
-
-    def __init__(self, params: Any, lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False, master_weights: bool = False) -> None:
-        Optimizer.__init__(self, params, dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
-            maximize=maximize, decoupled_weight_decay=True, master_weights=master_weights))
-
-
-class Adamax(Optimizer):
-    """Adamax; see :func:`fastgd.functional.adamax`. State: ``exp_avg``, ``exp_inf``."""
-
-    spec = algorithms.ADAMAX
-
-    def __init__(self, params: Any, lr: float = 2e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, *, maximize: bool = False,
-                 master_weights: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      maximize=maximize, master_weights=master_weights))
-
-    def _scalars(self, group, t, state):
-        beta1, beta2 = _betas(group)
-        return adamax_scalars(step=t, lr=_lr(group, t), beta1=beta1, beta2=beta2,
-                              eps=group["eps"], weight_decay=group["weight_decay"],
-                              maximize=group["maximize"])
-
-
-class NAdam(Optimizer):
-    """NAdam; see :func:`fastgd.functional.nadam`. State: ``exp_avg``, ``exp_avg_sq`` and the
-    number ``mu_product``."""
-
-    spec = algorithms.NADAM
-    _scalar_state = ("mu_product",)
-    _per_param_scalars = True
-
-    def __init__(self, params: Any, lr: float = 2e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum_decay: float = 4e-3,
-                 decoupled_weight_decay: bool = False, *, maximize: bool = False,
-                 master_weights: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                      momentum_decay=momentum_decay,
-                                      decoupled_weight_decay=decoupled_weight_decay,
-                                      maximize=maximize, master_weights=master_weights))
-
-    def _scalars(self, group, t, state):
-        beta1, beta2 = _betas(group)
-        return nadam_scalars(step=t, mu_product=state.get("mu_product", 1.0), lr=_lr(group, t),
-                             beta1=beta1, beta2=beta2, eps=group["eps"],
-                             weight_decay=group["weight_decay"],
-                             momentum_decay=group["momentum_decay"],
-                             decoupled_weight_decay=group["decoupled_weight_decay"],
-                             maximize=group["maximize"])[0]
-
-    def _after_step(self, state, group, t):
-        # The step's scalars were checked and computed already: advance the product only
-        # (without evaluating a schedule or re-checking every hyperparameter once more).
-        mu = nadam_mu(float(_betas(group)[0]), float(group["momentum_decay"]), t)
-        state["mu_product"] = state.get("mu_product", 1.0) * mu
+#: What every optimizer class shares (exported with the classes).
+BASES = ("Optimizer", "StepInfo")
+__all__ = [*BASES, *ALGORITHMS]
+globals().update({name: make_class(algorithm) for name, algorithm in ALGORITHMS.items()})

@@ -10,8 +10,9 @@ Conventions that keep the loops fast and exact:
   bias corrections, the decayed learning rate) is computed once per step on the host and
   passed in, already cast to the array dtype, so a float32 loop stays in float32.
 * Arguments come in this order: ``p, g``, the state values, the coefficients, the runtime
-  flags (loop-invariant booleans), and last the *structural* flags that say which optional
-  state arrays exist; the kernel generator writes those as literals.
+  flags (loop-invariant booleans), and last the *structural* flags ``has_<state>`` that say
+  which optional state arrays exist; the kernel generator writes those as literals. The
+  algorithm table (:mod:`fastgd.algorithms`) checks every rule's signature at import.
 * Optional state that is absent is passed as a placeholder scalar and its result discarded.
 * ``g`` arrives already multiplied by the kernel's ``grad_scale``, which is -1 for
   ``maximize`` (an exact negation) times the clipping factor: a ``maximize`` branch inside
@@ -52,7 +53,7 @@ def adam_moments(p, g, exp_avg, exp_avg_sq, weight_decay, decay_factor, beta1,
 
 @rule
 def sgd_rule(p, g, momentum_buffer, lr, weight_decay, momentum, one_minus_dampening,
-             l2, first_step, nesterov, use_momentum):
+             l2, first_step, nesterov, has_momentum_buffer):
     """SGD with optional momentum, dampening and Nesterov momentum.
 
     ``g += wd * p``; with momentum ``buf = g`` on the first step, else
@@ -61,7 +62,7 @@ def sgd_rule(p, g, momentum_buffer, lr, weight_decay, momentum, one_minus_dampen
     """
     if l2:
         g = g + weight_decay * p
-    if use_momentum:
+    if has_momentum_buffer:
         if first_step:
             momentum_buffer = g
         else:
@@ -106,7 +107,7 @@ def adadelta_rule(p, g, square_avg, acc_delta, lr, weight_decay, rho, one_minus_
 
 @rule
 def rmsprop_rule(p, g, square_avg, momentum_buffer, grad_avg, lr, weight_decay, alpha,
-                 one_minus_alpha, eps, momentum, l2, use_momentum, centered):
+                 one_minus_alpha, eps, momentum, l2, has_momentum_buffer, has_grad_avg):
     """RMSprop with optional momentum and centering.
 
     ``square_avg = alpha * square_avg + (1 - alpha) * g * g``; centered:
@@ -117,12 +118,12 @@ def rmsprop_rule(p, g, square_avg, momentum_buffer, grad_avg, lr, weight_decay, 
     if l2:
         g = g + weight_decay * p
     square_avg = alpha * square_avg + one_minus_alpha * g * g
-    if centered:
+    if has_grad_avg:
         grad_avg = alpha * grad_avg + one_minus_alpha * g
         avg = math.sqrt(square_avg - grad_avg * grad_avg) + eps
     else:
         avg = math.sqrt(square_avg) + eps
-    if use_momentum:
+    if has_momentum_buffer:
         momentum_buffer = momentum * momentum_buffer + g / avg
         p = p - lr * momentum_buffer
     else:
@@ -133,7 +134,7 @@ def rmsprop_rule(p, g, square_avg, momentum_buffer, grad_avg, lr, weight_decay, 
 @rule
 def adam_rule(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, weight_decay,
               decay_factor, beta1, one_minus_beta1, beta2, one_minus_beta2, sqrt_bc2, eps,
-              l2, decoupled, amsgrad):
+              l2, decoupled, has_max_exp_avg_sq):
     """Adam / AdamW (/ AMSGrad).
 
     L2: ``g += wd * p``; decoupled (AdamW): ``p *= 1 - lr * wd`` (``decay_factor``);
@@ -144,7 +145,7 @@ def adam_rule(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, weight_decay
     p, g, exp_avg, exp_avg_sq = adam_moments(
         p, g, exp_avg, exp_avg_sq, weight_decay, decay_factor, beta1, one_minus_beta1, beta2,
         one_minus_beta2, l2, decoupled)
-    if amsgrad:
+    if has_max_exp_avg_sq:
         max_exp_avg_sq = nan_max(max_exp_avg_sq, exp_avg_sq)
         second = max_exp_avg_sq
     else:

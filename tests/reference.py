@@ -1,18 +1,18 @@
 """Independent NumPy float64 reference implementations of fastgd's update rules.
 
-Written from ``/work/shared/ALGORITHMS.md`` (the torch.optim single-tensor formulas); this
+Written from the formulas of each algorithm's reference implementation (for torch.optim's
+algorithms its documented update and single-tensor path, ``torch/optim/<name>.py``); this
 module never imports fastgd. Each class holds the state of *one* parameter: construct it with
-the hyperparameters (torch.optim names and defaults), then call :meth:`Reference.step` with
-the parameter and its gradient; it returns the new parameter (float64) and keeps its state
-(float64 arrays named like torch.optim's state keys) in :attr:`Reference.state`.
+the hyperparameters (the reference's names and defaults), then call :meth:`Reference.step`
+with the parameter and its gradient; it returns the new parameter (float64) and keeps its
+state (float64 arrays named like torch.optim's state keys) in :attr:`Reference.state`.
 
 Everything is computed in float64 with plain, unfused NumPy expressions, one line per line of
-ALGORITHMS.md, so that a mismatch points at the formula, not at rounding.
+the formulas, so that a mismatch points at the formula, not at rounding.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -20,8 +20,7 @@ import numpy as np
 
 __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
-    "AdamaxRef", "NAdamRef", "REFERENCES", "nadam_mu", "OPTIONS", "option_cases",
-    "random_hyperparameters",
+    "AdamaxRef", "NAdamRef", "REFERENCES", "nadam_mu",
 ]
 
 
@@ -32,6 +31,9 @@ class Reference:
     defaults: dict[str, Any] = {}
     #: State entries that are Python floats, not arrays.
     scalar_state: tuple[str, ...] = ()
+    #: Invalid combinations of valid hyperparameters, each with the names its error must
+    #: mention (the reference refuses them too).
+    invalid: list[tuple[dict[str, Any], tuple[str, ...]]] = []
 
     def __init__(self, **hyperparameters: Any) -> None:
         unknown = set(hyperparameters) - set(self.defaults)
@@ -84,6 +86,8 @@ class SGDRef(Reference):
 
     defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                     maximize=False, torch_first_step=True)
+    invalid = [({"nesterov": True, "momentum": 0.0}, ("nesterov",)),
+               ({"nesterov": True, "momentum": 0.9, "dampening": 0.1}, ("nesterov",))]
 
     def __init__(self, **hyperparameters: Any) -> None:
         super().__init__(**hyperparameters)
@@ -255,86 +259,8 @@ class NAdamRef(Reference):
         return p
 
 
-#: Reference class per optimizer name (fastgd / torch.optim class names).
+#: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
     "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
 }
-
-
-# -- random valid hyperparameters ------------------------------------------------------------
-# (Test-case generation shared by test_reference.py and test_torch_parity.py.)
-
-#: Structural options per optimizer. Numeric options (momentum, dampening, weight_decay,
-#: lr_decay, initial_accumulator_value) are "on" when non-zero; the others are booleans.
-OPTIONS: dict[str, tuple[str, ...]] = {
-    "SGD": ("momentum", "dampening", "nesterov", "weight_decay", "maximize"),
-    "Adagrad": ("lr_decay", "initial_accumulator_value", "weight_decay", "maximize"),
-    "Adadelta": ("weight_decay", "maximize"),
-    "RMSprop": ("momentum", "centered", "weight_decay", "maximize"),
-    "Adam": ("amsgrad", "decoupled_weight_decay", "weight_decay", "maximize"),
-    "AdamW": ("amsgrad", "weight_decay", "maximize"),
-    "Adamax": ("weight_decay", "maximize"),
-    "NAdam": ("decoupled_weight_decay", "weight_decay", "maximize"),
-}
-
-
-def option_cases(name: str) -> list[tuple[str, ...]]:
-    """Every valid combination of ``name``'s structural options (as tuples of those on)."""
-    options = OPTIONS[name]
-    cases = []
-    for bits in itertools.product((False, True), repeat=len(options)):
-        on = tuple(o for o, b in zip(options, bits, strict=True) if b)
-        if "nesterov" in on and ("momentum" not in on or "dampening" in on):
-            continue
-        cases.append(on)
-    return cases
-
-
-def random_hyperparameters(name: str, on: tuple[str, ...] | set[str],
-                           rng: np.random.Generator) -> dict[str, Any]:
-    """Random valid, non-default constructor kwargs (torch.optim names) with options ``on``."""
-
-    def u(lo: float, hi: float) -> float:
-        return float(rng.uniform(lo, hi))
-
-    def logu(lo: float, hi: float) -> float:
-        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-
-    def opt(key: str, lo: float, hi: float) -> float:
-        return u(lo, hi) if key in on else 0.0
-
-    hp: dict[str, Any]
-    if name == "SGD":
-        hp = dict(lr=u(0.01, 0.2), momentum=opt("momentum", 0.3, 0.95),
-                  dampening=opt("dampening", 0.05, 0.9), nesterov="nesterov" in on)
-    elif name == "Adagrad":
-        hp = dict(lr=u(0.01, 0.5), lr_decay=opt("lr_decay", 0.01, 0.3),
-                  initial_accumulator_value=opt("initial_accumulator_value", 0.05, 1.0),
-                  eps=logu(1e-10, 1e-6))
-    elif name == "Adadelta":
-        hp = dict(lr=u(0.3, 2.0), rho=u(0.5, 0.99), eps=logu(1e-7, 1e-4))
-    elif name == "RMSprop":
-        hp = dict(lr=u(1e-3, 3e-2), alpha=u(0.8, 0.999), eps=logu(1e-9, 1e-6),
-                  momentum=opt("momentum", 0.3, 0.95), centered="centered" in on)
-    elif name in ("Adam", "AdamW"):
-        hp = dict(lr=u(1e-3, 5e-2), betas=(u(0.5, 0.95), u(0.9, 0.9999)),
-                  eps=logu(1e-10, 1e-6), amsgrad="amsgrad" in on)
-        if name == "Adam":
-            hp["decoupled_weight_decay"] = "decoupled_weight_decay" in on
-    elif name == "Adamax":
-        hp = dict(lr=u(1e-3, 5e-2), betas=(u(0.5, 0.95), u(0.9, 0.9999)),
-                  eps=logu(1e-10, 1e-6))
-    elif name == "NAdam":
-        hp = dict(lr=u(1e-3, 5e-2), betas=(u(0.5, 0.95), u(0.9, 0.9999)),
-                  eps=logu(1e-10, 1e-6), momentum_decay=logu(1e-3, 3e-2),
-                  decoupled_weight_decay="decoupled_weight_decay" in on)
-    else:
-        raise KeyError(name)
-    # A power of two: then ``g + wd * p`` is one correctly rounded float32 operation, so a
-    # float32 run and the float64 reference see the same sign of an L2-decayed gradient that
-    # nearly cancels (the first Adam/Adagrad/RMSprop step is sign(g) * lr, so a sign flip in
-    # float32 would be a real difference that no tolerance covers).
-    hp["weight_decay"] = float(2.0 ** -rng.integers(2, 8)) if "weight_decay" in on else 0.0
-    hp["maximize"] = "maximize" in on
-    return hp

@@ -40,7 +40,7 @@ for dtype in (np.float32, np.float64):
         })
 kernels = {}
 for parallel in (False, True):
-    stats = cpu.kernel(algorithms.ADAM, (), parallel).stats
+    stats = cpu.kernel(algorithms.ADAM.spec, (), parallel).stats
     kernels["parallel" if parallel else "serial"] = {
         "hits": {str(sig): count for sig, count in stats.cache_hits.items()},
         "misses": {str(sig): count for sig, count in stats.cache_misses.items()},
@@ -108,7 +108,7 @@ def test_editing_a_compiled_in_module_gives_a_new_kernel_module(tmp_path, monkey
 
     monkeypatch.setenv("FASTGD_CACHE_DIR", str(tmp_path))
     inlined = tmp_path / "inlined.py"
-    monkeypatch.setattr(codegen, "_INLINED", [inlined])
+    monkeypatch.setattr(codegen, "compiled_in", lambda source: [inlined])
     names = []
     for text in ("A = 1\n", "A = 1\n", "A = 2\n"):
         inlined.write_text(text)

@@ -1,20 +1,23 @@
 """fastgd.save / fastgd.load: bit-identical resume, atomic writes, refusals."""
 
+import cases
 import numpy as np
 import pytest
 
 import fastgd
 from fastgd import schedules as S
 
-CONFIGS = [
-    (fastgd.Adam, dict(lr=S.linear_warmup(0.0, 0.01, 3, then=S.cosine(0.01, 20)),
-                       amsgrad=True, weight_decay=0.1)),
-    (fastgd.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
-    (fastgd.NAdam, dict(lr=S.inverse_sqrt(0.01), decoupled_weight_decay=True,
-                        weight_decay=0.01)),
-    (fastgd.RMSprop, dict(centered=True, momentum=0.3)),
-    (fastgd.Adagrad, dict(lr_decay=0.01, initial_accumulator_value=0.2)),
-]
+
+def _with_schedule(i: int, options: dict) -> dict:
+    """``options`` with its lr as a number, or turned into one of two schedules."""
+    lr = options["lr"]
+    return {**options, "lr": (lr, S.linear_warmup(0.0, lr, 3, then=S.cosine(lr, 20)),
+                              S.inverse_sqrt(lr))[i % 3]}
+
+
+#: Every algorithm with every switch on, its lr a number or a schedule.
+CONFIGS = [(cases.optimizer_class(name), _with_schedule(i, cases.example(name)))
+           for i, name in enumerate(cases.NAMES)]
 
 
 def make_params(rng):

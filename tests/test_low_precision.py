@@ -1,5 +1,6 @@
 """float16 / bfloat16 parameters: read and written in place, float32 state and arithmetic."""
 
+import cases
 import numpy as np
 import pytest
 
@@ -8,12 +9,8 @@ from fastgd import cpu
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 LOW = [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
-CONFIGS = [
-    (fastgd.Adam, dict(lr=0.01, weight_decay=0.01, amsgrad=True)),
-    (fastgd.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
-    (fastgd.RMSprop, dict(lr=0.01, centered=True)),
-    (fastgd.NAdam, dict(lr=0.01)),
-]
+#: Every algorithm, with every switch on.
+CONFIGS = [(cases.optimizer_class(name), cases.example(name)) for name in cases.NAMES]
 
 
 def rounded(x, dtype):

@@ -22,37 +22,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cases
 import numpy as np
 import pytest
 
 import fastgd
-from fastgd import functional as F
+from fastgd.algorithms import ALGORITHMS
 
+#: Every algorithm with every switch on (the test table's example), and a few more settings.
 CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
-    "SGD-momentum": (fastgd.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.1,
-                                  "weight_decay": 1e-3}),
+    name: (cases.optimizer_class(name), cases.example(name, seed=1)) for name in cases.NAMES}
+CONFIGS.update({
     "SGD-nesterov": (fastgd.SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True,
                                   "weight_decay": 1e-3, "maximize": True}),
-    "Adagrad": (fastgd.Adagrad, {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 1e-3,
-                                 "initial_accumulator_value": 0.1, "eps": 1e-8}),
-    "Adadelta": (fastgd.Adadelta, {"lr": 0.5, "rho": 0.8, "eps": 1e-5, "weight_decay": 1e-3,
-                                   "maximize": True}),
-    "RMSprop": (fastgd.RMSprop, {"lr": 0.01, "alpha": 0.9, "eps": 1e-6, "weight_decay": 1e-3,
-                                 "momentum": 0.5, "centered": True}),
     "RMSprop-plain": (fastgd.RMSprop, {"lr": 0.02, "alpha": 0.95, "maximize": True}),
-    "Adam": (fastgd.Adam, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6,
-                           "weight_decay": 1e-3, "amsgrad": True}),
     "Adam-decoupled": (fastgd.Adam, {"lr": 0.01, "weight_decay": 0.02,
                                      "decoupled_weight_decay": True, "maximize": True}),
-    "AdamW": (fastgd.AdamW, {"lr": 0.01, "betas": (0.85, 0.995), "weight_decay": 0.05,
-                             "amsgrad": True, "maximize": True}),
-    "Adamax": (fastgd.Adamax, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6,
-                               "weight_decay": 1e-3, "maximize": True}),
-    "NAdam": (fastgd.NAdam, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6,
-                             "weight_decay": 1e-2, "momentum_decay": 8e-3,
-                             "decoupled_weight_decay": True}),
     "NAdam-L2": (fastgd.NAdam, {"lr": 0.01, "weight_decay": 1e-3}),
-}
+})
 NAMES = list(CONFIGS)
 K, N = 3, 4                              # steps before the checkpoint, steps after
 LATE = 4                                 # params[LATE] has no gradient before step K + 1
@@ -228,8 +215,8 @@ def test_state_dict_holds_plain_numbers_and_array_copies(cname):
     for i, entry in sd["state"].items():
         assert type(i) is int
         assert type(entry["step"]) is int and entry["step"] == K
-        if "mu_product" in entry:
-            assert type(entry["mu_product"]) is float and 0 < entry["mu_product"] < 1
+        for scalar in opt.algorithm.scalars:
+            assert type(entry[scalar.name]) is float, scalar.name
         for key, value in entry.items():
             if isinstance(value, np.ndarray):
                 assert value.shape == params[i].shape and value.dtype == params[i].dtype, key
@@ -239,14 +226,20 @@ def test_state_dict_holds_plain_numbers_and_array_copies(cname):
     for arr in arrays:
         for other in live:
             assert not np.shares_memory(arr, other)
-    # the same holds with torch tensors as parameters
+    # with torch tensors as parameters the arrays are torch tensors (copies), which
+    # torch.optim can load
     torch = pytest.importorskip("torch")
     tparams = [torch.from_numpy(p) for p in copies(make_params())]
     topt = build(cname, tparams)
     advance(topt, make_params(), 0, K)   # grads depend on shapes and dtypes only
-    tarrays: list[np.ndarray] = []
-    _walk(topt.state_dict(), "sd", tarrays)
-    assert_sd_equal(topt.state_dict(), sd)
+    tsd = topt.state_dict()
+    for i, entry in tsd["state"].items():
+        for key, value in entry.items():
+            if key in sd["state"][i] and isinstance(sd["state"][i][key], np.ndarray):
+                assert isinstance(value, torch.Tensor), key
+                assert value.data_ptr() not in [t.data_ptr() for t in tparams]
+                entry[key] = value.numpy()
+    assert_sd_equal(tsd, sd)
 
 
 @pytest.mark.parametrize("cname", NAMES)
@@ -433,7 +426,7 @@ def test_dict_of_another_algorithm_refused(cname):
 
 
 def test_adam_into_sgd_and_back_explicitly():
-    for target, source in (("SGD-momentum", "Adam"), ("Adam", "SGD-momentum"),
+    for target, source in (("SGD", "Adam"), ("Adam", "SGD"),
                            ("NAdam", "Adam-decoupled"), ("Adagrad", "Adadelta")):
         guard = Guard(target)
         exc = guard.refuse(checkpoint(source)[0].state_dict())
@@ -506,23 +499,23 @@ def structural_cases(sd: dict, cname: str):
     yield "state 0 fine, state 3 bad", variant(lambda d: (
         d["state"][0].__setitem__(arr_key, d["state"][0][arr_key] + 1),
         d["state"][3].__setitem__(arr_key, np.zeros(2, np.float32))))
+    algorithm = CONFIGS[cname][0].algorithm
+    optional = {s.name for s in algorithm.optional}
     required = [k for k, v in sd["state"][0].items()
-                if isinstance(v, np.ndarray) and k not in ("momentum_buffer", "grad_avg",
-                                                           "max_exp_avg_sq")]
+                if isinstance(v, np.ndarray) and k not in optional]
     for key in required:
         yield f"missing {key}", variant(lambda d, key=key: d["state"][0].pop(key))
-    if "mu_product" in sd["state"][0]:
-        yield "missing mu_product", variant(lambda d: d["state"][0].pop("mu_product"))
-        yield "mu_product text", variant(lambda d: d["state"][0].__setitem__(
-            "mu_product", "x"))
-        yield "mu_product NaN", variant(lambda d: d["state"][0].__setitem__(
-            "mu_product", math.nan))
+    for scalar in (s.name for s in algorithm.scalars):
+        yield f"missing {scalar}", variant(lambda d, k=scalar: d["state"][0].pop(k))
+        yield f"{scalar} text", variant(lambda d, k=scalar: d["state"][0].__setitem__(k, "x"))
+        yield f"{scalar} NaN", variant(lambda d, k=scalar: d["state"][0].__setitem__(
+            k, math.nan))
     if "betas" in sd["param_groups"][0]:
         yield "beta2 == 1", variant(lambda d: d["param_groups"][0].__setitem__(
             "betas", (0.9, 1.0)))
         yield "betas scalar", variant(lambda d: d["param_groups"][0].__setitem__(
             "betas", 0.9))
-    if cname.startswith("SGD"):
+    if algorithm.name == "SGD":
         yield "nesterov without momentum", variant(lambda d: (
             d["param_groups"][0].__setitem__("nesterov", True),
             d["param_groups"][0].__setitem__("momentum", 0.0)))
@@ -615,65 +608,18 @@ def test_non_integer_state_keys_refused(key):
 # -- learning rate changes --------------------------------------------------------------------
 
 def functional_twin(cname: str, params: list[np.ndarray]):
-    """A function ``step(t, grads, lrs)`` applying the config with the functional API."""
+    """A function ``step(t, grads, lrs)`` applying the config with the functional API (its
+    state made on the first step, with that step's learning rate)."""
     cls, kw = CONFIGS[cname]
-    states = [dict() for _ in params]
-    mu = [1.0 for _ in params]
-
-    def zeros(p, fill=0.0):
-        return np.full_like(p, fill)
-
-    for p, st in zip(params, states, strict=True):
-        if cls is fastgd.SGD and kw.get("momentum", 0):
-            st["momentum_buffer"] = zeros(p)
-        elif cls is fastgd.Adagrad:
-            st["sum"] = zeros(p, kw.get("initial_accumulator_value", 0.0))
-        elif cls is fastgd.Adadelta:
-            st.update(square_avg=zeros(p), acc_delta=zeros(p))
-        elif cls is fastgd.RMSprop:
-            st["square_avg"] = zeros(p)
-            if kw.get("momentum", 0) > 0:
-                st["momentum_buffer"] = zeros(p)
-            if kw.get("centered"):
-                st["grad_avg"] = zeros(p)
-        elif cls in (fastgd.Adam, fastgd.AdamW):
-            st.update(exp_avg=zeros(p), exp_avg_sq=zeros(p))
-            if kw.get("amsgrad"):
-                st["max_exp_avg_sq"] = zeros(p)
-        elif cls is fastgd.Adamax:
-            st.update(exp_avg=zeros(p), exp_inf=zeros(p))
-        elif cls is fastgd.NAdam:
-            st.update(exp_avg=zeros(p), exp_avg_sq=zeros(p))
-
-    betas = kw.get("betas", (0.9, 0.999))
-    common = {k: v for k, v in kw.items() if k not in ("lr", "betas", "amsgrad")}
-    if cls in (fastgd.Adam, fastgd.AdamW, fastgd.Adamax, fastgd.NAdam):
-        common.update(beta1=betas[0], beta2=betas[1])
+    takes_lr = "lr" in cases.signature_parts(ALGORITHMS[cls.__name__])[2]
+    runners: list[cases.FunctionalRunner] = []
 
     def step(t: int, grads, lrs) -> None:
-        for i, (p, g, lr) in enumerate(zip(params, grads, lrs, strict=True)):
-            st = states[i]
-            if cls is fastgd.SGD:
-                F.sgd(p, g, st.get("momentum_buffer"), lr=lr, first_step=t == 1, **common)
-            elif cls is fastgd.Adagrad:
-                extra = {k: v for k, v in common.items() if k != "initial_accumulator_value"}
-                F.adagrad(p, g, st["sum"], step=t, lr=lr, **extra)
-            elif cls is fastgd.Adadelta:
-                F.adadelta(p, g, st["square_avg"], st["acc_delta"], lr=lr, **common)
-            elif cls is fastgd.RMSprop:
-                F.rmsprop(p, g, st["square_avg"], st.get("momentum_buffer"),
-                          st.get("grad_avg"), lr=lr, **common)
-            elif cls is fastgd.AdamW:
-                F.adamw(p, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"),
-                        step=t, lr=lr, **common)
-            elif cls is fastgd.Adam:
-                F.adam(p, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"),
-                       step=t, lr=lr, **common)
-            elif cls is fastgd.Adamax:
-                F.adamax(p, g, st["exp_avg"], st["exp_inf"], step=t, lr=lr, **common)
-            elif cls is fastgd.NAdam:
-                mu[i] = F.nadam(p, g, st["exp_avg"], st["exp_avg_sq"], step=t,
-                                mu_product=mu[i], lr=lr, **common)
+        if t == 1:
+            runners[:] = [cases.FunctionalRunner(cls.__name__, {**kw, "lr": lr}, p, offset=False)
+                          for p, lr in zip(params, lrs, strict=True)]
+        for runner, g, lr in zip(runners, grads, lrs, strict=True):
+            runner.step(g, **({"lr": lr} if takes_lr else {}))
 
     return step
 
@@ -729,7 +675,7 @@ def test_per_group_lr_changes_match_functional(cname):
     assert opt.lr == 0.125 and [g["lr"] for g in opt.param_groups] == [0.125, 0.125]
 
 
-@pytest.mark.parametrize("cname", ["Adam", "SGD-momentum", "NAdam"])
+@pytest.mark.parametrize("cname", ["Adam", "SGD", "NAdam"])
 def test_lr_changed_before_checkpoint_is_carried_by_the_dict(cname):
     opt, params = checkpoint(cname)
     base_lr = CONFIGS[cname][1]["lr"]

@@ -1,23 +1,28 @@
 """fastgd against torch.optim (skipped without torch).
 
-Every fastgd optimizer class runs side by side with the torch.optim class of the same name
-(its default CPU path) on the same gradients, with random valid hyperparameters and every
-option combination, in float64 and float32, with two parameter groups with different
-options, and stepping the parameters of a small ``torch.nn`` model in place (``opt.step()``
-reading ``.grad``) next to a deep copy trained by torch.optim. Tolerances (relative error):
-float64 1e-8 (NAdam 1e-6: torch keeps ``mu_product`` in float32), float32 1e-4.
+Every fastgd optimizer class that torch.optim has too runs side by side with the torch.optim
+class of the same name (its default CPU path) on the same gradients, with random valid
+hyperparameters and every option combination, in float64 and float32, with two parameter
+groups with different options, and stepping the parameters of a small ``torch.nn`` model in
+place (``opt.step()`` reading ``.grad``) next to a deep copy trained by torch.optim.
+Tolerances (relative error): float64 1e-8, float32 1e-4. torch keeps its per-parameter
+scalars (``step``, NAdam's ``mu_product``, ASGD's ``eta`` and ``mu``) in its default dtype:
+float64 runs set it to float64.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from reference import OPTIONS, option_cases, random_hyperparameters
+from cases import NAMES as ALL_NAMES
+from cases import full_case, option_cases, random_hyperparameters
 
 import fastgd
 import fastgd.cpu
@@ -25,17 +30,26 @@ from fastgd import functional as F
 
 torch = pytest.importorskip("torch")
 
-NAMES = list(OPTIONS)
+#: The algorithms torch.optim has.
+NAMES = [name for name in ALL_NAMES if hasattr(torch.optim, name)]
 BIG = 2 * getattr(fastgd.cpu, "BLOCK", 16384) + 37
 STEPS = 40
 TORCH_DTYPES = {np.float32: torch.float32, np.float64: torch.float64}
 
 
 def rtol_for(name: str, dtype: Any) -> float:
-    if dtype == np.float32:
-        return 1e-4
-    # torch keeps NAdam's mu_product in a float32 tensor.
-    return 1e-6 if name == "NAdam" else 1e-8
+    return 1e-4 if dtype == np.float32 else 1e-8
+
+
+@contextlib.contextmanager
+def torch_default_dtype(dtype: Any) -> Iterator[None]:
+    """torch's default dtype set to ``dtype`` (its optimizers' scalar state follows it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(TORCH_DTYPES[np.dtype(dtype).type])
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -87,9 +101,12 @@ def torch_class(name: str) -> Any:
     return getattr(torch.optim, name)
 
 
+SCALAR_STATE = ("step", "mu_product", "eta", "mu")
+
+
 def torch_arrays(torch_state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in torch_state.items()
-            if isinstance(v, torch.Tensor) and k not in ("step", "mu_product")}
+            if isinstance(v, torch.Tensor) and k not in SCALAR_STATE}
 
 
 class Peaks:
@@ -117,9 +134,10 @@ def compare_states(name: str, fast_state: dict[str, Any], torch_state: dict[str,
         assert_close(fast_state[key], value, rtol, f"{what} state {key!r}", peak(key))
     if "step" in torch_state:  # (torch's SGD does not count steps)
         assert fast_state["step"] == int(to_numpy(torch_state["step"]))
-    if name == "NAdam":
-        assert math.isclose(fast_state["mu_product"], float(to_numpy(torch_state["mu_product"])),
-                            rel_tol=1e-6)
+    for key in SCALAR_STATE[1:]:
+        if key in torch_state:
+            assert math.isclose(fast_state[key], float(to_numpy(torch_state[key])),
+                                rel_tol=rtol), (what, key)
 
 
 def same_accumulator(name: str, hp0: dict[str, Any], hp1: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +178,12 @@ def test_parallel_kernel_matches_torch(name: str, dtype: Any,
 
 def run_side_by_side(name: str, options: tuple[str, ...], dtype: Any,
                      rng: np.random.Generator) -> None:
+    with torch_default_dtype(dtype):
+        _run_side_by_side(name, options, dtype, rng)
+
+
+def _run_side_by_side(name: str, options: tuple[str, ...], dtype: Any,
+                      rng: np.random.Generator) -> None:
     hp0 = random_hyperparameters(name, options, rng)
     cases = option_cases(name)
     hp1 = same_accumulator(name, hp0, random_hyperparameters(
@@ -218,7 +242,12 @@ MODEL_CASES = [pytest.param(name, options, id=f"{name}-{'+'.join(options) or 'pl
 @pytest.mark.parametrize("name, options", MODEL_CASES)
 def test_steps_torch_model_like_torch_optim(name: str, options: tuple[str, ...], dtype: Any,
                                             request: pytest.FixtureRequest) -> None:
-    rng = seeded_rng(request)
+    with torch_default_dtype(dtype):
+        steps_torch_model_like_torch_optim(name, options, dtype, seeded_rng(request))
+
+
+def steps_torch_model_like_torch_optim(name: str, options: tuple[str, ...], dtype: Any,
+                                       rng: np.random.Generator) -> None:
     hp0 = random_hyperparameters(name, options, rng)
     hp1 = same_accumulator(name, hp0, random_hyperparameters(
         name, option_cases(name)[len(option_cases(name)) // 2], rng))
@@ -310,13 +339,24 @@ def test_functional_on_tensors_matches_torch(dtype: Any) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_non_finite_gradients_propagate_like_torch(name: str) -> None:
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    hp = random_hyperparameters(name, OPTIONS[name] if name != "SGD" else (
-        "momentum", "nesterov", "weight_decay"), rng)
+    hp = random_hyperparameters(name, full_case(name), rng)
     n = 200
     a = rng.standard_normal(n)
     p = torch.tensor(a.copy())
     ours = getattr(fastgd, name)([a], **hp)
-    theirs = torch_class(name)([p], **hp)
+    with torch_default_dtype(np.float64):
+        theirs = torch_class(name)([p], **hp)
+        run_with_non_finite_gradients(ours, theirs, a, p, rng)
+    expected = p.numpy()
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(a), np.isinf(expected))
+    assert np.isnan(a[[5, 17, 150]]).all()
+    assert_close(a, expected, 1e-8, name)
+
+
+def run_with_non_finite_gradients(ours: Any, theirs: Any, a: np.ndarray, p: Any,
+                                  rng: np.random.Generator) -> None:
+    n = a.size
     for t in range(1, 8):
         g = rng.standard_normal(n)
         if t == 3:
@@ -326,8 +366,3 @@ def test_non_finite_gradients_propagate_like_torch(name: str) -> None:
         ours.step([g])
         p.grad = torch.from_numpy(g.copy())
         theirs.step()
-    expected = p.numpy()
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(expected))
-    np.testing.assert_array_equal(np.isinf(a), np.isinf(expected))
-    assert np.isnan(a[[5, 17, 150]]).all()
-    assert_close(a, expected, 1e-8, name)

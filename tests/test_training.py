@@ -1,5 +1,6 @@
 """Training-loop features of the optimizer classes: schedules as lr, many-tensor steps."""
 
+import cases
 import numpy as np
 import pytest
 
@@ -7,6 +8,10 @@ import fastgd
 import fastgd.functional as F
 from fastgd import cpu
 from fastgd import schedules as S
+
+#: Every algorithm, with every switch on.
+CONFIGS = [(cases.optimizer_class(name), cases.example(name)) for name in cases.NAMES]
+IDS = cases.NAMES
 
 SCHEDULES = [
     S.inverse_sqrt(0.1),
@@ -16,13 +21,13 @@ SCHEDULES = [
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=repr)
-@pytest.mark.parametrize("cls", [fastgd.SGD, fastgd.Adam, fastgd.RMSprop, fastgd.NAdam,
-                                 fastgd.Adagrad])
-def test_schedule_equals_setting_lr_by_hand(cls, schedule):
+@pytest.mark.parametrize("cls, options", CONFIGS, ids=IDS)
+def test_schedule_equals_setting_lr_by_hand(cls, options, schedule):
     rng = np.random.default_rng(3)
     p = rng.standard_normal(50)
     q = p.copy()
-    scheduled, manual = cls([p], lr=schedule), cls([q], lr=1.0)
+    options = {k: v for k, v in options.items() if k != "lr"}
+    scheduled, manual = cls([p], lr=schedule, **options), cls([q], lr=schedule(1), **options)
     for t in range(1, 21):
         g = rng.standard_normal(50)
         manual.lr = schedule(t)
@@ -39,12 +44,7 @@ def test_schedule_is_checked_at_construction():
 
 @pytest.mark.parametrize("threshold", [64, 10**9])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cls, options", [
-    (fastgd.Adam, dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
-    (fastgd.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
-    (fastgd.RMSprop, dict(momentum=0.5, centered=True)),
-    (fastgd.NAdam, dict()),
-])
+@pytest.mark.parametrize("cls, options", CONFIGS, ids=IDS)
 def test_many_tensor_step_equals_one_call_per_tensor(cls, options, dtype, threshold,
                                                      monkeypatch):
     monkeypatch.setattr(cpu, "PARALLEL_THRESHOLD", threshold)
@@ -106,6 +106,25 @@ def test_clipping_matches_torch_clip_grad_norm(max_norm):
             np.testing.assert_array_equal(g, k)  # the gradients themselves are not written
     for p, tp in zip(params, tparams, strict=True):
         np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("cls, options", CONFIGS, ids=IDS)
+def test_clipping_scales_the_gradients_inside_the_kernel(cls, options):
+    """``step(grads, max_norm=c)`` is, bit for bit, the step with every gradient multiplied
+    by ``min(1, c / (norm + 1e-6))`` (the factor applied as the kernel reads it)."""
+    rng = np.random.default_rng(9)
+    params = [rng.standard_normal(n).astype(np.float32) for n in (40000, 7, 300)]
+    twins = [p.copy() for p in params]
+    clipped, scaled = cls(params, **options), cls(twins, **options)
+    for _ in range(4):
+        grads = [(5 * rng.standard_normal(p.shape)).astype(np.float32) for p in params]
+        norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
+        info = clipped.step(grads, max_norm=1.0)
+        assert info.grad_norm == pytest.approx(norm, rel=1e-12)
+        factor = np.float32(min(1.0, 1.0 / (info.grad_norm + 1e-6)))
+        scaled.step([g * factor for g in grads])
+    for p, t in zip(params, twins, strict=True):
+        np.testing.assert_array_equal(p, t)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

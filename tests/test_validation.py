@@ -16,12 +16,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import cases
 import numpy as np
 import pytest
 
 import fastgd
 import fastgd.cpu
 from fastgd import functional as F
+from fastgd.algorithms import ALGORITHMS
 
 NAN, INF = math.nan, math.inf
 
@@ -94,78 +96,53 @@ class FakeGpuArray:
                                          "data": (0, False), "version": 3, "strides": None}
 
 
-# -- the functional API ----------------------------------------------------------------------
+# -- the functional API (every algorithm of the test table) -------------------------------------
 
 @dataclass
 class Algo:
+    """A functional function with arguments that enable every state array it has."""
+
+    name: str                        # the class name
     fn: Any
     states: tuple[str, ...]          # every state argument the call below passes
     hp: dict[str, Any]               # non-default hyperparameters enabling those states
-    stepped: bool = True             # takes step=
-    extra_bad: list[tuple[dict[str, Any], tuple[str, ...]]] = field(default_factory=list)
+    inputs: tuple[str, ...]          # what the step needs (step, first_step, scalars)
+    scalars: dict[str, float] = field(default_factory=dict)  # their starting values
+
+    @property
+    def stepped(self) -> bool:
+        return "step" in self.inputs
 
 
-BETAS_BAD = [({"beta1": 1.0}, ("beta1",)), ({"beta1": -0.1}, ("beta1",)),
-             ({"beta2": 1.0}, ("beta2",)), ({"beta2": 1.5}, ("beta2",)),
-             ({"beta1": NAN}, ("beta1",)), ({"beta2": True}, ("beta2",)),
-             ({"beta1": "0.9"}, ("beta1",))]
-EPS_BAD = [({"eps": -1e-8}, ("eps",)), ({"eps": NAN}, ("eps",)), ({"eps": INF}, ("eps",)),
-           ({"eps": False}, ("eps",))]
+def _algo(name: str) -> Algo:
+    hp = cases.example(name)
+    return Algo(name, cases.functional(name), tuple(cases.state_names(name, hp)),
+                cases.functional_overrides(name, hp, strict=False),
+                ALGORITHMS[name].inputs, cases.initial_scalars(name, hp))
 
-ALGOS = {
-    "sgd": Algo(F.sgd, ("momentum_buffer",), {"lr": 0.1, "momentum": 0.9, "dampening": 0.1,
-                                              "weight_decay": 0.01}, stepped=False,
-                extra_bad=[
-                    ({"momentum": -0.5}, ("momentum",)), ({"momentum": True}, ("momentum",)),
-                    ({"momentum": NAN}, ("momentum",)),
-                    ({"nesterov": True, "momentum": 0.0}, ("nesterov",)),
-                    ({"nesterov": True, "dampening": 0.1}, ("nesterov",)),
-                    ({"dampening": NAN}, ("dampening",)), ({"dampening": INF}, ("dampening",)),
-                    ({"nesterov": "yes"}, ("nesterov",)),
-                    ({"first_step": None}, ("first_step",))]),
-    "adagrad": Algo(F.adagrad, ("sum",), {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.01},
-                    extra_bad=[({"lr_decay": -0.1}, ("lr_decay",)),
-                               ({"lr_decay": NAN}, ("lr_decay",)), *EPS_BAD]),
-    "adadelta": Algo(F.adadelta, ("square_avg", "acc_delta"), {"rho": 0.8, "weight_decay": 0.01},
-                     stepped=False,
-                     extra_bad=[({"rho": -0.1}, ("rho",)), ({"rho": 1.01}, ("rho",)),
-                                ({"rho": NAN}, ("rho",)), *EPS_BAD]),
-    "rmsprop": Algo(F.rmsprop, ("square_avg", "momentum_buffer", "grad_avg"),
-                    {"momentum": 0.5, "centered": True, "weight_decay": 0.01}, stepped=False,
-                    extra_bad=[({"alpha": -0.1}, ("alpha",)), ({"alpha": NAN}, ("alpha",)),
-                               ({"momentum": -0.1}, ("momentum",)),
-                               ({"centered": "yes"}, ("centered",)), *EPS_BAD]),
-    "adam": Algo(F.adam, ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-                 {"lr": 0.01, "weight_decay": 0.01},
-                 extra_bad=[*BETAS_BAD, *EPS_BAD,
-                            ({"decoupled_weight_decay": "no"}, ("decoupled_weight_decay",))]),
-    "adamw": Algo(F.adamw, ("exp_avg", "exp_avg_sq"), {"lr": 0.01, "weight_decay": 0.1},
-                  extra_bad=[*BETAS_BAD, *EPS_BAD]),
-    "adamax": Algo(F.adamax, ("exp_avg", "exp_inf"), {"lr": 0.01, "weight_decay": 0.01},
-                   extra_bad=[*BETAS_BAD, *EPS_BAD]),
-    "nadam": Algo(F.nadam, ("exp_avg", "exp_avg_sq"),
-                  {"lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True},
-                  extra_bad=[*BETAS_BAD, *EPS_BAD,
-                             ({"momentum_decay": -1e-3}, ("momentum_decay",)),
-                             ({"mu_product": 1.5}, ("mu_product",)),
-                             ({"mu_product": -0.1}, ("mu_product",)),
-                             ({"mu_product": NAN}, ("mu_product",)),
-                             ({"mu_product": None}, ("mu_product",))]),
-}
+
+ALGOS = {ALGORITHMS[name].function_name: _algo(name) for name in cases.NAMES}
 NAMES = list(ALGOS)
 STEPPED = [n for n in NAMES if ALGOS[n].stepped]
-
-COMMON_BAD = [
-    ({"lr": -0.1}, ("lr",)), ({"lr": NAN}, ("lr",)), ({"lr": INF}, ("lr",)),
-    ({"lr": -INF}, ("lr",)), ({"lr": "0.1"}, ("lr",)), ({"lr": None}, ("lr",)),
-    ({"lr": True}, ("lr",)), ({"lr": [0.1]}, ("lr",)), ({"lr": 1 + 1j}, ("lr",)),
-    ({"lr": object()}, ("lr",)),
-    ({"weight_decay": -1e-3}, ("weight_decay",)), ({"weight_decay": NAN}, ("weight_decay",)),
-    ({"weight_decay": True}, ("weight_decay",)),
-    ({"maximize": "yes"}, ("maximize",)), ({"maximize": None}, ("maximize",)),
-]
 STEP_BAD = [({"step": 0}, ("step",)), ({"step": -1}, ("step",)), ({"step": 1.0}, ("step",)),
             ({"step": 2.5}, ("step",)), ({"step": "1"}, ("step",)), ({"step": None}, ("step",))]
+
+
+def bad_functional_hyperparameters(name: str):
+    """Invalid keyword arguments of a functional function (hyperparameters and step inputs)
+    with the names their errors must mention."""
+    algo = ALGOS[name]
+    for options, names in cases.bad_hyperparameters(algo.name):
+        overrides = cases.functional_overrides(algo.name, options)
+        if overrides is not None:
+            yield overrides, names
+    if algo.stepped:
+        yield from STEP_BAD
+    if "first_step" in algo.inputs:
+        yield from (({"first_step": bad}, ("first_step",)) for bad in ("yes", None))
+    for scalar in ALGORITHMS[algo.name].scalars:
+        yield from (({scalar.name: bad}, (scalar.name,))
+                    for bad in cases._bad_reals(scalar.domain))
 
 
 def state_values(name: str, rng: np.random.Generator, shape, dtype) -> np.ndarray:
@@ -186,17 +163,10 @@ def make_arrays(name: str, shape=(6,), dtype=np.float64, order="C", seed=0
     return {k: np.array(v, order=order) for k, v in arrays.items()}
 
 
-def call(name: str, arrays: dict[str, Any], t: int = 2, mu_product: float = 0.9,
-         **overrides: Any) -> Any:
+def call(name: str, arrays: dict[str, Any], t: int = 2, **overrides: Any) -> Any:
     algo = ALGOS[name]
-    kwargs = dict(algo.hp)
-    if algo.stepped:
-        kwargs["step"] = t
-    if name == "nadam":
-        kwargs["mu_product"] = mu_product
-    if name == "sgd":
-        kwargs["first_step"] = t == 1
-    kwargs.update(overrides)
+    inputs = {"step": t, "first_step": t == 1, **algo.scalars}
+    kwargs = {**algo.hp, **{n: inputs[n] for n in algo.inputs}, **overrides}
     states = {k: v for k, v in arrays.items() if k not in ("param", "grad")}
     return algo.fn(arrays["param"], arrays["grad"], **states, **kwargs)
 
@@ -443,11 +413,8 @@ def test_grad_aliasing_param_refused(name):
 
 def bad_hyperparameter_cases():
     for name in NAMES:
-        for overrides, names in COMMON_BAD + ALGOS[name].extra_bad:
+        for overrides, names in bad_functional_hyperparameters(name):
             yield pytest.param(name, overrides, names, id=f"{name}-{overrides!r}")
-        if ALGOS[name].stepped:
-            for overrides, names in STEP_BAD:
-                yield pytest.param(name, overrides, names, id=f"{name}-{overrides!r}")
 
 
 @pytest.mark.parametrize("name,overrides,names", list(bad_hyperparameter_cases()))
@@ -478,21 +445,24 @@ def test_array_lr_refused_naming_lr(name):
     refuse_call(name, make_arrays(name), ("lr",), lr=np.array([0.1, 0.2]))
 
 
-@pytest.mark.parametrize("hp,missing", [
-    ("sgd", "momentum_buffer"), ("rmsprop-centered", "grad_avg"),
-    ("rmsprop-momentum", "momentum_buffer"), ("adam", "exp_avg"), ("adam", "exp_avg_sq"),
-    ("adagrad", "sum"), ("adadelta", "acc_delta"), ("adamax", "exp_inf"),
-    ("nadam", "exp_avg_sq")])
-def test_missing_required_state(hp, missing):
-    name = hp.split("-")[0]
+IMPLIED = {s.name for a in ALGORITHMS.values() for s in a.states if s.implied}
+
+
+@pytest.mark.parametrize("name,missing", [(n, s) for n in NAMES for s in ALGOS[n].states
+                                          if s not in IMPLIED])
+def test_missing_required_state(name, missing):
+    """Every state the hyperparameters use is required (``ALGOS`` enables them all; a state
+    whose presence is an option, Adam's ``max_exp_avg_sq``, is never missing)."""
     arrays = make_arrays(name)
     arrays[missing] = None
-    overrides = {}
-    if hp == "rmsprop-centered":
-        overrides = {"momentum": 0.0, "centered": True}
-    elif hp == "rmsprop-momentum":
-        overrides = {"momentum": 0.9, "centered": False}
-    refuse_call(name, arrays, (missing,), **overrides)
+    refuse_call(name, arrays, (missing,))
+
+
+def test_missing_optional_state_with_other_options():
+    arrays = make_arrays("rmsprop")
+    for overrides, missing in (({"momentum": 0.0, "centered": True}, "grad_avg"),
+                               ({"momentum": 0.9, "centered": False}, "momentum_buffer")):
+        refuse_call("rmsprop", {**arrays, missing: None}, (missing,), **overrides)
 
 
 def test_rmsprop_missing_state_arguments_left_out():
@@ -517,16 +487,18 @@ def run_steps(name: str, arrays: dict[str, Any], grads: list[np.ndarray],
               feed: Any = None) -> None:
     """Two or more steps, writing each gradient into ``arrays['grad']`` in place, or, with
     ``feed``, passing ``feed(gradient)`` as the gradient."""
-    mu = 1.0
+    scalars = dict(ALGOS[name].scalars)
     grad = arrays.get("grad")
     for t, g in enumerate(grads, start=1):
         if feed is None:
             as_numpy(grad)[...] = g
         else:
             arrays["grad"] = feed(g)
-        result = call(name, arrays, t=t, mu_product=mu)
-        if name == "nadam":
-            mu = result
+        result = call(name, arrays, t=t, **scalars)
+        if len(scalars) == 1:
+            scalars = dict.fromkeys(scalars, result)
+        elif scalars:
+            scalars = dict(zip(scalars, result, strict=True))
 
 
 def reference_values(name: str, base: dict[str, np.ndarray], grads) -> dict[str, np.ndarray]:
@@ -763,23 +735,9 @@ def test_parallel_kernel_on_fortran_slice(name):
 
 # -- optimizer classes -----------------------------------------------------------------------
 
-CLASSES = {
-    "SGD": (fastgd.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.1,
-                         "weight_decay": 1e-3}),
-    "SGD-nesterov": (fastgd.SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True,
-                                  "maximize": True}),
-    "Adagrad": (fastgd.Adagrad, {"lr": 0.05, "lr_decay": 0.01, "weight_decay": 1e-3,
-                                 "initial_accumulator_value": 0.1}),
-    "Adadelta": (fastgd.Adadelta, {"lr": 0.5, "rho": 0.8, "weight_decay": 1e-3}),
-    "RMSprop": (fastgd.RMSprop, {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "centered": True,
-                                 "weight_decay": 1e-3}),
-    "Adam": (fastgd.Adam, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 1e-3,
-                           "amsgrad": True}),
-    "AdamW": (fastgd.AdamW, {"lr": 0.01, "weight_decay": 0.05, "maximize": True}),
-    "Adamax": (fastgd.Adamax, {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 1e-3}),
-    "NAdam": (fastgd.NAdam, {"lr": 0.01, "momentum_decay": 8e-3, "weight_decay": 1e-2,
-                             "decoupled_weight_decay": True}),
-}
+CLASSES = {name: (cases.optimizer_class(name), cases.example(name)) for name in cases.NAMES}
+CLASSES["SGD-nesterov"] = (fastgd.SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True,
+                                        "maximize": True})
 CLASS_NAMES = list(CLASSES)
 
 
@@ -833,38 +791,8 @@ class OptimizerSnapshot:
 
 # constructor ------------------------------------------------------------------------------
 
-CONSTRUCTOR_BAD = [
-    ("SGD", {"lr": -0.1}, ("lr",)), ("SGD", {"lr": NAN}, ("lr",)), ("SGD", {"lr": INF}, ("lr",)),
-    ("SGD", {"lr": "fast"}, ("lr",)), ("SGD", {"lr": True}, ("lr",)),
-    ("SGD", {"lr": None}, ("lr",)),
-    ("SGD", {"momentum": -0.1}, ("momentum",)),
-    ("SGD", {"momentum": 0.0, "dampening": 0.0, "nesterov": True}, ("nesterov",)),
-    ("SGD", {"momentum": 0.9, "dampening": 0.1, "nesterov": True}, ("nesterov",)),
-    ("SGD", {"weight_decay": -1.0}, ("weight_decay",)),
-    ("SGD", {"maximize": "no"}, ("maximize",)),
-    ("Adagrad", {"lr_decay": -1.0}, ("lr_decay",)),
-    ("Adagrad", {"initial_accumulator_value": -1.0}, ("initial_accumulator_value",)),
-    ("Adagrad", {"initial_accumulator_value": NAN}, ("initial_accumulator_value",)),
-    ("Adagrad", {"eps": -1e-10}, ("eps",)),
-    ("Adadelta", {"rho": 1.5}, ("rho",)), ("Adadelta", {"rho": -0.5}, ("rho",)),
-    ("Adadelta", {"eps": -1.0}, ("eps",)), ("Adadelta", {"lr": INF}, ("lr",)),
-    ("RMSprop", {"alpha": -0.1}, ("alpha",)), ("RMSprop", {"momentum": -0.1}, ("momentum",)),
-    ("RMSprop", {"eps": -1.0}, ("eps",)), ("RMSprop", {"centered": "yes"}, ("centered",)),
-    ("Adam", {"betas": (1.0, 0.999)}, ("beta1", "betas")),
-    ("Adam", {"betas": (0.9, 1.0)}, ("beta2", "betas")),
-    ("Adam", {"betas": (-0.1, 0.9)}, ("beta1", "betas")),
-    ("Adam", {"betas": (0.9, NAN)}, ("beta2", "betas")),
-    ("Adam", {"betas": 0.9}, ("betas",)), ("Adam", {"betas": (0.9,)}, ("betas",)),
-    ("Adam", {"betas": (0.9, 0.99, 0.9)}, ("betas",)),
-    ("Adam", {"eps": -1e-8}, ("eps",)), ("Adam", {"amsgrad": "yes"}, ("amsgrad",)),
-    ("Adam", {"lr": -1e-3}, ("lr",)),
-    ("AdamW", {"weight_decay": -0.01}, ("weight_decay",)),
-    ("AdamW", {"betas": (0.9, 1.5)}, ("beta2", "betas")),
-    ("Adamax", {"betas": (-0.1, 0.9)}, ("beta1", "betas")), ("Adamax", {"eps": NAN}, ("eps",)),
-    ("NAdam", {"momentum_decay": -1.0}, ("momentum_decay",)),
-    ("NAdam", {"betas": (1.0, 0.9)}, ("beta1", "betas")),
-    ("NAdam", {"decoupled_weight_decay": "x"}, ("decoupled_weight_decay",)),
-]
+CONSTRUCTOR_BAD = [(name, overrides, names) for name in cases.NAMES
+                   for overrides, names in cases.bad_hyperparameters(name)]
 
 
 @pytest.mark.parametrize("cname,overrides,names", CONSTRUCTOR_BAD,
@@ -1085,10 +1013,12 @@ def test_bad_hyperparameter_set_between_steps(cname):
         assert names_argument(str(info.value), "lr")
         assert opt.lr == lr_before and all(g["lr"] == lr_before for g in opt.param_groups)
     snap.assert_unchanged()
-    opt.param_groups[0]["weight_decay"] = -1.0
-    refuse(lambda: opt.step(make_grads(params, 5)), *params, names=("weight_decay",))
-    opt.param_groups[0]["weight_decay"] = snap.groups[0]["weight_decay"]
-    snap.assert_unchanged()
+    for name, bad in (("weight_decay", -1.0), ("eps", NAN), ("maximize", "yes")):
+        if name in opt.param_groups[0]:
+            opt.param_groups[0][name] = bad
+            refuse(lambda: opt.step(make_grads(params, 5)), *params, names=(name,))
+            opt.param_groups[0][name] = snap.groups[0][name]
+            snap.assert_unchanged()
 
 
 @pytest.mark.parametrize("cname", ["Adam", "AdamW", "Adamax", "NAdam"])

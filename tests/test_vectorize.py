@@ -38,7 +38,7 @@ def serial_asm(spec, present, dtype) -> str:
     scalar = numba.from_dtype(np.dtype(dtype))
     signature = ((scalar[::1],) * n_arrays(spec, present)
                  + (scalar,) * (len(spec.coefficients) + 1) + (types.boolean,) * len(spec.flags))
-    serial = cpu.kernel(spec, present, parallel=False)
+    serial = cpu.kernel(spec, present, "serial")
     fresh = numba.njit(error_model="numpy")(serial.py_func)  # uncached: its code can be read
     fresh.compile(signature)
     return fresh.inspect_asm(signature)

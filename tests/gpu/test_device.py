@@ -1,7 +1,6 @@
 """The CUDA target agrees with the CPU path, in place, for every algorithm and option."""
 
-import itertools
-
+import cases
 import numpy as np
 import pytest
 from numba import cuda
@@ -9,32 +8,21 @@ from numba import cuda
 import fastgd
 import fastgd.functional as F
 from fastgd import cuda as fastgd_cuda
-from fastgd.dispatch import is_device
+from fastgd.arrays import is_device
 
 SIZES = (0, 1, 7, 33, 300)  # not multiples of the block size; 300 > one grid (grid-stride)
 TOL = {np.float32: dict(rtol=0, atol=1e-5), np.float64: dict(rtol=0, atol=1e-12)}
 
-CONFIGS = [
-    (fastgd.SGD, dict(lr=0.1)),
-    (fastgd.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01, maximize=True)),
-    (fastgd.SGD, dict(lr=0.1, momentum=0.8, nesterov=True)),
-    (fastgd.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.01,
-                          initial_accumulator_value=0.1, maximize=True)),
-    (fastgd.Adadelta, dict(lr=0.5, rho=0.8, weight_decay=0.01, maximize=True)),
-    *[(fastgd.RMSprop, dict(lr=0.01, alpha=0.9, momentum=m, centered=c, weight_decay=0.01))
-      for m, c in itertools.product((0.0, 0.5), (False, True))],
-    *[(cls, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, amsgrad=a, maximize=True))
-      for cls, a in itertools.product((fastgd.Adam, fastgd.AdamW), (False, True))],
-    (fastgd.Adam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)),
-    (fastgd.Adamax, dict(lr=0.01, betas=(0.7, 0.9), weight_decay=0.01, maximize=True)),
-    (fastgd.NAdam, dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01)),
-    (fastgd.NAdam, dict(lr=0.01, weight_decay=0.01, decoupled_weight_decay=True)),
-]
+#: Every algorithm with every switch off, and with every switch on.
+CONFIGS = [(cases.optimizer_class(name), cases.random_hyperparameters(
+    name, on, np.random.default_rng(len(on)))) for name in cases.NAMES
+    for on in ((), cases.full_case(name))]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cls, options", CONFIGS,
-                         ids=[f"{c.__name__}-{i}" for i, (c, _) in enumerate(CONFIGS)])
+                         ids=[f"{c.__name__}-{'on' if i % 2 else 'off'}"
+                              for i, (c, _) in enumerate(CONFIGS)])
 def test_device_matches_cpu(cls, options, dtype):
     rng = np.random.default_rng(len(str(options)))
     host = [rng.standard_normal(n).astype(dtype) for n in SIZES] + [
@@ -112,15 +100,15 @@ def test_optimizer_refuses_stream_when_a_param_is_on_the_host():
 
 
 def _count_launches(monkeypatch):
+    """Record (kernel, tensors) of every launch of the optimizer classes' CUDA kernels."""
     launches = []
-    for name in ("launch", "launch_many"):
-        original = getattr(fastgd_cuda, name)
+    original = fastgd_cuda.launch_table
 
-        def spy(spec, present, arrays, *args, _original=original, _name=name, **kwargs):
-            launches.append((_name, len(arrays) if _name == "launch_many" else 1))
-            return _original(spec, present, arrays, *args, **kwargs)
+    def spy(spec, present, addresses, *args, **kwargs):
+        launches.append((spec.name, len(addresses)))
+        return original(spec, present, addresses, *args, **kwargs)
 
-        monkeypatch.setattr(fastgd_cuda, name, spy)
+    monkeypatch.setattr(fastgd_cuda, "launch_table", spy)
     return launches
 
 
@@ -144,7 +132,7 @@ def test_many_device_tensors_step_in_one_launch_per_dtype_and_group(monkeypatch)
         opt_device.step([cuda.to_device(g) for g in grads])
     # Per step: group 0's two float64 and four float32 tensors take one launch each; group
     # 1 has one tensor of each dtype.
-    step = [("launch", 1), ("launch", 1), ("launch_many", 2), ("launch_many", 4)]
+    step = [("adam", 1), ("adam", 1), ("adam", 2), ("adam", 4)]
     assert sorted(launches) == sorted(step * 3)
     for p, d in zip(host, device, strict=True):
         np.testing.assert_allclose(d.copy_to_host(), p, **TOL[p.dtype.type])

@@ -1,7 +1,11 @@
-"""Array checks, zero-copy views and scalar preparation shared by every update.
+"""What counts as one array, zero-copy views of it, and the checks every update makes.
 
-Everything here runs *before* any array is written: a call either passes every check or
-raises ``TypeError``/``ValueError`` naming the offending argument, with nothing changed.
+One array is a NumPy array (memmaps too), a torch tensor (CPU or CUDA), or anything exposing
+``__array_interface__`` (host memory) or ``__cuda_array_interface__`` (GPU memory: CuPy
+arrays, Numba device arrays, torch CUDA tensors); :func:`is_array` tells one array from a
+sequence of them. Everything here runs *before* any array is written: a call either passes
+every check or raises ``TypeError``/``ValueError`` naming the offending argument, with nothing
+changed.
 """
 
 from __future__ import annotations
@@ -21,13 +25,26 @@ LOW_PRECISION = {"float16": "f16", "bfloat16": "bf16"}
 _ALIGN = 64
 
 
-def _is_torch_tensor(x: Any) -> bool:
+def is_torch(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor (without importing torch)."""
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
 def is_device(x: Any) -> bool:
-    """Whether ``x`` is a GPU array (``__cuda_array_interface__``, or a simulator array)."""
+    """Whether ``x`` is a GPU array (``__cuda_array_interface__``, a torch CUDA tensor or a
+    CUDA-simulator array)."""
+    if is_torch(x):
+        return x.device.type == "cuda"
     return hasattr(x, "__cuda_array_interface__") or type(x).__name__ == "FakeCUDAArray"
+
+
+def is_array(x: Any) -> bool:
+    """Whether ``x`` is one array (host or GPU), as opposed to a sequence of arrays.
+
+    Array libraries make their arrays iterable (over rows), so this is asked before ``x`` is
+    treated as a sequence."""
+    return (isinstance(x, np.ndarray) or is_torch(x) or hasattr(x, "__array_interface__")
+            or is_device(x))
 
 
 def _where(device: bool) -> str:
@@ -43,9 +60,9 @@ def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
     """
     if isinstance(x, np.ndarray):
         arr = x
-    elif _is_torch_tensor(x) and str(x.dtype) == "torch.bfloat16":
+    elif is_torch(x) and str(x.dtype) == "torch.bfloat16":
         arr = _torch_bfloat16_view(x, name)
-    elif _is_torch_tensor(x):
+    elif is_torch(x):
         try:
             arr = x.detach().numpy()
         except (RuntimeError, TypeError) as exc:
@@ -230,33 +247,6 @@ def check_same_gpu(arrays: Mapping[str, Any]) -> None:
     for name, ordinal in ordinals.items():
         if ordinal != first:
             raise ValueError(f"{name} is on GPU {ordinal} but param is on GPU {first}")
-
-
-def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> tuple[list[Any], str]:
-    """Check ``param``, ``grad`` and the state arrays; return their flat kernel views in
-    order, and the storage format of ``param`` and ``grad``.
-
-    Host arrays give NumPy views, GPU arrays Numba device-array views. State arrays have
-    :func:`state_dtype`.
-    """
-    device = is_device(param)
-    inputs = {"param": param, "grad": grad, **states}
-    for name, value in inputs.items():  # a host/GPU mix is refused before any conversion
-        if is_device(value) != device:
-            as_array(value, name, writable=False, device=device)
-    arrays = {name: as_array(value, name, writable=name != "grad", device=device)
-              for name, value in inputs.items()}
-    p = arrays["param"]
-    order = memory_order(p, "param")
-    for name, arr in arrays.items():
-        if name != "param":
-            check_like(arr, p, order, name, dtype=None if name == "grad" else state_dtype(p))
-    if device and storage(p):
-        raise TypeError("float16/bfloat16 parameters are supported on the CPU only")
-    check_no_overlap(arrays)
-    if device:
-        check_same_gpu(arrays)
-    return [kernel_view(a, order) for a in arrays.values()], storage(p)
 
 
 def zeros_like(param: Any, fill: float = 0.0, dtype: Any = None) -> Any:

@@ -1,0 +1,227 @@
+"""The test table: every test case is drawn from here (as torch's ``optim_db`` does).
+
+It pairs each algorithm of fastgd's registry (:data:`fastgd.algorithms.ALGORITHMS`) with its
+independent NumPy reference (:data:`reference.REFERENCES`) and derives the cases from the
+algorithm's declaration: the option matrix (every valid combination of its *switches*:
+options that turn a part of the rule on), random valid hyperparameters drawn from each
+hyperparameter's typical range, invalid ones from its domain (and the reference's own list of
+invalid combinations), and calls of the functional API built from its signature. An algorithm
+added to the registry is covered by every test that iterates :data:`NAMES`;
+``test_table.py`` fails when it lacks a reference or a case.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+from reference import REFERENCES
+
+import fastgd
+from fastgd import functional as F
+from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, Uniform
+from fastgd.functional import signature_parts
+from fastgd.hyperparams import Flag, Pair, Real
+
+#: Every algorithm (class names), in registry order.
+NAMES = list(ALGORITHMS)
+NAN, INF = math.nan, math.inf
+
+
+def algorithm(name: str) -> Algorithm:
+    return ALGORITHMS[name]
+
+
+def optimizer_class(name: str) -> type[fastgd.Optimizer]:
+    return getattr(fastgd, name)
+
+
+def functional(name: str) -> Any:
+    return getattr(F, ALGORITHMS[name].function_name)
+
+
+def constructor_hypers(name: str) -> list[Hyper]:
+    """The hyperparameters the class takes (fixed ones are not arguments)."""
+    return list(ALGORITHMS[name].hyperparameters)
+
+
+# -- the option matrix ---------------------------------------------------------------------------
+
+def switches(name: str) -> tuple[str, ...]:
+    """The options that turn a part of ``name``'s rule on (non-zero or true)."""
+    return tuple(h.name for h in constructor_hypers(name) if h.switch)
+
+
+def option_cases(name: str) -> list[tuple[str, ...]]:
+    """Every valid combination of ``name``'s switches (as tuples of those on)."""
+    cases = []
+    rng = np.random.default_rng(0)
+    options = switches(name)
+    for bits in itertools.product((False, True), repeat=len(options)):
+        on = tuple(o for o, b in zip(options, bits, strict=True) if b)
+        try:
+            ALGORITHMS[name].check({**ALGORITHMS[name].defaults,
+                                    **random_hyperparameters(name, on, rng)})
+        except ValueError:  # a combination the algorithm refuses (nesterov with dampening)
+            continue
+        cases.append(on)
+    return cases
+
+
+def full_case(name: str) -> tuple[str, ...]:
+    """The valid option combination with the most switches on."""
+    return max(option_cases(name), key=len)
+
+
+def draw(typical: Uniform, rng: np.random.Generator) -> float:
+    if typical.log:
+        return float(np.exp(rng.uniform(np.log(typical.low), np.log(typical.high))))
+    return float(rng.uniform(typical.low, typical.high))
+
+
+def random_hyperparameters(name: str, on: tuple[str, ...] | set[str],
+                           rng: np.random.Generator) -> dict[str, Any]:
+    """Random valid, non-default constructor kwargs (torch.optim names) with the switches
+    ``on`` turned on and the others off (0 or False)."""
+    hp: dict[str, Any] = {}
+    for h in constructor_hypers(name):
+        if isinstance(h.domain, Flag):
+            hp[h.name] = h.name in on
+        elif h.switch and h.name not in on:
+            hp[h.name] = 0.0
+        elif isinstance(h.typical, tuple):
+            hp[h.name] = tuple(draw(t, rng) for t in h.typical)
+        else:
+            hp[h.name] = draw(h.typical, rng)
+    if hp.get("weight_decay"):
+        # A power of two: then ``g + wd * p`` is one correctly rounded float32 operation, so
+        # a float32 run and the float64 reference see the same sign of an L2-decayed gradient
+        # that nearly cancels (the first Adam/Adagrad/RMSprop step is sign(g) * lr, so a sign
+        # flip in float32 would be a real difference that no tolerance covers).
+        hp["weight_decay"] = float(2.0 ** np.round(np.log2(hp["weight_decay"])))
+    return hp
+
+
+def example(name: str, seed: int = 0) -> dict[str, Any]:
+    """Fixed random hyperparameters of ``name`` with :func:`full_case`'s switches on."""
+    return random_hyperparameters(name, full_case(name), np.random.default_rng(seed))
+
+
+# -- invalid hyperparameters ---------------------------------------------------------------------
+
+def _bad_reals(domain: Real) -> list[Any]:
+    values: list[Any] = [NAN, INF, -INF, "0.5", None, True, [0.5], 1 + 1j, object()]
+    if math.isfinite(domain.low):
+        values.append(domain.low if domain.low_open else domain.low - 0.5)
+    if math.isfinite(domain.high):
+        values.append(domain.high if domain.high_open else domain.high + 0.5)
+    return values
+
+
+def bad_hyperparameters(name: str) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Invalid constructor kwargs of ``name``, each with the names its error must mention:
+    every value outside each hyperparameter's domain, and the reference's list of invalid
+    combinations."""
+    cases: list[tuple[dict[str, Any], tuple[str, ...]]] = []
+    for h in constructor_hypers(name):
+        domain = h.domain
+        if isinstance(domain, Flag):
+            cases += [({h.name: bad}, (h.name,)) for bad in ("yes", None, 0.5, [True])]
+        elif isinstance(domain, Pair):
+            good = tuple(h.default)
+            cases += [({h.name: bad}, (h.name,)) for bad in (good[0], good + good[:1], "ab")]
+            for j, part in enumerate(domain.parts):
+                part_domain = (domain.first, domain.second)[j]
+                for bad in _bad_reals(part_domain):
+                    value = list(good)
+                    value[j] = bad
+                    cases.append(({h.name: tuple(value)}, (part, h.name)))
+        else:
+            cases += [({h.name: bad}, (h.name,)) for bad in _bad_reals(domain)]
+    cases += [(dict(options), names) for options, names in REFERENCES[name].invalid]
+    return cases
+
+
+def functional_overrides(name: str, options: dict[str, Any], strict: bool = True
+                         ) -> dict[str, Any] | None:
+    """Constructor kwargs as functional keyword arguments (pairs as their parts). Options the
+    functional API does not take (they play no part in a step: ``initial_accumulator_value``,
+    or are implied by a state array: ``amsgrad``) make it return None, or (not ``strict``)
+    are left out; so does a pair not given as two values."""
+    _, _, hypers = signature_parts(ALGORITHMS[name])
+    hyper = ALGORITHMS[name].hyper
+    result = {}
+    for key, value in options.items():
+        domain = hyper[key].domain if key in hyper else None
+        if isinstance(domain, Pair) and isinstance(value, tuple) and len(value) == 2:
+            result.update(zip(domain.parts, value, strict=True))
+        elif key in hypers:
+            result[key] = value
+        elif strict:
+            return None
+    return result
+
+
+# -- the functional API ------------------------------------------------------------------------
+
+def state_names(name: str, hp: dict[str, Any]) -> list[str]:
+    """The state arrays a step of ``name`` with constructor kwargs ``hp`` uses."""
+    a = ALGORITHMS[name]
+    options = a.check({**a.defaults, **hp})
+    return list(a.spec.present_states(a.present(options)))
+
+
+def state_fill(name: str, state: str, hp: dict[str, Any]) -> float:
+    """The value a new state array starts with."""
+    a = ALGORITHMS[name]
+    fill = next(s.fill for s in a.states if s.name == state)
+    return float({**a.defaults, **hp}[fill]) if fill else 0.0
+
+
+def initial_scalars(name: str, hp: dict[str, Any]) -> dict[str, float]:
+    a = ALGORITHMS[name]
+    return a.initial_scalars(a.check({**a.defaults, **hp}))
+
+
+def call_functional(name: str, param: Any, grad: Any, states: dict[str, Any],
+                    hp: dict[str, Any], t: int, scalars: dict[str, float] | None = None,
+                    **overrides: Any) -> dict[str, float]:
+    """One functional step of ``name`` with constructor kwargs ``hp`` at step ``t``
+    (``first_step`` on ``t == 1``); returns the new scalars by name."""
+    a = ALGORITHMS[name]
+    kwargs = functional_overrides(name, hp, strict=False)
+    assert kwargs is not None
+    inputs = {"step": t, "first_step": t == 1, **(scalars or {})}
+    kwargs.update({n: inputs[n] for n in a.inputs})
+    kwargs.update(overrides)
+    result = functional(name)(param, grad, **states, **kwargs)
+    names = [s.name for s in a.scalars]
+    values = () if result is None else (result,) if len(names) == 1 else tuple(result)
+    return dict(zip(names, values, strict=True))
+
+
+class FunctionalRunner:
+    """Drives ``fastgd.functional`` with explicit state arrays, like an optimizer would.
+    ``offset`` places each state array at a random element offset in a larger buffer (so
+    that alignment must not matter)."""
+
+    def __init__(self, name: str, hp: dict[str, Any], param: np.ndarray,
+                 rng: np.random.Generator | None = None, offset: bool = True) -> None:
+        self.name, self.hp, self.param, self.t = name, dict(hp), param, 0
+        self.scalars = initial_scalars(name, hp)
+        order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
+        rng = rng or np.random.default_rng(0)
+        self.states = {}
+        for state in state_names(name, hp):
+            start = int(rng.integers(4)) if offset else 0
+            buffer = np.empty(param.size + start, dtype=param.dtype)
+            arr = buffer[start:].reshape(param.shape, order=order)
+            arr[...] = state_fill(name, state, hp)
+            self.states[state] = arr
+
+    def step(self, grad: Any, **overrides: Any) -> None:
+        self.t += 1
+        self.scalars = call_functional(self.name, self.param, grad, self.states, self.hp,
+                                       self.t, self.scalars, **overrides) or self.scalars
