@@ -482,9 +482,43 @@ p -= lr * mu_{t+1} / (1 - mu_product * mu_{t+1}) * exp_avg / denom""",
     demo={"nadam": ({}, 0.05)}, shown=("betas",),
 )
 
+
+
+def _radam_update(lr, betas, eps, weight_decay, decoupled_weight_decay, *, step):
+    beta1, beta2 = betas
+    bc1, bc2 = 1.0 - beta1**step, 1.0 - beta2**step
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * step * beta2**step / bc2
+    step_size = lr / bc1
+    if rho_t > 5.0:
+        step_size *= math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                               / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) * math.sqrt(bc2)
+    return dict(step_size=step_size,
+                **_weight_decay_mode(lr, weight_decay, decoupled_weight_decay),
+                beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+                one_minus_beta2=1.0 - beta2, eps=eps, rectified=rho_t > 5.0)
+
+
+RADAM = Algorithm(
+    "RAdam", "RAdam: Adam with the variance of its adaptive step rectified.",
+    """\
+g += weight_decay * p   (decoupled_weight_decay: p *= 1 - lr * weight_decay instead)
+exp_avg, exp_avg_sq as in Adam
+rho_inf = 2 / (1 - beta2) - 1;  rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)
+rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
+           p -= lr / (1 - beta1**t) * r_t * sqrt(1 - beta2**t) * exp_avg / (sqrt(exp_avg_sq) + eps)
+else:      p -= lr / (1 - beta1**t) * exp_avg""",
+    "torch/optim/radam.py", rules.radam_rule,
+    states=(State("exp_avg"), State("exp_avg_sq")),
+    hyperparameters=(
+        _lr(1e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY,
+        _flag("decoupled_weight_decay"), MAXIMIZE),
+    update=_radam_update, demo={"radam": ({}, 0.05)}, shown=("betas",),
+)
+
 #: Every algorithm, by class name.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
-    SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM,
+    SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM,
 )}
 
 #: Every rule's kernel signature, by rule name (algorithms may share a rule).

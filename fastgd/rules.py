@@ -185,3 +185,23 @@ def nadam_rule(p, g, exp_avg, exp_avg_sq, grad_coef, avg_coef, weight_decay, dec
     p = p - grad_coef * g / denom
     p = p - avg_coef * exp_avg / denom
     return p, exp_avg, exp_avg_sq
+
+
+@rule
+def radam_rule(p, g, exp_avg, exp_avg_sq, step_size, weight_decay, decay_factor, beta1,
+               one_minus_beta1, beta2, one_minus_beta2, eps, l2, decoupled, rectified):
+    """RAdam (rectified Adam).
+
+    Weight decay and moments as in Adam; once the variance of the adaptive step is
+    tractable (``rectified``, decided on the host from ``t`` and ``beta2``):
+    ``p -= step_size * m / (sqrt(v) + eps)`` with
+    ``step_size = lr / bc1 * r_t * sqrt(bc2)``; before that ``p -= (lr / bc1) * m``.
+    """
+    p, g, exp_avg, exp_avg_sq = adam_moments(
+        p, g, exp_avg, exp_avg_sq, weight_decay, decay_factor, beta1, one_minus_beta1, beta2,
+        one_minus_beta2, l2, decoupled)
+    if rectified:
+        p = p - step_size * exp_avg / (math.sqrt(exp_avg_sq) + eps)
+    else:
+        p = p - step_size * exp_avg
+    return p, exp_avg, exp_avg_sq

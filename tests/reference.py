@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
-    "AdamaxRef", "NAdamRef", "REFERENCES", "nadam_mu",
+    "AdamaxRef", "NAdamRef", "RAdamRef", "REFERENCES", "nadam_mu",
 ]
 
 
@@ -259,8 +259,44 @@ class NAdamRef(Reference):
         return p
 
 
+class RAdamRef(Reference):
+    """torch.optim.RAdam: Adam's moments, the rectification term ``r_t`` once
+    ``rho_t > 5``, plain bias-corrected momentum before."""
+
+    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                    decoupled_weight_decay=False, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        lr, wd, eps, t = hp["lr"], hp["weight_decay"], hp["eps"], self.t
+        beta1, beta2 = hp["betas"]
+        exp_avg = self._zeros(p, "exp_avg")
+        exp_avg_sq = self._zeros(p, "exp_avg_sq")
+        if wd != 0:
+            if hp["decoupled_weight_decay"]:
+                p = p * (1.0 - lr * wd)
+            else:
+                g = g + wd * p
+        exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
+        self.state["exp_avg"], self.state["exp_avg_sq"] = exp_avg, exp_avg_sq
+        bias_correction1 = 1.0 - beta1 ** t
+        bias_correction2 = 1.0 - beta2 ** t
+        corrected = exp_avg / bias_correction1
+        rho_inf = 2.0 / (1.0 - beta2) - 1.0
+        rho_t = rho_inf - 2.0 * t * beta2 ** t / bias_correction2
+        if rho_t > 5.0:
+            rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                             / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+            adaptive_lr = math.sqrt(bias_correction2) / (np.sqrt(exp_avg_sq) + eps)
+            return p - corrected * lr * adaptive_lr * rect
+        return p - corrected * lr
+
+
+
 #: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
     "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
+    "RAdam": RAdamRef,
 }
