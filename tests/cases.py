@@ -132,6 +132,8 @@ def bad_hyperparameters(name: str) -> list[tuple[dict[str, Any], tuple[str, ...]
         elif isinstance(domain, Pair):
             good = tuple(h.default)
             cases += [({h.name: bad}, (h.name,)) for bad in (good[0], good + good[:1], "ab")]
+            if domain.ordered:
+                cases.append(({h.name: good[::-1]}, (h.name,)))
             for j, part in enumerate(domain.parts):
                 part_domain = (domain.first, domain.second)[j]
                 for bad in _bad_reals(part_domain):

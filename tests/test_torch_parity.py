@@ -350,7 +350,6 @@ def test_non_finite_gradients_propagate_like_torch(name: str) -> None:
     expected = p.numpy()
     np.testing.assert_array_equal(np.isnan(a), np.isnan(expected))
     np.testing.assert_array_equal(np.isinf(a), np.isinf(expected))
-    assert np.isnan(a[[5, 17, 150]]).all()
     assert_close(a, expected, 1e-8, name)
 
 
