@@ -516,9 +516,38 @@ else:      p -= lr / (1 - beta1**t) * exp_avg""",
     update=_radam_update, demo={"radam": ({}, 0.05)}, shown=("betas",),
 )
 
+
+
+def _rprop_update(etas, step_sizes):
+    return dict(etaminus=etas[0], etaplus=etas[1], step_size_min=step_sizes[0],
+                step_size_max=step_sizes[1], zero=0.0)
+
+
+RPROP = Algorithm(
+    "Rprop", "Rprop: a step size per element, adapted to the sign changes of its gradient.",
+    """\
+s = sign(g * prev)
+step_size *= etaplus where s > 0, etaminus where s < 0 (and there g = 0)
+step_size = clamp(step_size, step_size_min, step_size_max)
+p -= sign(g) * step_size;  prev = g
+(step_size starts at lr; lr is not used after that)""",
+    "torch/optim/rprop.py", rules.rprop_rule,
+    states=(State("prev"), State("step_size", fill="lr")),
+    hyperparameters=(
+        _lr(1e-2, 1e-3, 5e-2),
+        Hyper("etas", (0.5, 1.2), Pair(Real(0.0, 1.0, low_open=True),
+                                       Real(1.0, low_open=True), ("etaminus", "etaplus")),
+              (Uniform(0.3, 0.8), Uniform(1.05, 1.5))),
+        Hyper("step_sizes", (1e-6, 50), Pair(NON_NEGATIVE, NON_NEGATIVE,
+                                             ("step_size_min", "step_size_max"), ordered=True),
+              (Uniform(1e-6, 1e-3, log=True), Uniform(0.02, 0.5))),
+        MAXIMIZE),
+    update=_rprop_update, demo={"rprop": ({}, 0.01)}, shown=("etas",),
+)
+
 #: Every algorithm, by class name.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
-    SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM,
+    SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM, RPROP,
 )}
 
 #: Every rule's kernel signature, by rule name (algorithms may share a rule).

@@ -37,6 +37,12 @@ def nan_max(a, b):
 
 
 @rule
+def nan_min(a, b):
+    """``min(a, b)`` that returns NaN when either argument is NaN (``torch.minimum``)."""
+    return a if (a <= b or a != a) else b
+
+
+@rule
 def adam_moments(p, g, exp_avg, exp_avg_sq, weight_decay, decay_factor, beta1,
                  one_minus_beta1, beta2, one_minus_beta2, l2, decoupled):
     """The part Adam and NAdam share: decoupled weight decay ``p *= 1 - lr * wd`` or L2
@@ -205,3 +211,27 @@ def radam_rule(p, g, exp_avg, exp_avg_sq, step_size, weight_decay, decay_factor,
     else:
         p = p - step_size * exp_avg
     return p, exp_avg, exp_avg_sq
+
+
+@rule
+def rprop_rule(p, g, prev, step_size, etaminus, etaplus, step_size_min, step_size_max, zero):
+    """Rprop: a step size per element, grown while the gradient keeps its sign.
+
+    ``s = sign(g * prev)``; ``step_size *= etaplus`` where ``s > 0``, ``etaminus`` where
+    ``s < 0`` (and there ``g = 0``: no step, and the next step sees no sign change);
+    ``step_size = clamp(step_size, step_size_min, step_size_max)``;
+    ``p -= sign(g) * step_size``; ``prev = g``. As in torch, ``sign`` is 0 at NaN: a NaN
+    gradient element leaves ``p`` and its step size as they are (and is kept in ``prev``).
+    """
+    gp = g * prev
+    if gp > zero:
+        step_size = step_size * etaplus
+    elif gp < zero:
+        step_size = step_size * etaminus
+        g = zero
+    step_size = nan_min(nan_max(step_size, step_size_min), step_size_max)
+    if g > zero:
+        p = p - step_size
+    elif g < zero:
+        p = p + step_size
+    return p, g, step_size

@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
-    "AdamaxRef", "NAdamRef", "RAdamRef", "REFERENCES", "nadam_mu",
+    "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "REFERENCES", "nadam_mu",
 ]
 
 
@@ -294,9 +294,36 @@ class RAdamRef(Reference):
 
 
 
+class RpropRef(Reference):
+    """torch.optim.Rprop: per-element step sizes, multiplied by ``etaplus`` while
+    ``sign(g * prev)`` is positive, by ``etaminus`` when it is negative (where the gradient
+    then counts as 0), clamped to ``step_sizes``; the step is ``-sign(g) * step_size``.
+    torch's ``sign`` is 0 at NaN."""
+
+    defaults = dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), maximize=False)
+
+    @staticmethod
+    def _sign(x: np.ndarray) -> np.ndarray:
+        return np.where(np.isnan(x), 0.0, np.sign(x))
+
+    def _update(self, p, g):
+        hp = self.hp
+        etaminus, etaplus = hp["etas"]
+        step_size_min, step_size_max = hp["step_sizes"]
+        prev = self._zeros(p, "prev")
+        step_size = self._zeros(p, "step_size", hp["lr"])
+        sign = self._sign(g * prev)
+        factor = np.where(sign > 0, etaplus, np.where(sign < 0, etaminus, 1.0))
+        # np.maximum / np.minimum propagate NaN, like torch.clamp
+        step_size = np.minimum(np.maximum(step_size * factor, step_size_min), step_size_max)
+        g = np.where(sign < 0, 0.0, g)
+        self.state["prev"], self.state["step_size"] = g, step_size
+        return p - self._sign(g) * step_size
+
+
 #: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
     "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
-    "RAdam": RAdamRef,
+    "RAdam": RAdamRef, "Rprop": RpropRef,
 }
