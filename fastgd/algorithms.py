@@ -545,9 +545,38 @@ p -= sign(g) * step_size;  prev = g
     update=_rprop_update, demo={"rprop": ({}, 0.01)}, shown=("etas",),
 )
 
+
+
+def _asgd_update(lr, lambd, alpha, t0, weight_decay, *, step, eta, mu):
+    return dict(step_size=eta, decay=1.0 - lambd * eta, weight_decay=weight_decay,
+                ax_weight=mu, l2=weight_decay != 0, averaging=mu != 1.0,
+                eta=lr / (1.0 + lambd * lr * step) ** alpha, mu=1.0 / max(1.0, step - t0))
+
+
+ASGD = Algorithm(
+    "ASGD", "ASGD: averaged stochastic gradient descent (SGD with a decaying step size and "
+    "an average of the iterates in ax).",
+    """\
+g += weight_decay * p
+p = p * (1 - lambd * eta) - eta * g
+ax = ax + (p - ax) * mu   while mu < 1, else ax = p
+then eta = lr / (1 + lambd * lr * t)**alpha, mu = 1 / max(1, t - t0) for the next step
+(eta starts at lr, mu at 1)""",
+    "torch/optim/asgd.py", rules.asgd_rule,
+    states=(State("ax"),),
+    hyperparameters=(
+        _lr(1e-2, 1e-3, 5e-2),
+        Hyper("lambd", 1e-4, NON_NEGATIVE, Uniform(1e-5, 0.1, log=True)),
+        Hyper("alpha", 0.75, NON_NEGATIVE, Uniform(0.3, 1.0)),
+        Hyper("t0", 1e6, NON_NEGATIVE, Uniform(0.0, 30.0)),
+        WEIGHT_DECAY, MAXIMIZE),
+    update=_asgd_update, scalars=(Scalar("eta", "lr", NON_NEGATIVE), Scalar("mu", 1.0, UNIT)),
+    demo={"asgd": ({}, 0.01)}, shown=("lambd", "t0"),
+)
+
 #: Every algorithm, by class name.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
-    SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM, RPROP,
+    SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM, RPROP, ASGD,
 )}
 
 #: Every rule's kernel signature, by rule name (algorithms may share a rule).

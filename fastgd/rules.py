@@ -235,3 +235,21 @@ def rprop_rule(p, g, prev, step_size, etaminus, etaplus, step_size_min, step_siz
     elif g < zero:
         p = p + step_size
     return p, g, step_size
+
+
+@rule
+def asgd_rule(p, g, ax, step_size, decay, weight_decay, ax_weight, l2, averaging):
+    """ASGD (averaged SGD).
+
+    ``g += wd * p``; ``p = p * decay - step_size * g`` (``step_size``: this step's ``eta``,
+    ``decay = 1 - lambd * eta``); ``ax = ax + (p - ax) * ax_weight`` while averaging
+    (``ax_weight``: this step's ``mu``, below 1), else ``ax = p``.
+    """
+    if l2:
+        g = g + weight_decay * p
+    p = p * decay - step_size * g
+    if averaging:
+        ax = ax + (p - ax) * ax_weight
+    else:
+        ax = p
+    return p, ax

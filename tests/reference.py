@@ -20,7 +20,7 @@ import numpy as np
 
 __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
-    "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "REFERENCES", "nadam_mu",
+    "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "ASGDRef", "REFERENCES", "nadam_mu",
 ]
 
 
@@ -321,9 +321,37 @@ class RpropRef(Reference):
         return p - self._sign(g) * step_size
 
 
+class ASGDRef(Reference):
+    """torch.optim.ASGD: SGD with the decay factor ``1 - lambd * eta`` and an average ``ax``
+    of the iterates; ``eta`` and ``mu`` (starting at ``lr`` and 1) are the values computed
+    at the end of the previous step."""
+
+    scalar_state = ("eta", "mu")
+    defaults = dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0,
+                    maximize=False)
+
+    def __init__(self, **hyperparameters: Any) -> None:
+        super().__init__(**hyperparameters)
+        self.state["eta"], self.state["mu"] = self.hp["lr"], 1.0
+
+    def _update(self, p, g):
+        hp = self.hp
+        lr, lambd, t = hp["lr"], hp["lambd"], self.t
+        eta, mu = self.state["eta"], self.state["mu"]
+        ax = self._zeros(p, "ax")
+        if hp["weight_decay"] != 0:
+            g = g + hp["weight_decay"] * p
+        p = p * (1.0 - lambd * eta)
+        p = p - eta * g
+        self.state["ax"] = ax + (p - ax) * mu if mu != 1 else p.copy()
+        self.state["eta"] = lr / (1.0 + lambd * lr * t) ** hp["alpha"]
+        self.state["mu"] = 1.0 / max(1.0, t - hp["t0"])
+        return p
+
+
 #: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
     "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
-    "RAdam": RAdamRef, "Rprop": RpropRef,
+    "RAdam": RAdamRef, "Rprop": RpropRef, "ASGD": ASGDRef,
 }
