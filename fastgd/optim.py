@@ -277,9 +277,11 @@ class Optimizer:
                              f"optimizer has {len(self.param_groups)}")
         from_torch = any(isinstance(g, Mapping) and TORCH_IMPLEMENTATION_OPTIONS & set(g)
                          for g in saved_groups)
-        updates, start = [], 0
+        updates, options, start = [], [], 0
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             updates.append(self._checked_group(i, saved, group, start))
+            options += [self._engine.check_options({**group, **updates[-1]})] * len(
+                group["params"])
             start += len(group["params"])
         entries = state_dict["state"]
         if not isinstance(entries, Mapping):
@@ -287,7 +289,7 @@ class Optimizer:
         new_state = {}
         for key, entry in entries.items():
             index = _state_index(key, len(self._engine.params))
-            new_state[index] = self._checked_state(index, entry, from_torch)
+            new_state[index] = self._checked_state(index, entry, from_torch, options[index])
         for update, group in zip(updates, self.param_groups, strict=True):
             group.update(update)
         self.state = new_state
@@ -314,7 +316,6 @@ class Optimizer:
                 raise ValueError(f"param_groups[{i}]: {name} is always {value} for "
                                  f"{self.algorithm.name}, got {saved[name]!r}")
         update = {k: saved[k] for k in keys}
-        self._engine.check_options({**group, **update})
         if "param_names" in saved:
             names = saved["param_names"]
             if (not isinstance(names, Sequence) or len(names) != count
@@ -323,7 +324,11 @@ class Optimizer:
             update["param_names"] = list(names)
         return copy.deepcopy(update)
 
-    def _checked_state(self, index: int, entry: Any, from_torch: bool) -> dict[str, Any]:
+    def _checked_state(self, index: int, entry: Any, from_torch: bool,
+                       options: Mapping[str, Any]) -> dict[str, Any]:
+        """A state entry checked against parameter ``index`` and its group's (checked)
+        ``options``: after a first step it holds every state array the options use (unless
+        the algorithm starts its state on a first step: SGD's momentum buffer)."""
         name = f"state[{index}]"
         if not isinstance(entry, Mapping):
             raise TypeError(f"{name} must be a dict")
@@ -357,7 +362,8 @@ class Optimizer:
                 raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
                                  f"{dtype} {param.shape} for params[{index}]")
             result[key] = from_host(arr, param.view, dtype)
-        required = [s.name for s in algorithm.states if s.when is None]
+        required = () if "first_step" in algorithm.inputs else algorithm.spec.present_states(
+            algorithm.present(options))
         missing = [k for k in required if k not in result]
         if missing and result["step"] > 0:
             raise ValueError(f"{name} lacks {missing}")
