@@ -68,12 +68,12 @@ def _split_names(items: list[Any]) -> tuple[list[str] | None, list[Any]]:
     return [p[0] for p in items], [p[1] for p in items]
 
 
-def _torch_value(value: Any) -> Any:
-    """A torch tensor of a state dict as a Python number (0-d) or a NumPy array (float32
-    for float16/bfloat16, which widens them exactly)."""
+def _from_torch(value: Any, array: bool) -> Any:
+    """A torch tensor of a state dict as a NumPy array (float32 for float16/bfloat16, which
+    widens them exactly), or as a Python number (a tensor ``step`` or scalar state)."""
     value = value.detach().cpu()
-    if value.ndim == 0:
-        return value.item()
+    if not array:
+        return value.item() if value.numel() == 1 else value.numpy()
     if value.dtype.is_floating_point and value.element_size() < 4:
         value = value.float()
     return value.numpy()
@@ -332,10 +332,10 @@ class Optimizer:
         name = f"state[{index}]"
         if not isinstance(entry, Mapping):
             raise TypeError(f"{name} must be a dict")
-        entry = {k: _torch_value(v) if is_torch(v) else v for k, v in entry.items()}
         algorithm = self.algorithm
         scalars = {s.name: s for s in algorithm.scalars}
         arrays = {*(s.name for s in algorithm.states), "master_param"}
+        entry = {k: _from_torch(v, k in arrays) if is_torch(v) else v for k, v in entry.items()}
         unknown = set(entry) - arrays - set(scalars) - {"step"}
         if unknown:
             raise ValueError(f"{name} has unknown entries {sorted(unknown)} (a state dict of "
