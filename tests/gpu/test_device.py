@@ -172,3 +172,52 @@ def test_gpu_many_tensor_benchmark_runs():
     result = bench_cuda.run_case(bench.CASES["adamw"], 0, "float64", repeat=1,
                                  tensors=[5, 300, 1])
     assert (result.tensors, result.size, result.algorithm) == (3, 306, "adamw")
+
+
+class CudaArrayStandIn:
+    """An array as CuPy arrays and torch CUDA tensors present themselves to fastgd: GPU
+    memory described by ``__cuda_array_interface__``, iterable over its rows (under the
+    simulator, "GPU memory" is host memory)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.host = np.ascontiguousarray(values)  # the memory the interface describes
+        self.shape, self.dtype = self.host.shape, self.host.dtype
+        self.__cuda_array_interface__ = {
+            "shape": self.host.shape, "typestr": self.host.dtype.str, "strides": None,
+            "data": (self.host.ctypes.data, False), "version": 3}
+
+    def __iter__(self):
+        return (CudaArrayStandIn(row) for row in self.host)
+
+    def __len__(self) -> int:
+        return len(self.host)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5)], ids=["1-D", "2-D"])
+def test_one_cuda_array_of_any_kind_is_one_parameter(shape):
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal(shape).astype(np.float32)
+    param = CudaArrayStandIn(values)
+    opt = fastgd.Adam(param, lr=0.1)           # one array, not a sequence of rows
+    assert len(opt.param_groups[0]["params"]) == 1
+    host = values.copy()
+    ref = fastgd.Adam(host, lr=0.1)
+    for _ in range(3):
+        grad = rng.standard_normal(shape).astype(np.float32)
+        opt.step(CudaArrayStandIn(grad))
+        ref.step(grad)
+    np.testing.assert_allclose(param.host, host, **TOL[np.float32])  # updated in place
+    assert is_device(opt.state[0]["exp_avg"])
+
+
+def test_functional_api_takes_cuda_array_stand_ins():
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(10) for _ in range(2)] + [np.zeros(10), np.zeros(10)]
+    host, start = [a.copy() for a in arrays], arrays[0].copy()
+    stand_ins = [CudaArrayStandIn(a) for a in arrays]  # (over the memory of ``arrays``)
+    for t in (1, 2):
+        F.adam(*stand_ins, step=t, lr=0.1)
+        F.adam(*host, step=t, lr=0.1)
+    for stand_in, expected in zip(stand_ins, host, strict=True):
+        np.testing.assert_allclose(stand_in.host, expected, **TOL[np.float64])
+    assert not np.array_equal(arrays[0], start)  # the caller's memory was updated
