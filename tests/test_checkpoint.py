@@ -1,4 +1,12 @@
-"""fastgd.save / fastgd.load: bit-identical resume, atomic writes, refusals."""
+"""fastgd.save / fastgd.load: bit-identical resume, atomic writes, refusals, and the clean-up
+of what killed saves left behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import cases
 import numpy as np
@@ -135,3 +143,55 @@ def test_unstorable_hyperparameter_is_refused(tmp_path):
     with pytest.raises(TypeError, match="checkpoint"):
         fastgd.save(tmp_path / "x.npz", opt)
     assert list(tmp_path.iterdir()) == []
+
+
+HANGING_SAVE = r"""
+import os, sys, time
+import numpy as np
+import fastgd
+
+os.fsync = lambda fd: time.sleep(3600)   # the data is written; the save hangs before renaming
+p = np.ones(100_000)
+opt = fastgd.Adam([p])
+opt.step([np.ones(100_000)])
+fastgd.save(sys.argv[1], opt)
+"""
+
+
+def hanging_save(path):
+    """A save of ``path`` in another process, stopped after writing its temporary file
+    (which it holds locked); returns the process and the temporary file."""
+    env = dict(os.environ)
+    root = str(Path(fastgd.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    before = set(path.parent.glob(f".{path.name}.*.tmp"))
+    proc = subprocess.Popen([sys.executable, "-c", HANGING_SAVE, str(path)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        new = set(path.parent.glob(f".{path.name}.*.tmp")) - before
+        if new and next(iter(new)).stat().st_size > 1_000_000:
+            return proc, next(iter(new))
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the child's save did not start")
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX processes and file locks")
+def test_a_killed_save_is_cleaned_up_but_a_running_one_is_not_touched(tmp_path):
+    path = tmp_path / "ckpt.npz"
+    opt, params, _ = saved_adam(path, seed=3)
+    running, running_tmp = hanging_save(path)
+    killed, killed_tmp = hanging_save(path)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    try:
+        fastgd.save(path, opt)                 # removes what the killed save left ...
+        assert not killed_tmp.exists()
+        assert running_tmp.exists()            # ... and leaves the running save alone
+    finally:
+        running.kill()
+        running.wait()
+    fastgd.save(path, opt)                     # now that one is dead too
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.npz"]
+    fresh = fastgd.Adam([np.zeros_like(p) for p in params])
+    fastgd.load(path, fresh)
