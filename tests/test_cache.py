@@ -116,3 +116,31 @@ def test_editing_a_compiled_in_module_gives_a_new_kernel_module(tmp_path, monkey
     assert names[0] == names[1] != names[2]
     assert {p.name for p in tmp_path.glob("probe_*.py")} == {
         n.removeprefix("_fastgd_") + ".py" for n in names}
+
+
+def test_kernel_cache_keys_cover_exactly_the_modules_compiled_in():
+    """A kernel module's hash covers the fastgd modules its source imports: a CPU kernel
+    depends on no CUDA-only module (an edit there does not recompile the CPU kernels)."""
+    from fastgd import codegen, cpu
+
+    for spec, present, storage in cpu.all_variants():
+        names = {p.name for p in codegen.compiled_in(cpu.generate_source(spec, present, storage))}
+        assert names == {"rules.py", "halfprec.py", "chunks.py", "pointers.py"}, spec.name
+    try:
+        from fastgd import cuda
+    except ImportError:  # numba-cuda is an optional extra
+        return
+    names = {p.name for p in codegen.compiled_in(cuda.generate_source())}
+    assert names == {"rules.py", "device_pointers.py"}
+
+
+def test_cuda_modules_import_without_a_cycle():
+    """``fastgd.device_pointers`` imports on its own (``fastgd.cuda`` imports it, not the
+    other way round)."""
+    code = "import fastgd.device_pointers, sys; assert 'fastgd.cuda' not in sys.modules"
+    env = dict(os.environ)
+    root = str(Path(fastgd.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0 or "numba.cuda" in result.stderr, result.stderr
