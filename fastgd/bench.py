@@ -138,11 +138,41 @@ def _numpy_adamax(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> 
     p -= 2e-3 / (1 - _B1**t) * s[0] / s[1]
 
 
+def _numpy_radam(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    _numpy_moments(g, s)
+    bc1, bc2 = 1 - _B1**t, 1 - _B2**t
+    rho_inf = 2 / (1 - _B2) - 1
+    rho_t = rho_inf - 2 * t * _B2**t / bc2
+    if rho_t > 5:
+        rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
+                         / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        p -= 1e-3 / bc1 * rect * math.sqrt(bc2) * s[0] / (np.sqrt(s[1]) + _EPS)
+    else:
+        p -= 1e-3 / bc1 * s[0]
+
+
+def _numpy_rprop(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    sign = np.sign(g * s[0])
+    s[1] *= np.where(sign > 0, 1.2, np.where(sign < 0, 0.5, 1.0)).astype(p.dtype)
+    np.clip(s[1], 1e-6, 50.0, out=s[1])
+    g = np.where(sign < 0, 0, g)
+    p -= np.sign(g) * s[1]
+    s[0][...] = g
+
+
+def _numpy_asgd(p: np.ndarray, g: np.ndarray, s: list[np.ndarray], t: int) -> None:
+    eta = 1e-2 / (1 + 1e-4 * 1e-2 * (t - 1)) ** 0.75  # (mu stays 1 until t0 = 1e6 steps)
+    p *= 1 - 1e-4 * eta
+    p -= eta * g
+    s[0][...] = p
+
+
 #: The NumPy baseline of a row, by row name: ``step(param, grad, states, t)`` in place.
 NUMPY_STEPS: dict[str, Callable[[np.ndarray, np.ndarray, list[np.ndarray], int], None]] = {
     "sgd": _numpy_sgd, "adagrad": _numpy_adagrad, "adadelta": _numpy_adadelta,
     "rmsprop": _numpy_rmsprop, "adam": _numpy_adam, "adamw": _numpy_adamw,
-    "adamax": _numpy_adamax, "nadam": _numpy_nadam,
+    "adamax": _numpy_adamax, "nadam": _numpy_nadam, "radam": _numpy_radam,
+    "rprop": _numpy_rprop, "asgd": _numpy_asgd,
 }
 
 
