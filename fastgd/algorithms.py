@@ -171,6 +171,15 @@ class Algorithm:
                      if p.kind is p.KEYWORD_ONLY)
 
     @cached_property
+    def functional_hyperparameters(self) -> tuple[Hyper, ...]:
+        """The hyperparameters the functional API takes as arguments: those ``update``
+        reads, those that turn an optional state on (unless its array implies it), and
+        ``maximize``; not fixed ones. (A pair is taken as its two parts.)"""
+        taken = set(self.reads) | {s.when for s in self.optional if not s.implied}
+        taken |= {"maximize"} & set(self.hyper)
+        return tuple(h for h in self.hyperparameters if h.name in taken)
+
+    @cached_property
     def spec(self) -> RuleSpec:
         """The rule's kernel signature, checked against this declaration."""
         return _rule_spec(self)
@@ -239,6 +248,8 @@ def _rule_spec(algorithm: Algorithm) -> RuleSpec:
     kinds = [isinstance(sample[b], bool) for b in body]
     if kinds != sorted(kinds):
         raise AssertionError(f"{name}: the rule's coefficients must come before its flags")
+    if not all(type(sample[b]) in (bool, float) for b in body):  # (kernels are compiled
+        raise AssertionError(f"{name}: update must return floats and bools")  # for these)
     return RuleSpec(algorithm.rule.__name__.removesuffix("_rule"), algorithm.rule, states,
                     tuple(b for b in body if not isinstance(sample[b], bool)),
                     tuple(b for b in body if isinstance(sample[b], bool)),
@@ -513,7 +524,7 @@ else:      p -= lr / (1 - beta1**t) * exp_avg""",
     hyperparameters=(
         _lr(1e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY,
         _flag("decoupled_weight_decay"), MAXIMIZE),
-    update=_radam_update, demo={"radam": ({}, 0.05)}, shown=("betas",),
+    update=_radam_update, demo={"radam": ({}, 0.1)}, shown=("betas",),
 )
 
 
@@ -571,7 +582,7 @@ then eta = lr / (1 + lambd * lr * t)**alpha, mu = 1 / max(1, t - t0) for the nex
         Hyper("t0", 1e6, NON_NEGATIVE, Uniform(0.0, 30.0)),
         WEIGHT_DECAY, MAXIMIZE),
     update=_asgd_update, scalars=(Scalar("eta", "lr", NON_NEGATIVE), Scalar("mu", 1.0, UNIT)),
-    demo={"asgd": ({}, 0.01)}, shown=("lambd", "t0"),
+    demo={"asgd": ({}, 0.05)}, shown=("lambd", "t0"),
 )
 
 #: Every algorithm, by class name.
