@@ -2,7 +2,10 @@
 
 The kernels are generated from :mod:`fastgd.rules` (see :mod:`fastgd.kernelgen`), written to
 a cached module file (:mod:`fastgd.codegen`) and compiled lazily, once per dtype, on first
-use. Per rule variant and storage format there are:
+use. They take the rule's coefficients (and ``grad_scale``) as one tuple of Python floats,
+``coefficients``, which the element loop casts to its dtype once, before it starts (one
+argument instead of a dozen: the call from Python is cheaper, and nothing is cast on the
+host). Per rule variant and storage format there are:
 
 * ``__serial``: the element loop over flat arrays (every other kernel runs it);
 * ``__parallel``: aligned blocks of one tensor's loop over the threads;
@@ -33,7 +36,7 @@ import numpy as np
 from fastgd.algorithms import SPECS, RuleSpec
 from fastgd.chunks import ALIGN, BLOCK, chunk_table
 from fastgd.codegen import load_generated
-from fastgd.kernelgen import STORAGES, kernel_args, n_arrays, rule_call, split_storage
+from fastgd.kernelgen import STORAGES, array_args, rule_call, scalar_args, split_storage
 
 #: Work of at least this many elements uses the multi-threaded kernels.
 PARALLEL_THRESHOLD = int(os.environ.get("FASTGD_PARALLEL_THRESHOLD", 32768))
@@ -52,6 +55,7 @@ _PAIR_TEMPLATE = '''
 
 @numba.njit(cache=True, error_model="numpy", nogil=True)
 def {serial}({args}):
+    {prologue}
     for i in range(param.size):
         {body}
 
@@ -88,14 +92,23 @@ def {name}__multi(addresses, sizes, table, plike, slike, {scalars}):
 '''
 
 
-def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str) -> str:
-    """Source of ``{name}__serial`` (a loop running ``body`` for each ``i``) and of
-    ``{name}__parallel`` (aligned blocks of that loop over threads); the first ``n_arrays``
-    of ``args`` are the arrays."""
+def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str,
+                       prologue: str = "pass") -> str:
+    """Source of ``{name}__serial`` (``prologue``, then a loop running ``body`` for each
+    ``i``) and of ``{name}__parallel`` (aligned blocks of that loop over threads); the first
+    ``n_arrays`` of ``args`` are the arrays."""
     sliced = [f"{a}[lo:hi]" for a in args[:n_arrays]] + args[n_arrays:]
     return _PAIR_TEMPLATE.format(serial=f"{name}__serial", parallel=f"{name}__parallel",
                                  args=", ".join(args), sliced=", ".join(sliced), align=ALIGN,
-                                 block=BLOCK, body=body)
+                                 block=BLOCK, body=body, prologue=prologue)
+
+
+def unpack_source(spec: RuleSpec, storage: str) -> str:
+    """Statements giving each of the rule's scalars its value from ``coefficients``, in the
+    dtype the loop computes in (the parameter's, float32 for float16/bfloat16 storage)."""
+    dtype = "np.float32" if split_storage(storage)[0] else "param.dtype.type"
+    return "\n    ".join([f"dtype = {dtype}"] + [
+        f"{name} = dtype(coefficients[{k}])" for k, name in enumerate(scalar_args(spec))])
 
 
 def table_source(name: str, arrays: list[str], scalars: list[str], n_param: int = 2) -> str:
@@ -118,10 +131,12 @@ def table_source(name: str, arrays: list[str], scalars: list[str], n_param: int 
 def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> str:
     """Python source of the CPU kernels of one rule variant and storage format."""
     name = kernel_name(spec, present, storage)
-    args, count = kernel_args(spec, present, storage), n_arrays(spec, present, storage)
+    arrays = array_args(spec, present, storage)
+    scalars = ["coefficients", *spec.flags]
     body = rule_call(spec, present, "i", storage).replace("\n", "\n        ")
-    return "".join([_HEADER, kernel_pair_source(name, args, count, body),
-                    table_source(name, args[:count], args[count:])])
+    return "".join([_HEADER, kernel_pair_source(name, arrays + scalars, len(arrays), body,
+                                                unpack_source(spec, storage)),
+                    table_source(name, arrays, scalars)])
 
 
 def all_variants() -> list[tuple[RuleSpec, tuple[str, ...], str]]:
@@ -216,39 +231,35 @@ def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
 
 
 class Table:
-    """Tensors of one dtype and storage format as a kernel sees them: the addresses of
-    their arrays (``addresses[k, j]``: array ``j`` of tensor ``k``, in kernel order), their
-    sizes, and empty arrays of the parameter's (``plike``) and the state's (``slike``)
-    kernel dtypes. The chunk table of the parallel kernel is made on first use and kept
-    (it depends on the parameters' addresses and sizes only)."""
+    """Tensors of one dtype and storage format as the kernels of one rule variant see them:
+    the addresses of their arrays (``addresses[k, j]``: array ``j`` of tensor ``k``, in
+    kernel order: param, grad, [master], states), their sizes, and empty arrays of the
+    parameter's (``plike``) and the state's (``slike``) kernel dtypes. :meth:`launch` runs
+    one step over every tensor: one serial call for little work, else one parallel region
+    (its chunk table is made on first use and kept: it depends on the parameters' addresses
+    and sizes only)."""
 
-    __slots__ = ("addresses", "sizes", "total", "plike", "slike", "_chunks")
+    __slots__ = ("addresses", "sizes", "total", "plike", "slike", "_run", "_multi", "_chunks")
 
-    def __init__(self, addresses: np.ndarray, sizes: np.ndarray, plike: np.ndarray,
-                 slike: np.ndarray) -> None:
-        self.addresses, self.sizes, self.plike, self.slike = addresses, sizes, plike, slike
+    def __init__(self, spec: RuleSpec, present: tuple[str, ...], storage: str, dtype: Any,
+                 addresses: np.ndarray, sizes: np.ndarray) -> None:
+        self.addresses, self.sizes = addresses, sizes
         self.total = int(sizes.sum())
+        self.plike, self.slike = likes(storage, dtype)
+        _, _, self._run, self._multi = _kernels(spec, present, storage)
         self._chunks: Any = None
 
-    def chunks(self) -> Any:
+    def launch(self, scalars: tuple[Any, ...]) -> None:
+        """One step, with the kernel's scalar arguments ``scalars``, in place."""
+        if self.total < PARALLEL_THRESHOLD:
+            if self.total:
+                self._run(self.addresses, self.sizes, self.plike, self.slike, *scalars)
+            return
         if self._chunks is None:
             self._chunks = chunk_table(self.addresses[:, 0], self.sizes, self.plike.itemsize)
-        return self._chunks
-
-
-def launch_table(spec: RuleSpec, present: tuple[str, ...], table: Table,
-                 scalars: tuple[Any, ...], storage: str = "") -> None:
-    """One step of one variant over every tensor of ``table`` (checked arrays of one dtype:
-    param, grad, [master], states), with the same scalars: one serial call for little work,
-    else one parallel region."""
-    _, _, run, multi = _kernels(spec, present, storage)
-    if table.total < PARALLEL_THRESHOLD:
-        if table.total:
-            run(table.addresses, table.sizes, table.plike, table.slike, *scalars)
-        return
-    with parallel_guard():
-        multi(table.addresses, table.sizes, table.chunks(), table.plike, table.slike,
-              *scalars)
+        with parallel_guard():
+            self._multi(self.addresses, self.sizes, self._chunks, self.plike, self.slike,
+                        *scalars)
 
 
 def likes(storage: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -1,24 +1,34 @@
 """The execution layer: every update, from every face, is checked and launched here.
 
-* :func:`run` is one fused pass over one parameter with explicit state arrays (the
+* :class:`Functional` is one fused pass over one parameter with explicit state arrays (the
   functional API): it checks the arrays and the hyperparameters, computes the step's
   scalars and launches the kernel of the arrays' target (CPU or CUDA).
 * :class:`Stepper` steps the parameters of an optimizer (the classes): each parameter is
   checked once, when it is added (:class:`Param`); a step checks each gradient against its
   parameter, computes the scalars once per parameter group and step, creates missing state,
-  groups the tensors that share dtype, device, storage format and scalars, and runs each
-  group as one launch over a table of array addresses. What does not change between steps
-  is kept: the checked options of each group (until one of them changes) and the launch
-  tables (until a parameter set or a state array changes); a cheap identity check of every
-  parameter (same object, memory, shape, dtype, strides, still writable) guards the reuse.
+  and runs the tensors of each group that share dtype, device, storage format and scalars as
+  one launch over a table of their array addresses.
 
-Every check of a call runs before anything is written: a refused call changes nothing.
+A training loop hands the same arrays every step, so what a step checked and built is kept
+for the next: the checked options of each group (until one changes), and the *step plan* --
+the launches of the last step with their address tables (the gradients' column is rewritten
+on each step). A step that has the same structure (the same parameters with gradients, the
+same state arrays, options that need the same state) runs the plan after cheap checks of
+every parameter (the same object, memory, shape, dtype, strides, still writable) and every
+gradient; any other step goes the full way and makes a new plan. The functional API keeps the
+checks of the arrays of its recent calls in the same way (by identity, through weak
+references). Either way, every check of a call runs before anything is written: a refused
+call changes nothing.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping, Sequence
+import operator
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -44,7 +54,7 @@ from fastgd.arrays import (
     zeros_like,
 )
 from fastgd.halfprec import to_float32
-from fastgd.hyperparams import Flag, learning_rate, number, step_count
+from fastgd.hyperparams import Flag, Pair, learning_rate, number, step_count
 from fastgd.pointers import address as host_address
 from fastgd.reductions import clip_scale, global_norm
 
@@ -71,23 +81,49 @@ class StepScalars(NamedTuple):
     grad_scale: float = 1.0
 
     def kernel_scalars(self, dtype: Any) -> tuple[Any, ...]:
-        """The kernel's scalar arguments: coefficients and ``grad_scale`` in ``dtype``, flags."""
+        """A CUDA kernel's scalar arguments: coefficients and ``grad_scale`` in ``dtype``,
+        flags."""
         if dtype == _FLOAT64:  # Python floats are float64 already
             return (*self.coefficients, self.grad_scale, *self.flags)
         to = dtype.type
         return (*map(to, self.coefficients), to(self.grad_scale), *self.flags)
 
+    def packed(self) -> tuple[Any, ...]:
+        """A CPU kernel's scalar arguments: coefficients and ``grad_scale`` as one tuple of
+        floats (the kernel casts them to its dtype), flags."""
+        return ((*self.coefficients, self.grad_scale), *self.flags)
+
+
+def _getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """``mapping -> tuple(mapping[n] for n in names)``, at C speed."""
+    if not names:
+        return lambda mapping: ()
+    if len(names) == 1:
+        one = operator.itemgetter(names[0])
+        return lambda mapping: (one(mapping),)
+    return operator.itemgetter(*names)
+
+
+@cache
+def _lookups(algorithm: Algorithm) -> tuple[Any, Any, Any, tuple[str, ...]]:
+    """How :func:`step_scalars` reads ``algorithm``'s options and ``update``'s result."""
+    spec = algorithm.spec
+    return (_getter(algorithm.reads), _getter(spec.coefficients), _getter(spec.flags),
+            tuple(s.name for s in algorithm.scalars))
+
 
 def step_scalars(algorithm: Algorithm, options: Mapping[str, Any],
-                 inputs: Mapping[str, Any]) -> tuple[StepScalars, dict[str, float]]:
+                 inputs: Mapping[str, Any], present: tuple[str, ...] | None = None
+                 ) -> tuple[StepScalars, dict[str, float]]:
     """The scalars of a step with checked ``options`` and ``inputs`` (``step``, ...), and
-    the new values of the algorithm's per-parameter scalars."""
-    out = algorithm.update(*[options[n] for n in algorithm.reads], **inputs)
-    spec = algorithm.spec
-    scalars = StepScalars(tuple(out[n] for n in spec.coefficients),
-                          tuple(out[n] for n in spec.flags), algorithm.present(options),
-                          -1.0 if options.get("maximize") else 1.0)
-    return scalars, {s.name: out[s.name] for s in algorithm.scalars}
+    the new values of the algorithm's per-parameter scalars. ``present``: the optional
+    states the options use, if known."""
+    reads, coefficients, flags, scalars = _lookups(algorithm)
+    out = algorithm.update(*reads(options), **inputs)
+    return (StepScalars(coefficients(out), flags(out),
+                        algorithm.present(options) if present is None else present,
+                        -1.0 if options.get("maximize") else 1.0),
+            {n: out[n] for n in scalars} if scalars else {})
 
 
 def check_inputs(algorithm: Algorithm, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -134,27 +170,142 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> tuple[list[Any]
     return [kernel_view(a, order) for a in arrays.values()], storage(p)
 
 
-def run(algorithm: Algorithm, param: Any, grad: Any, states: Mapping[str, Any | None],
-        options: Mapping[str, Any], inputs: Mapping[str, Any], stream: Any = None
-        ) -> dict[str, float]:
-    """One step of ``algorithm`` over ``param`` with explicit ``states`` (by name; an
-    optional one the options do not use may be None), hyperparameters ``options`` and step
-    ``inputs``, in place; returns the new per-parameter scalars."""
-    options = algorithm.check(options, t=None)
-    inputs = check_inputs(algorithm, inputs)
-    present = algorithm.present(options)
-    for name in present:
-        if states.get(name) is None:
-            raise ValueError(f"{name} is required with these hyperparameters (got None)")
-    spec = algorithm.spec
-    used = {name: states[name] for name in spec.present_states(present)}
-    arrays, fmt = prepare(param, grad, used)
-    if stream is not None:
-        check_stream(stream, arrays)
-    scalars, new = step_scalars(algorithm, options, inputs)
-    with on_gpu(gpu_of(arrays[0])):
-        launch(algorithm, arrays, scalars, stream, fmt)
-    return new
+class Functional:
+    """The functional API's calls of one algorithm (each generated function calls one).
+
+    ``Functional(algorithm)(param, grad, states, values, inputs, stream)`` checks every
+    argument, runs one step in place, and returns the new per-parameter scalars. ``states``
+    are the state arrays in the algorithm's order (None for an unused optional one);
+    ``values`` its functional hyperparameter arguments
+    (:attr:`~fastgd.algorithms.Algorithm.functional_hyperparameters`, a pair as its two parts),
+    then the flags that optional arrays imply; ``inputs`` what the step needs
+    (:attr:`~fastgd.algorithms.Algorithm.inputs`).
+
+    Kept between calls: the checked options of the last call (reused when the same value
+    objects come again) and, for host arrays, the checks and launch table of each set of
+    arrays (reused when the same arrays come again -- identity through weak references, which
+    keep no array alive -- after :class:`Param`'s cheap layout checks); a training loop that
+    calls it with the same arrays pays for those checks only.
+    """
+
+    #: Sets of arrays kept (those of one training loop); at the limit, the dead ones go.
+    LIMIT = 4096
+
+    def __init__(self, algorithm: Algorithm) -> None:
+        self.algorithm = algorithm
+        self._layout = [(h.name, 2 if isinstance(h.domain, Pair) else 1)
+                        for h in algorithm.functional_hyperparameters]
+        self._layout += [(s.when, 1) for s in algorithm.optional if s.implied]
+        self._states = tuple(s.name for s in algorithm.states)
+        self._simple = algorithm.inputs == ("step",)
+        self._last: tuple[tuple[Any, ...], Any] | None = None
+        self._kept: dict[tuple[int, ...], _Kept] = {}
+
+    def options(self, values: tuple[Any, ...]) -> tuple[dict[str, Any], tuple[str, ...],
+                                                     tuple[str, ...], Any]:
+        """The checked options of the call with these argument values, the optional states
+        they use, the state arrays a step with them takes (names), and how to pick those out
+        of the ``states`` argument."""
+        last = self._last
+        if last is not None and all(map(operator.is_, last[0], values)):
+            return last[1]
+        algorithm = self.algorithm
+        raw = dict(algorithm.defaults)
+        i = 0
+        for name, width in self._layout:
+            raw[name] = values[i] if width == 1 else tuple(values[i:i + width])
+            i += width
+        options = algorithm.check(raw)
+        present = algorithm.present(options)
+        used = algorithm.spec.present_states(present)
+        pick = _getter([self._states.index(n) for n in used])
+        self._last = (values, (options, present, used, pick))
+        return options, present, used, pick
+
+    def __call__(self, param: Any, grad: Any, states: tuple[Any, ...],
+                 values: tuple[Any, ...], inputs: tuple[Any, ...], stream: Any = None
+                 ) -> dict[str, float]:
+        algorithm = self.algorithm
+        options, present, used, pick = self.options(values)
+        if self._simple:
+            step = inputs[0]
+            checked = {"step": step if type(step) is int and step > 0 else step_count(step)}
+        else:
+            checked = check_inputs(algorithm, dict(zip(algorithm.inputs, inputs, strict=True)))
+        arrays = pick(states)
+        if any(map(operator.is_, arrays, itertools.repeat(None))):
+            for name, array in zip(used, arrays):  # noqa: B905 - equal lengths
+                if array is None and name in present:
+                    raise ValueError(f"{name} is required with these hyperparameters "
+                                     "(got None)")
+        scalars, new = step_scalars(algorithm, options, checked, present)
+        kept = self._kept.get((id(param), *map(id, arrays))) if stream is None else None
+        if kept is not None and kept.run(param, grad, arrays, used, scalars):
+            return new
+        views, fmt = prepare(param, grad, dict(zip(used, arrays, strict=True)))
+        if stream is not None:
+            check_stream(stream, views)
+        with on_gpu(gpu_of(views[0])):
+            launch(algorithm, views, scalars, stream, fmt)
+        if stream is None and isinstance(views[0], np.ndarray):
+            self._keep(param, arrays, used, fmt, scalars.present)
+        return new
+
+    def _keep(self, param: Any, arrays: tuple[Any, ...], used: tuple[str, ...], fmt: str,
+              present: tuple[str, ...]) -> None:
+        """Keep the checks (already passed) of these arrays for the next call."""
+        try:
+            refs = tuple(weakref.ref(a) for a in (param, *arrays))
+        except TypeError:  # an array type without weak references: check it every time
+            return
+        if len(self._kept) >= self.LIMIT:
+            for key in [k for k, v in self._kept.items() if not v.alive()]:
+                del self._kept[key]
+            if len(self._kept) >= self.LIMIT:
+                self._kept.clear()
+        checked = [Param(a, name) for a, name in zip((param, *arrays), ("param", *used),
+                                                       strict=True)]
+        addresses = np.array([[checked[0].address, 0, *(c.address for c in checked[1:])]],
+                             dtype=np.int64)
+        sizes = np.array([checked[0].view.size], dtype=np.int64)
+        table = cpu.Table(self.algorithm.spec, present, fmt, checked[0].dtype, addresses, sizes)
+        states = [c for c in checked[1:] if c.nbytes]
+        span = (min((c.address for c in states), default=0),
+                max((c.address + c.nbytes for c in states), default=0))
+        self._kept[(id(param), *map(id, arrays))] = _Kept(
+            refs, tuple(c.detached() for c in checked), table, span)
+
+
+class _Kept(NamedTuple):
+    """A functional call's checked arrays: weak references to them (param, then the states in
+    use), their layouts (detached :class:`Param`), and their launch table."""
+
+    refs: tuple[weakref.ref, ...]
+    layouts: tuple[Any, ...]
+    table: cpu.Table
+    span: tuple[int, int]  # (the memory of the state arrays lies between these addresses)
+
+    def alive(self) -> bool:
+        return all(r() is not None for r in self.refs)
+
+    def run(self, param: Any, grad: Any, arrays: tuple[Any, ...], used: tuple[str, ...],
+            scalars: StepScalars) -> bool:
+        """The step on the same arrays as before, if they are (the same objects, with the same
+        layout); False (nothing done) if not. ``grad`` is checked as in a first call."""
+        objects = (param, *arrays)
+        for ref, layout, obj in zip(self.refs, self.layouts, objects):  # noqa: B905
+            if ref() is not obj or not layout.matches(obj):
+                return False
+        checked = self.layouts[0]
+        where, holder = checked.grad_address(grad, None)  # (holder: alive till the return)
+        low, high = self.span
+        if where and where < high and low < where + checked.nbytes:
+            for layout, name in zip(self.layouts[1:], used):  # noqa: B905
+                if layout.overlaps(where, checked.nbytes):
+                    raise ValueError(f"grad and {name} share memory; pass separate arrays")
+        self.table.addresses[0, 1] = where
+        self.table.launch(scalars.packed())
+        return True
 
 
 def compute_dtype(param: Any, fmt: str) -> np.dtype:
@@ -167,21 +318,28 @@ def launch(algorithm: Algorithm, arrays: list[Any], scalars: StepScalars, stream
     """Run a step on checked flat kernel views (param, grad, [master], states in rule
     order) of storage format ``fmt``: NumPy arrays on the CPU, device arrays on the GPU
     (queued on ``stream``, which the caller has checked)."""
-    kernel_scalars = scalars.kernel_scalars(compute_dtype(arrays[0], fmt))
     if isinstance(arrays[0], np.ndarray):
-        cpu.launch(algorithm.spec, scalars.present, arrays, kernel_scalars, fmt)
+        cpu.launch(algorithm.spec, scalars.present, arrays, scalars.packed(), fmt)
     else:
         from fastgd import cuda
 
-        cuda.launch(algorithm.spec, scalars.present, arrays, kernel_scalars, stream)
+        cuda.launch(algorithm.spec, scalars.present, arrays,
+                    scalars.kernel_scalars(compute_dtype(arrays[0], fmt)), stream)
 
 
-# -- the class face: parameters checked once, state kept per parameter --------------------------
+# -- arrays checked once ------------------------------------------------------------------------
+
+def _names(index: int | None) -> tuple[str, str]:
+    """How errors name a gradient and its parameter: ``grads[i]``, ``params[i]`` (the
+    classes) or ``grad``, ``param`` (the functional API: ``index`` None)."""
+    return ("grad", "param") if index is None else (f"grads[{index}]", f"params[{index}]")
+
 
 class Param:
-    """A parameter as the engine holds it: the object it was given (``original``), a
-    zero-copy view (NumPy, or a Numba device array), its memory order, flat kernel view,
-    address, GPU (None on the host) and storage format, checked once when it is added."""
+    """An array the engine writes (a parameter; in the functional API, a state array too),
+    checked once: the object it was given (``original``), a zero-copy view (NumPy, or a
+    Numba device array), its memory order, flat kernel view, address, size in bytes, GPU
+    (None on the host) and storage format, and what :meth:`recheck` compares."""
 
     __slots__ = ("original", "view", "order", "flat", "address", "nbytes", "gpu", "storage",
                  "dtype", "shape", "strides", "torch")
@@ -204,26 +362,39 @@ class Param:
         self.torch = ((original.dtype, original.shape, original.stride(), original.device)
                       if is_torch(original) else None)
 
-    def recheck(self, name: str) -> None:
-        """Refuse a parameter whose memory, shape, dtype or layout changed since it was
-        added (``tensor.data = ...``, ``array.shape = ...``), or that became read-only."""
-        o = self.original
-        if self.torch is not None:
-            ok = (o.data_ptr() == self.address and o.dtype is self.torch[0]
-                  and o.shape == self.torch[1] and o.stride() == self.torch[2])
-        elif isinstance(o, np.ndarray):
-            ok = (o.dtype is self.dtype and o.shape == self.shape and o.strides == self.strides
-                  and o.flags.writeable)
-        else:
-            ok = tuple(o.shape) == self.shape and o.dtype == self.dtype
-        if not ok:
-            raise ValueError(f"{name} changed (memory, shape, dtype, layout or writability) "
-                             "since it was given to the optimizer; make a new optimizer")
+    def detached(self) -> Param:
+        """A copy that holds no reference to the array (what :meth:`recheck` and
+        :meth:`grad_address` compare with stays)."""
+        copy = object.__new__(Param)
+        for name in Param.__slots__:
+            setattr(copy, name, getattr(self, name))
+        copy.original = copy.view = copy.flat = None
+        return copy
 
-    def grad_address(self, grad: Any, name: str) -> tuple[int, Any]:
-        """Check ``grad`` against this parameter (same device, shape, dtype, memory order,
-        no overlap); return its address and the array that holds it (``grad`` itself, or a
-        view of it, which must stay alive until the kernel has run)."""
+    def matches(self, obj: Any) -> bool:
+        """Whether ``obj`` (this array) still has the memory, shape, dtype and layout it was
+        checked with (not after ``tensor.data = ...`` or ``array.shape = ...``), and is
+        still writable."""
+        if self.torch is not None:
+            return (obj.data_ptr() == self.address and obj.dtype is self.torch[0]
+                    and obj.shape == self.torch[1] and obj.stride() == self.torch[2])
+        if isinstance(obj, np.ndarray):
+            return (obj.dtype is self.dtype and obj.shape == self.shape
+                    and obj.strides == self.strides and obj.flags.writeable)
+        return tuple(obj.shape) == self.shape and obj.dtype == self.dtype
+
+    def recheck(self, obj: Any, index: int) -> None:
+        """Refuse ``params[index]`` if it no longer :meth:`matches`."""
+        if not self.matches(obj):
+            raise ValueError(f"params[{index}] changed (memory, shape, dtype, layout or "
+                             "writability) since it was given to the optimizer; make a new "
+                             "optimizer")
+
+    def grad_address(self, grad: Any, index: int | None) -> tuple[int, Any]:
+        """Check ``grad`` (``grads[index]``; the functional API's ``grad`` for None) against
+        this parameter (same device, shape, dtype, memory order, no overlap); return its
+        address and the array that holds it (``grad`` itself, or a view of it, which must
+        stay alive until the kernel has run)."""
         if self.gpu is None and type(grad) is np.ndarray:
             fast = (grad.dtype is self.dtype and grad.shape == self.shape
                     and grad.strides == self.strides)
@@ -237,33 +408,122 @@ class Param:
         else:
             fast, where = False, None
         if not fast:
-            grad = self.grad_view(grad, name)
+            grad = self.grad_view(grad, index)
             where = address(grad) if grad.size else None
         if where is None:  # empty: nothing to read, nothing to overlap
             return 0, grad
-        if where < self.address + self.nbytes and self.address < where + self.nbytes:
-            raise ValueError(f"{name} shares memory with {name.replace('grads', 'params')}")
+        if self.overlaps(where, self.nbytes):
+            raise ValueError("{} shares memory with {}".format(*_names(index)))
         return where, grad
 
-    def grad_view(self, grad: Any, name: str) -> Any:
+    def overlaps(self, where: int, nbytes: int) -> bool:
+        """Whether this array's memory meets ``nbytes`` bytes at address ``where``."""
+        return where < self.address + self.nbytes and self.address < where + nbytes
+
+    def grad_view(self, grad: Any, index: int | None) -> Any:
         """The flat kernel view of ``grad`` after every check of :meth:`grad_address`."""
+        name, param_name = _names(index)
         view = as_array(grad, name, writable=False, device=self.gpu is not None)
-        check_like(view, self.view, self.order, name, name.replace("grads", "params"))
+        check_like(view, self, self.order, name, param_name)
         if self.gpu is not None and gpu_of(view) != self.gpu:
-            raise ValueError(f"{name} is on GPU {gpu_of(view)} but "
-                             f"{name.replace('grads', 'params')} is on GPU {self.gpu}")
+            raise ValueError(f"{name} is on GPU {gpu_of(view)} but {param_name} is on GPU "
+                             f"{self.gpu}")
         return kernel_view(view, self.order)
 
 
+# -- the class face: parameters checked once, state kept per parameter --------------------------
+
 class _Work(NamedTuple):
+    """One parameter's part of a step, checked."""
+
     index: int
+    group: int
+    start: int  # the index of the group's first parameter
     options: dict[str, Any]
     grad: Any
     holder: Any  # what holds the gradient's memory (alive until the launch)
     address: int
+    key: Any  # the step inputs (``t``, or ``(t, *inputs)``): equal keys, equal scalars
     scalars: StepScalars
     new: dict[str, float]
     step: int
+
+
+def state_view(param: Param, array: Any, name: str) -> Any:
+    """A zero-copy view of a state array of ``param`` (made by the optimizer, loaded, or set
+    by hand), checked: like ``param`` in shape, device and memory order, of the state dtype,
+    writable, not overlapping ``param``."""
+    view = as_array(array, name, writable=True, device=param.gpu is not None)
+    check_like(view, param, param.order, name, "its parameter", dtype=state_dtype(param))
+    if view.size and param.overlaps(address(view), view.size * view.dtype.itemsize):
+        raise ValueError(f"{name} shares memory with its parameter")
+    return view
+
+
+class _Unit:
+    """One launch: the tensors of one parameter group that share dtype, device, storage
+    format and scalars, with their launch table (the address of every array of every
+    tensor; the gradients' column is rewritten on each step). Kept while the tensors' state
+    arrays stay the same objects."""
+
+    __slots__ = ("spec", "group", "indices", "positions", "params", "names", "arrays", "fmt",
+                 "master", "present", "addresses", "sizes", "table")
+
+    def __init__(self, spec: Any, group: int, start: int, params: list[tuple[int, Param]],
+                 names: tuple[str, ...], state: Mapping[int, Mapping[str, Any]], fmt: str,
+                 present: tuple[str, ...]) -> None:
+        self.spec = spec
+        self.group, self.fmt, self.present, self.names = group, fmt, present, names
+        self.master = fmt.endswith("_master")
+        self.indices = tuple(i for i, _ in params)
+        self.positions = tuple(i - start for i in self.indices)  # (in the group's params)
+        self.params = tuple(p for _, p in params)
+        self.arrays = tuple(tuple(state[i][n] for n in names) for i in self.indices)
+        rows = [[p.address, 0, *(address(state_view(p, a, f"state[{i}][{n!r}]"))
+                                 for n, a in zip(names, arrays, strict=True))]
+                for i, p, arrays in zip(self.indices, self.params, self.arrays, strict=True)]
+        self.addresses = np.array(rows, dtype=np.int64).reshape(len(rows), 2 + len(names))
+        self.sizes = np.array([p.view.size for p in self.params], dtype=np.int64)
+        first = self.params[0]
+        self.table = (cpu.Table(spec, present, fmt, first.dtype, self.addresses, self.sizes)
+                      if first.gpu is None else None)
+
+    def holds(self, state: Mapping[int, Mapping[str, Any]]) -> bool:
+        """Whether the tensors' state arrays are still the ones of the table."""
+        names = self.names
+        for i, arrays in zip(self.indices, self.arrays):  # noqa: B905 - equal by construction
+            entry = state.get(i)
+            if entry is None:
+                return False
+            for name, array in zip(names, arrays):  # noqa: B905
+                if entry.get(name) is not array:
+                    return False
+        return True
+
+    def launch(self, scalars: StepScalars, grads: Sequence[int], stream: Any) -> None:
+        """Run the step with ``scalars``, the gradients at addresses ``grads``."""
+        if len(grads) == 1:
+            self.addresses[0, 1] = grads[0]
+        else:
+            self.addresses[:, 1] = grads
+        if self.table is not None:
+            self.table.launch(scalars.packed())
+            return
+        from fastgd import cuda
+
+        like = self.params[0].flat
+        with on_gpu(self.params[0].gpu):
+            cuda.launch_table(self.spec, self.present, self.addresses, self.sizes, like,
+                              scalars.kernel_scalars(compute_dtype(like, self.fmt)), stream)
+
+
+class _Plan(NamedTuple):
+    """The units of the last step, to run again while a step has the same structure."""
+
+    state: dict[int, dict[str, Any]]
+    count: int
+    units: list[_Unit]
+    idle: tuple[int, ...]  # the parameters without a gradient
 
 
 class Stepper:
@@ -272,8 +532,10 @@ class Stepper:
     def __init__(self, algorithm: Algorithm) -> None:
         self.algorithm = algorithm
         self.params: list[Param] = []
-        self._options: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
-        self._tables: dict[tuple[Any, ...], tuple[list[Any], Any]] = {}
+        self._options: dict[int, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {}
+        self._units: dict[tuple[Any, ...], _Unit] = {}
+        self._plan: _Plan | None = None
+        self._simple = algorithm.inputs == ("step",)
 
     def check_options(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """The checked options of a parameter group (``lr`` at step 1 if a schedule)."""
@@ -284,30 +546,37 @@ class Stepper:
     def forget(self) -> None:
         """Drop what is kept between steps (after the state was replaced)."""
         self._options.clear()
-        self._tables.clear()
+        self._units.clear()
+        self._plan = None
 
-    def _group_options(self, index: int, group: Mapping[str, Any], t: int) -> dict[str, Any]:
-        """The checked options of group ``index`` at step ``t``: checked again only when an
-        option changed; a schedule is evaluated (and its value checked) at ``t``."""
-        raw = tuple(v for k, v in group.items() if k != "params" and k != "param_names")
+    def _group_options(self, index: int, group: Mapping[str, Any], t: int
+                       ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The checked options of group ``index`` at step ``t``, and the optional states
+        they use: checked again only when an option changed; a schedule is evaluated (and
+        its value checked) at ``t``."""
         cached = self._options.get(index)
         try:
-            same = cached is not None and cached[0] == raw
+            same = cached is not None and cached[0] == group
         except (TypeError, ValueError):  # an option NumPy cannot compare as a whole
             same = False
         if not same:
-            cached = self._options[index] = (raw, self.check_options(group))
+            options = self.check_options(group)
+            cached = self._options[index] = (dict(group), options,
+                                             self.algorithm.present(options))
         options = cached[1]
         lr = group["lr"]
         if callable(lr):
             options = {**options, "lr": learning_rate(lr, t)}
-        return options
+        return options, cached[2]
 
     def step(self, groups: Sequence[Mapping[str, Any]], state: dict[int, dict[str, Any]],
              grads: Sequence[Any], *, max_norm: Any = None, skip_if_nonfinite: bool = False,
              stream: Any = None) -> StepInfo | None:
         """One step of every parameter whose gradient (``grads[i]``, aligned with the
         parameters) is not None, in place; see :meth:`fastgd.Optimizer.step`."""
+        if (max_norm is None and not skip_if_nonfinite and stream is None
+                and self._planned(groups, state, grads)):
+            return None
         work = self._check(groups, state, grads)
         if stream is not None:
             check_stream(stream, [self.params[w.index].view for w in work])
@@ -320,20 +589,77 @@ class Stepper:
                 scale = clip_scale(info.grad_norm, float(max_norm))
                 work = [w._replace(scalars=w.scalars._replace(
                     grad_scale=w.scalars.grad_scale * scale)) for w in work]
-        self._launch(work, state, stream)
-        for w in work:
-            entry = state[w.index]
-            entry["step"] = w.step
-            if w.new:
-                entry.update(w.new)
+        units = self._launch(work, state, stream)
+        self._finish([(w.index, w.step, w.new) for w in work], state)
+        done = {w.index for w in work}
+        self._plan = _Plan(state, len(grads), units,
+                           tuple(i for i in range(len(grads)) if i not in done))
         return info
+
+    @staticmethod
+    def _finish(done: Sequence[tuple[int, int, dict[str, float]]],
+                state: dict[int, dict[str, Any]]) -> None:
+        """Count the step and keep the new scalars of every parameter stepped (``done``:
+        index, step, new scalars)."""
+        for index, step, new in done:
+            entry = state[index]
+            entry["step"] = step
+            if new:
+                entry.update(new)
+
+    def _planned(self, groups: Sequence[Mapping[str, Any]], state: dict[int, dict[str, Any]],
+                 grads: Sequence[Any]) -> bool:
+        """Run the step by the plan of the last one if it has the same structure (the same
+        parameters with gradients, state arrays, batches); False (nothing done) if not. Every
+        gradient is checked as in :meth:`_check`, before anything runs."""
+        plan = self._plan
+        if plan is None or plan.state is not state or plan.count != len(grads) or (
+                plan.idle and any(grads[i] is not None for i in plan.idle)):
+            return False
+        algorithm, simple = self.algorithm, self._simple
+        runs, done, holders = [], [], []
+        for unit in plan.units:
+            group = groups[unit.group]
+            originals = group["params"]
+            found = None
+            addresses = []
+            for i, j, param in zip(unit.indices, unit.positions, unit.params):  # noqa: B905
+                grad = grads[i]
+                if grad is None or originals[j] is not param.original:
+                    return False
+                param.recheck(param.original, i)
+                where, holder = param.grad_address(grad, i)
+                holders.append(holder)
+                entry = state.get(i)
+                if not entry:
+                    return False
+                t = entry["step"] + 1
+                key = t if simple else (t, *self._inputs(unit.group, group, t, entry))
+                if found is None:
+                    options, present = self._group_options(unit.group, group, t)
+                    if present != unit.present or unit.master != (
+                            bool(unit.fmt) and options["master_weights"]):
+                        return False
+                    values = {"step": t} if simple else dict(zip(
+                        algorithm.inputs, key[1:], strict=True))
+                    found = (key, *step_scalars(algorithm, options, values, present))
+                elif key != found[0]:
+                    return False
+                addresses.append(where)
+                done.append((i, t, found[2]))
+            if not unit.holds(state):
+                return False
+            runs.append((unit, found[1], addresses))
+        for unit, scalars, addresses in runs:  # (``holders`` keeps the gradients alive)
+            unit.launch(scalars, addresses, None)
+        self._finish(done, state)
+        return True
 
     def _check(self, groups: Sequence[Mapping[str, Any]], state: dict[int, dict[str, Any]],
                grads: Sequence[Any]) -> list[_Work]:
         """Check every gradient and every group's options; the work of the step."""
         algorithm = self.algorithm
         inputs = algorithm.inputs
-        simple = inputs == ("step",)
         work = []
         start = 0
         for g, group in enumerate(groups):
@@ -347,18 +673,20 @@ class Stepper:
                 if original is not param.original:
                     raise ValueError(f"params[{i}] was replaced in param_groups; make a new "
                                      "optimizer or use add_param_group")
-                param.recheck(f"params[{i}]")
-                where, holder = param.grad_address(grad, f"grads[{i}]")
+                param.recheck(original, i)
+                where, holder = param.grad_address(grad, i)
                 entry = state.get(i)
                 t = entry["step"] + 1 if entry else 1
-                key: Any = t if simple else (t, *self._inputs(g, group, t, entry))
+                key: Any = t if self._simple else (t, *self._inputs(g, group, t, entry))
                 hit = found.get(key)
                 if hit is None:
-                    options = self._group_options(g, group, t)
-                    values = {"step": t} if simple else dict(zip(inputs, key[1:],
-                                                                 strict=True))
-                    hit = found[key] = (options, *step_scalars(algorithm, options, values))
-                work.append(_Work(i, hit[0], grad, holder, where, hit[1], hit[2], t))
+                    options, present = self._group_options(g, group, t)
+                    values = {"step": t} if self._simple else dict(zip(inputs, key[1:],
+                                                                       strict=True))
+                    hit = found[key] = (options, *step_scalars(algorithm, options, values,
+                                                               present))
+                work.append(_Work(i, g, start, hit[0], grad, holder, where, key, hit[1],
+                                  hit[2], t))
             start += len(originals)
         return work
 
@@ -366,20 +694,18 @@ class Stepper:
                 entry: Mapping[str, Any] | None) -> tuple[Any, ...]:
         """The values of ``update``'s step inputs for one parameter, as a tuple."""
         algorithm = self.algorithm
-        options = None
         values = []
         for name in algorithm.inputs:
             if name == "step":
                 values.append(t)
             elif name == "first_step":
-                options = options or self._group_options(g, group, t)
-                needed = algorithm.spec.present_states(algorithm.present(options))
+                needed = algorithm.spec.present_states(self._group_options(g, group, t)[1])
                 values.append(not entry or not any(n in entry for n in needed))
             elif entry and name in entry:
                 values.append(entry[name])
             else:
-                options = options or self._group_options(g, group, t)
-                values.append(algorithm.initial_scalars(options)[name])
+                values.append(algorithm.initial_scalars(self._group_options(g, group, t)[0])[
+                    name])
         return tuple(values)
 
     def _reduce(self, work: list[_Work], max_norm: Any, skip_if_nonfinite: bool) -> StepInfo:
@@ -388,15 +714,16 @@ class Stepper:
         params = self.params
         if any(params[w.index].gpu is not None for w in work):
             raise TypeError("max_norm and skip_if_nonfinite support host (NumPy) arrays only")
-        grads = [to_float32(params[w.index].grad_view(w.grad, f"grads[{w.index}]"),
+        grads = [to_float32(params[w.index].grad_view(w.grad, w.index),
                             params[w.index].storage) for w in work]
         norm = global_norm(grads)
         finite = math.isfinite(norm)
         return StepInfo(norm, finite, skip_if_nonfinite and not finite)
 
-    def _launch(self, work: list[_Work], state: dict[int, dict[str, Any]], stream: Any) -> None:
-        """Create missing state, then run the tensors that share dtype, device, storage
-        format and scalars as one launch each."""
+    def _launch(self, work: list[_Work], state: dict[int, dict[str, Any]], stream: Any
+                ) -> list[_Unit]:
+        """Create missing state, then run the tensors of each group that share dtype,
+        device, storage format and scalars as one launch each; returns the launches."""
         spec = self.algorithm.spec
         batches: dict[tuple[Any, ...], list[_Work]] = {}
         for w in work:
@@ -410,44 +737,29 @@ class Stepper:
             for name in spec.present_states(w.scalars.present):
                 if name not in entry:
                     entry[name] = self._new_state(param, name, w.options)
-            batches.setdefault((param.dtype, param.gpu, w.scalars, fmt), []).append(w)
-        for (_, gpu, scalars, fmt), items in batches.items():
-            addresses, sizes, like, table = self._table(items, state, fmt, scalars.present)
-            addresses[:, 1] = [w.address for w in items]
-            kernel_scalars = scalars.kernel_scalars(compute_dtype(like, fmt))
-            if gpu is None:
-                cpu.launch_table(spec, scalars.present, table, kernel_scalars, fmt)
-            else:
-                from fastgd import cuda
-
-                with on_gpu(gpu):
-                    cuda.launch_table(spec, scalars.present, addresses, sizes, like,
-                                      kernel_scalars, stream)
+            batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
+        units = []
+        for (_, _, _, fmt, _), items in batches.items():
+            unit = self._unit(items, state, fmt, items[0].scalars.present)
+            unit.launch(items[0].scalars, [w.address for w in items], stream)
+            units.append(unit)
+        return units
 
     def _new_state(self, param: Param, name: str, options: Mapping[str, Any]) -> Any:
         fill = next(s.fill for s in self.algorithm.states if s.name == name)
         return zeros_like(param.view, fill=options[fill] if fill else 0.0,
                           dtype=state_dtype(param.view))
 
-    def _table(self, items: list[_Work], state: dict[int, dict[str, Any]], fmt: str,
-               present: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, Any, Any]:
-        """The launch table of these tensors: made once, kept while their state arrays
-        stay the same objects (the gradient column is rewritten on every step)."""
+    def _unit(self, items: list[_Work], state: dict[int, dict[str, Any]], fmt: str,
+              present: tuple[str, ...]) -> _Unit:
+        """The launch of these tensors: made once, kept while their state arrays stay the
+        same objects."""
         names = (("master_param",) if fmt.endswith("_master") else ()) + \
             self.algorithm.spec.present_states(present)
         key = (tuple(w.index for w in items), fmt, present)
-        arrays = [state[w.index][n] for w in items for n in names]
-        cached = self._tables.get(key)
-        if cached is None or len(cached[0]) != len(arrays) or not all(
-                a is b for a, b in zip(cached[0], arrays, strict=True)):
-            params = [self.params[w.index] for w in items]
-            rows = [[p.address, 0, *(address(state[w.index][n]) for n in names)]
-                    for p, w in zip(params, items, strict=True)]
-            addresses = np.array(rows, dtype=np.int64).reshape(len(items), 2 + len(names))
-            sizes = np.array([p.view.size for p in params], dtype=np.int64)
-            like = params[0].flat
-            table = (cpu.Table(addresses, sizes, *cpu.likes(fmt, params[0].dtype))
-                     if params[0].gpu is None else None)
-            cached = self._tables[key] = (arrays, (addresses, sizes, like, table))
-        return cached[1]
-
+        unit = self._units.get(key)
+        if unit is None or not unit.holds(state):
+            members = [(w.index, self.params[w.index]) for w in items]
+            unit = self._units[key] = _Unit(self.algorithm.spec, items[0].group,
+                                            items[0].start, members, names, state, fmt, present)
+        return unit

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastgd import engine
-from fastgd.algorithms import ALGORITHMS, Algorithm
+from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
 from fastgd.hyperparams import Pair
 
 ArrayLike = Any  # NumPy array, torch tensor, CUDA array, or anything NumPy views without copying
@@ -41,16 +41,16 @@ def _result(new: dict[str, float]) -> Any:
     return values[0] if len(values) == 1 else values
 
 
+def _arguments(h: Hyper) -> tuple[str, ...]:
+    """The functional arguments of a hyperparameter: its name, or a pair's two parts."""
+    return tuple(h.domain.parts) if isinstance(h.domain, Pair) else (h.name,)
+
+
 def signature_parts(algorithm: Algorithm) -> tuple[list[str], list[str], list[str]]:
     """The functional signature of ``algorithm``: its state arrays, its step inputs and its
     hyperparameters (pairs split into their parts)."""
-    shown = set(algorithm.reads) | {s.when for s in algorithm.optional if not s.implied}
-    shown |= {"maximize"} & set(algorithm.hyper)
-    hypers = []
-    for h in algorithm.hyperparameters:
-        if h.name in shown:
-            hypers += list(h.domain.parts) if isinstance(h.domain, Pair) else [h.name]
-    return [s.name for s in algorithm.states], list(algorithm.inputs), hypers
+    return ([s.name for s in algorithm.states], list(algorithm.inputs),
+            [a for h in algorithm.functional_hyperparameters for a in _arguments(h)])
 
 
 def _source(algorithm: Algorithm) -> str:
@@ -62,27 +62,19 @@ def _source(algorithm: Algorithm) -> str:
         positional.append(f"{name}: ArrayLike" + (" | None = None" if defaulted else ""))
     keywords = [f"{n}: int" if n == "step" else f"{n}: bool = False" if n == "first_step"
                 else f"{n}: float" for n in inputs]
-    types = {p: h.domain.first.annotation if isinstance(h.domain, Pair) else h.domain.annotation
-             for h in algorithm.hyperparameters
-             for p in (h.domain.parts if isinstance(h.domain, Pair) else (h.name,))}
+    types = {a: h.domain.first.annotation if isinstance(h.domain, Pair) else h.domain.annotation
+             for h in algorithm.hyperparameters for a in _arguments(h)}
     keywords += [f"{n}: {types[n]} = _DEFAULTS[{n!r}]" for n in hypers]
-    options = []
-    for h in algorithm.hyperparameters:
-        if isinstance(h.domain, Pair) and h.domain.parts[0] in hypers:
-            options.append(f"{h.name!r}: ({', '.join(h.domain.parts)})")
-        elif h.name in hypers:
-            options.append(f"{h.name!r}: {h.name}")
-    options += [f"{s.when!r}: {s.name} is not None" for s in algorithm.optional if s.implied]
+    values = hypers + [f"{s.name} is not None" for s in algorithm.optional if s.implied]
     return f'''\
 from __future__ import annotations
 
 
 def {algorithm.function_name}(param: ArrayLike, grad: ArrayLike, {", ".join(positional)}, *,
         {", ".join(keywords + ["stream: Any = None"])}) -> Any:
-    return _result(engine.run(
-        _ALGORITHM, param, grad, {{{", ".join(f"{s!r}: {s}" for s in states)}}},
-        {{**_DEFAULTS, {", ".join(options)}}},
-        {{{", ".join(f"{n!r}: {n}" for n in inputs)}}}, stream))
+    return _result(_CALL(param, grad, ({"".join(f"{s}, " for s in states)}),
+                         ({"".join(f"{v}, " for v in values)}),
+                         ({"".join(f"{n}, " for n in inputs)}), stream))
 '''
 
 
@@ -105,9 +97,8 @@ def make_function(algorithm: Algorithm) -> Any:
     for h in algorithm.hyperparameters:
         if isinstance(h.domain, Pair):
             defaults.update(zip(h.domain.parts, h.default, strict=True))
-    namespace: dict[str, Any] = {"ArrayLike": ArrayLike, "Any": Any, "engine": engine,
-                                 "_result": _result, "_ALGORITHM": algorithm,
-                                 "_DEFAULTS": defaults}
+    namespace: dict[str, Any] = {"ArrayLike": ArrayLike, "Any": Any, "_result": _result,
+                                 "_CALL": engine.Functional(algorithm), "_DEFAULTS": defaults}
     exec(_source(algorithm), namespace)  # noqa: S102 - a signature generated from the table
     function = namespace[algorithm.function_name]
     function.__doc__ = _docstring(algorithm)

@@ -22,19 +22,27 @@ def split_storage(storage: str) -> tuple[str, bool]:
     return low, bool(master)
 
 
-def kernel_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> list[str]:
-    """Kernel parameters: the arrays, the coefficients, ``grad_scale``, the runtime flags.
-
-    ``grad_scale`` multiplies every gradient element as it is read: -1 for ``maximize``,
-    times the factor of gradient clipping by global norm (fused into the update)."""
+def array_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> list[str]:
+    """The arrays a kernel takes: param, grad, [master], the present states in rule order."""
     master = ["master"] if split_storage(storage)[1] else []
-    return ["param", "grad", *master, *spec.present_states(present), *spec.coefficients,
-            "grad_scale", *spec.flags]
+    return ["param", "grad", *master, *spec.present_states(present)]
+
+
+def scalar_args(spec: RuleSpec) -> list[str]:
+    """The values a kernel computes with in the array dtype: the rule's coefficients and
+    ``grad_scale``, which multiplies every gradient element as it is read (-1 for
+    ``maximize``, times the factor of gradient clipping by global norm)."""
+    return [*spec.coefficients, "grad_scale"]
+
+
+def kernel_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> list[str]:
+    """Kernel parameters: the arrays, the scalars (:func:`scalar_args`), the runtime flags."""
+    return [*array_args(spec, present, storage), *scalar_args(spec), *spec.flags]
 
 
 def n_arrays(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> int:
     """How many of :func:`kernel_args` are arrays."""
-    return 2 + split_storage(storage)[1] + len(spec.present_states(present))
+    return len(array_args(spec, present, storage))
 
 
 def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "") -> str:

@@ -1222,3 +1222,130 @@ def test_stream_is_refused_for_host_arrays_before_anything_runs(cname):
     with pytest.raises(TypeError, match="stream"):
         fastgd.functional.sgd(params[0], np.ones(5), lr=0.1, stream=object())
     snap.assert_unchanged()
+
+
+# steps that repeat the last one's structure (the step plan) ---------------------------------
+
+def _two_steps(cname="Adam", **overrides):
+    params = make_params(shapes=[(4,), (3, 4), (5,)])
+    twin_params = [p.copy() for p in params]
+    opt, twin = make(cname, params, **overrides), make(cname, twin_params, **overrides)
+    for seed in (1, 2):
+        opt.step(make_grads(params, seed))
+        twin.step(make_grads(twin_params, seed))
+    return opt, params, twin, twin_params
+
+
+def _same(opt, params, twin, twin_params):
+    for p, q in zip(params, twin_params, strict=True):
+        assert np.array_equal(p, q)
+    assert_state_equal(opt.state, twin.state)
+
+
+def test_planned_step_refuses_a_param_changed_in_place():
+    opt, params, twin, twin_params = _two_steps()
+    snap = OptimizerSnapshot(opt, params)
+    grads = make_grads(params, 3)
+    params[1].shape = (4, 3)                                   # same memory, other shape
+    refuse(lambda: opt.step(grads), *params, names=("params[1]",))
+    params[1].shape = (3, 4)
+    snap.assert_unchanged()
+    params[2].flags.writeable = False
+    refuse(lambda: opt.step(make_grads(params, 3)), *params, names=("params[2]",))
+    params[2].flags.writeable = True
+    opt.param_groups[0]["params"][0] = params[0].copy()        # another array in its place
+    refuse(lambda: opt.step(make_grads(params, 3)), *params, names=("params[0]",))
+    opt.param_groups[0]["params"][0] = params[0]
+    snap.assert_unchanged()
+    opt.step(make_grads(params, 3))                            # still in step with its twin
+    twin.step(make_grads(twin_params, 3))
+    _same(opt, params, twin, twin_params)
+
+
+def test_planned_step_refuses_a_torch_parameter_given_new_memory():
+    torch = pytest.importorskip("torch")
+    params = [torch.zeros(4, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)]
+    opt = fastgd.Adam(params, lr=0.1)
+    for _ in range(2):
+        opt.step([torch.ones(4, dtype=torch.float64), torch.ones(3, dtype=torch.float64)])
+    old = params[1].clone()
+    params[1].data = torch.zeros(3, dtype=torch.float64)       # new storage
+    refuse(lambda: opt.step([torch.ones(4, dtype=torch.float64),
+                             torch.ones(3, dtype=torch.float64)]),
+           params[1], names=("params[1]",))
+    assert not torch.equal(params[1], old) and torch.equal(params[1], torch.zeros(3,
+                                                                                dtype=torch.float64))
+
+
+def test_planned_step_checks_state_arrays_set_by_hand():
+    opt, params, twin, twin_params = _two_steps()
+    snap = OptimizerSnapshot(opt, params)
+    for bad in (np.zeros(3), np.zeros((3, 4), np.float32), np.zeros((4, 3)),
+                np.asfortranarray(np.zeros((3, 4))), params[1]):
+        saved = opt.state[1]["exp_avg"]
+        opt.state[1]["exp_avg"] = bad
+        refuse(lambda: opt.step(make_grads(params, 3)), *params, names=("exp_avg",))
+        opt.state[1]["exp_avg"] = saved
+        snap.assert_unchanged()
+    # a good array set by hand is used: the same values give the same step
+    opt.state[1]["exp_avg"] = opt.state[1]["exp_avg"].copy()
+    opt.step(make_grads(params, 3))
+    twin.step(make_grads(twin_params, 3))
+    _same(opt, params, twin, twin_params)
+
+
+def test_steps_of_another_structure_leave_the_plan():
+    """Gradients missing, options that need other state, new groups: each step equals the
+    same step of an optimizer that ran every step from scratch (a new optimizer loaded with
+    the state dict before each step)."""
+    opt, params, twin, twin_params = _two_steps(lr=0.05)
+    changes = [lambda o: None, lambda o: o.param_groups[0].__setitem__("amsgrad", True),
+               lambda o: o.param_groups[0].__setitem__("lr", 0.01), lambda o: None]
+    for seed, change in enumerate(changes, start=3):
+        change(opt)
+        change(twin)
+        grads = make_grads(params, seed)
+        if seed % 2:
+            grads[1] = None
+        opt.step(grads)
+        fresh = make(type(twin).__name__, twin_params)
+        fresh.load_state_dict(twin.state_dict())
+        fresh.step([None if g is None else g.copy() for g in grads])
+        twin.load_state_dict(fresh.state_dict())
+        _same(opt, params, twin, twin_params)
+    assert "max_exp_avg_sq" in opt.state[0]
+
+
+def test_functional_calls_with_the_same_arrays_are_checked_every_time():
+    """The functional API keeps the checks of the arrays of its last calls (by identity);
+    every call still checks what may have changed, before anything is written."""
+    arrays = make_arrays("adam", shape=(3, 4))
+    twin = {k: v.copy() for k, v in arrays.items()}
+    for t in (1, 2):
+        call("adam", arrays, t=t)
+        call("adam", twin, t=t)
+    arrays["exp_avg"].flags.writeable = False
+    refuse_call("adam", arrays, ("exp_avg",), t=3)
+    arrays["exp_avg"].flags.writeable = True
+    for bad in (arrays["exp_avg"], arrays["param"], arrays["exp_avg_sq"].T):
+        refuse_call("adam", {**arrays, "grad": bad}, ("grad", "exp_avg", "param"), t=3)
+    for a in (arrays, twin):                  # reshaped in place, consistently: fine
+        for v in a.values():
+            v.shape = (4, 3)
+    call("adam", arrays, t=3)
+    call("adam", twin, t=3)
+    for key in arrays:
+        assert np.array_equal(arrays[key], twin[key]), key
+
+
+def test_functional_calls_keep_no_array_alive():
+    import gc
+    import weakref
+
+    arrays = make_arrays("adam", shape=(1000,))
+    call("adam", arrays, t=1)
+    call("adam", arrays, t=2)
+    refs = [weakref.ref(a) for a in arrays.values()]
+    del arrays
+    gc.collect()
+    assert all(r() is None for r in refs)

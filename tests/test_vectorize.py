@@ -3,7 +3,8 @@
 Each variant's serial loop (the body of every CPU kernel) is compiled afresh, without the
 on-disk cache, so that its machine code can be read: it must contain packed (SIMD)
 arithmetic of its dtype, and a float32 loop no float64 arithmetic at all (a float64 scalar
-in a float32 loop halves the throughput).
+in a float32 loop halves the throughput; the float64 coefficients are cast to float32 once,
+before the loop, which the patterns do not count as arithmetic).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def any_arithmetic(precision: str) -> re.Pattern[str]:
 def serial_asm(spec, present, dtype) -> str:
     scalar = numba.from_dtype(np.dtype(dtype))
     signature = ((scalar[::1],) * n_arrays(spec, present)
-                 + (scalar,) * (len(spec.coefficients) + 1) + (types.boolean,) * len(spec.flags))
+                 + (types.UniTuple(types.float64, len(spec.coefficients) + 1),)
+                 + (types.boolean,) * len(spec.flags))
     serial = cpu.kernel(spec, present, "serial")
     fresh = numba.njit(error_model="numpy")(serial.py_func)  # uncached: its code can be read
     fresh.compile(signature)
