@@ -467,7 +467,7 @@ class _Unit:
     arrays stay the same objects."""
 
     __slots__ = ("spec", "group", "indices", "positions", "params", "names", "arrays", "fmt",
-                 "master", "present", "addresses", "sizes", "table")
+                 "master", "present", "addresses", "sizes", "table", "members")
 
     def __init__(self, spec: Any, group: int, start: int, params: list[tuple[int, Param]],
                  names: tuple[str, ...], state: Mapping[int, Mapping[str, Any]], fmt: str,
@@ -484,6 +484,8 @@ class _Unit:
                 for i, p, arrays in zip(self.indices, self.params, self.arrays, strict=True)]
         self.addresses = np.array(rows, dtype=np.int64).reshape(len(rows), 2 + len(names))
         self.sizes = np.array([p.view.size for p in self.params], dtype=np.int64)
+        self.members = tuple(zip(self.indices, self.positions, self.params, self.arrays,
+                                 strict=True))
         first = self.params[0]
         self.table = (cpu.Table(spec, present, fmt, first.dtype, self.addresses, self.sizes)
                       if first.gpu is None else None)
@@ -617,22 +619,24 @@ class Stepper:
                 plan.idle and any(grads[i] is not None for i in plan.idle)):
             return False
         algorithm, simple = self.algorithm, self._simple
-        runs, done, holders = [], [], []
+        runs, holders = [], []
         for unit in plan.units:
             group = groups[unit.group]
             originals = group["params"]
+            names = unit.names
             found = None
-            addresses = []
-            for i, j, param in zip(unit.indices, unit.positions, unit.params):  # noqa: B905
+            addresses, entries = [], []
+            for i, j, param, arrays in unit.members:
                 grad = grads[i]
-                if grad is None or originals[j] is not param.original:
+                entry = state.get(i)
+                if grad is None or originals[j] is not param.original or not entry:
                     return False
+                for name, array in zip(names, arrays):  # noqa: B905 - equal lengths
+                    if entry.get(name) is not array:  # (a state array replaced)
+                        return False
                 param.recheck(param.original, i)
                 where, holder = param.grad_address(grad, i)
                 holders.append(holder)
-                entry = state.get(i)
-                if not entry:
-                    return False
                 t = entry["step"] + 1
                 key = t if simple else (t, *self._inputs(unit.group, group, t, entry))
                 if found is None:
@@ -642,17 +646,19 @@ class Stepper:
                         return False
                     values = {"step": t} if simple else dict(zip(
                         algorithm.inputs, key[1:], strict=True))
-                    found = (key, *step_scalars(algorithm, options, values, present))
+                    found = (key, t, *step_scalars(algorithm, options, values, present))
                 elif key != found[0]:
                     return False
                 addresses.append(where)
-                done.append((i, t, found[2]))
-            if not unit.holds(state):
-                return False
-            runs.append((unit, found[1], addresses))
-        for unit, scalars, addresses in runs:  # (``holders`` keeps the gradients alive)
-            unit.launch(scalars, addresses, None)
-        self._finish(done, state)
+                entries.append(entry)
+            runs.append((unit, found, addresses, entries))
+        for unit, found, addresses, _ in runs:  # (``holders`` keeps the gradients alive)
+            unit.launch(found[2], addresses, None)
+        for _, (_, t, _, new), _, entries in runs:
+            for entry in entries:
+                entry["step"] = t
+                if new:
+                    entry.update(new)
         return True
 
     def _check(self, groups: Sequence[Mapping[str, Any]], state: dict[int, dict[str, Any]],
