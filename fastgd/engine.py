@@ -23,7 +23,6 @@ call changes nothing.
 
 from __future__ import annotations
 
-import itertools
 import math
 import operator
 import weakref
@@ -197,18 +196,16 @@ class Functional:
                         for h in algorithm.functional_hyperparameters]
         self._layout += [(s.when, 1) for s in algorithm.optional if s.implied]
         self._states = tuple(s.name for s in algorithm.states)
-        self._simple = algorithm.inputs == ("step",)
+        self._simple = algorithm.inputs in ((), ("step",))
         self._last: tuple[tuple[Any, ...], Any] | None = None
-        self._kept: dict[tuple[int, ...], _Kept] = {}
+        self._scalars: tuple[dict[str, Any], tuple[Any, ...], Any] | None = None
+        self._kept: dict[int, _Kept] = {}  # by the id of the parameter
 
     def options(self, values: tuple[Any, ...]) -> tuple[dict[str, Any], tuple[str, ...],
                                                      tuple[str, ...], Any]:
         """The checked options of the call with these argument values, the optional states
         they use, the state arrays a step with them takes (names), and how to pick those out
         of the ``states`` argument."""
-        last = self._last
-        if last is not None and all(map(operator.is_, last[0], values)):
-            return last[1]
         algorithm = self.algorithm
         raw = dict(algorithm.defaults)
         i = 0
@@ -223,41 +220,55 @@ class Functional:
         return options, present, used, pick
 
     def __call__(self, param: Any, grad: Any, states: tuple[Any, ...],
-                 values: tuple[Any, ...], inputs: tuple[Any, ...], stream: Any = None
-                 ) -> dict[str, float]:
+                 values: tuple[Any, ...], inputs: tuple[Any, ...], stream: Any = None) -> Any:
+        """One step; returns the new per-parameter scalar (a tuple of them if several, None
+        if the algorithm has none)."""
         algorithm = self.algorithm
-        options, present, used, pick = self.options(values)
-        if self._simple:
-            step = inputs[0]
-            checked = {"step": step if type(step) is int and step > 0 else step_count(step)}
+        last = self._last  # (the options of the last call, when the same values come again)
+        if last is not None and all(map(operator.is_, last[0], values)):
+            options, present, used, pick = last[1]
         else:
-            checked = check_inputs(algorithm, dict(zip(algorithm.inputs, inputs, strict=True)))
+            options, present, used, pick = self.options(values)
+        computed = self._scalars  # (those of the last call, for a loop over parameters)
+        if computed is not None and computed[0] is options and all(
+                map(operator.is_, computed[1], inputs)) and len(computed[1]) == len(inputs):
+            scalars, new = computed[2]
+        else:
+            if self._simple:  # (the usual inputs: none, or just the step number)
+                step = inputs[0] if inputs else 1
+                checked = {"step": step if type(step) is int and step > 0 else step_count(step)
+                           } if inputs else {}
+            else:
+                checked = check_inputs(algorithm, dict(zip(algorithm.inputs, inputs,
+                                                           strict=True)))
+            scalars, new = step_scalars(algorithm, options, checked, present)
+            self._scalars = (options, inputs, (scalars, new))
         arrays = pick(states)
-        if any(map(operator.is_, arrays, itertools.repeat(None))):
-            for name, array in zip(used, arrays):  # noqa: B905 - equal lengths
-                if array is None and name in present:
-                    raise ValueError(f"{name} is required with these hyperparameters "
-                                     "(got None)")
-        scalars, new = step_scalars(algorithm, options, checked, present)
-        kept = self._kept.get((id(param), *map(id, arrays))) if stream is None else None
-        if kept is not None and kept.run(param, grad, arrays, used, scalars):
-            return new
+        kept = self._kept.get(id(param)) if stream is None else None
+        if kept is None or not kept.run(param, grad, arrays, used, scalars):
+            self._first(param, grad, arrays, used, present, scalars, stream)
+        if not new:
+            return None
+        return next(iter(new.values())) if len(new) == 1 else tuple(new.values())
+
+    def _first(self, param: Any, grad: Any, arrays: tuple[Any, ...], used: tuple[str, ...],
+               present: tuple[str, ...], scalars: StepScalars, stream: Any) -> None:
+        """A step on arrays not seen before (or changed since): every check, the launch,
+        and (host arrays) what to keep of it."""
+        for name, array in zip(used, arrays, strict=True):
+            if array is None and name in present:
+                raise ValueError(f"{name} is required with these hyperparameters (got None)")
         views, fmt = prepare(param, grad, dict(zip(used, arrays, strict=True)))
         if stream is not None:
             check_stream(stream, views)
         with on_gpu(gpu_of(views[0])):
-            launch(algorithm, views, scalars, stream, fmt)
+            launch(self.algorithm, views, scalars, stream, fmt)
         if stream is None and isinstance(views[0], np.ndarray):
             self._keep(param, arrays, used, fmt, scalars.present)
-        return new
 
     def _keep(self, param: Any, arrays: tuple[Any, ...], used: tuple[str, ...], fmt: str,
               present: tuple[str, ...]) -> None:
         """Keep the checks (already passed) of these arrays for the next call."""
-        try:
-            refs = tuple(weakref.ref(a) for a in (param, *arrays))
-        except TypeError:  # an array type without weak references: check it every time
-            return
         if len(self._kept) >= self.LIMIT:
             for key in [k for k, v in self._kept.items() if not v.alive()]:
                 del self._kept[key]
@@ -269,41 +280,48 @@ class Functional:
                              dtype=np.int64)
         sizes = np.array([checked[0].view.size], dtype=np.int64)
         table = cpu.Table(self.algorithm.spec, present, fmt, checked[0].dtype, addresses, sizes)
-        states = [c for c in checked[1:] if c.nbytes]
-        span = (min((c.address for c in states), default=0),
-                max((c.address + c.nbytes for c in states), default=0))
-        self._kept[(id(param), *map(id, arrays))] = _Kept(
-            refs, tuple(c.detached() for c in checked), table, span)
+        try:
+            self._kept[id(param)] = _Kept(checked, table)
+        except TypeError:  # an array type without weak references: check it every time
+            pass
 
 
-class _Kept(NamedTuple):
-    """A functional call's checked arrays: weak references to them (param, then the states in
-    use), their layouts (detached :class:`Param`), and their launch table."""
+class _Kept:
+    """A functional call's checked arrays: weak references to them, their layouts (detached
+    :class:`Param`: no reference to the arrays) and their launch table."""
 
-    refs: tuple[weakref.ref, ...]
-    layouts: tuple[Any, ...]
-    table: cpu.Table
-    span: tuple[int, int]  # (the memory of the state arrays lies between these addresses)
+    __slots__ = ("param", "layout", "states", "table", "addresses", "span")
+
+    def __init__(self, checked: list[Param], table: cpu.Table) -> None:
+        self.param = weakref.ref(checked[0].original)  # (TypeError: no weak references)
+        self.layout = checked[0].detached()
+        self.states = tuple((weakref.ref(c.original), c.detached()) for c in checked[1:])
+        self.table, self.addresses = table, table.addresses
+        # the memory of the state arrays lies between these addresses
+        nonempty = [c for c in checked[1:] if c.nbytes]
+        self.span = (min((c.address for c in nonempty), default=0),
+                     max((c.address + c.nbytes for c in nonempty), default=0))
 
     def alive(self) -> bool:
-        return all(r() is not None for r in self.refs)
+        return self.param() is not None and all(r() is not None for r, _ in self.states)
 
     def run(self, param: Any, grad: Any, arrays: tuple[Any, ...], used: tuple[str, ...],
             scalars: StepScalars) -> bool:
         """The step on the same arrays as before, if they are (the same objects, with the same
         layout); False (nothing done) if not. ``grad`` is checked as in a first call."""
-        objects = (param, *arrays)
-        for ref, layout, obj in zip(self.refs, self.layouts, objects):  # noqa: B905
-            if ref() is not obj or not layout.matches(obj):
+        layout = self.layout
+        if self.param() is not param or not layout.matches(param):
+            return False
+        for (ref, state), array in zip(self.states, arrays):  # noqa: B905 - equal lengths
+            if ref() is not array or not state.matches(array):
                 return False
-        checked = self.layouts[0]
-        where, holder = checked.grad_address(grad, None)  # (holder: alive till the return)
+        where, holder = layout.grad_address(grad, None)  # (holder: alive till the return)
         low, high = self.span
-        if where and where < high and low < where + checked.nbytes:
-            for layout, name in zip(self.layouts[1:], used):  # noqa: B905
-                if layout.overlaps(where, checked.nbytes):
+        if where and where < high and low < where + layout.nbytes:
+            for (_, state), name in zip(self.states, used):  # noqa: B905
+                if state.overlaps(where, layout.nbytes):
                     raise ValueError(f"grad and {name} share memory; pass separate arrays")
-        self.table.addresses[0, 1] = where
+        self.addresses[0, 1] = where
         self.table.launch(scalars.packed())
         return True
 
@@ -375,12 +393,12 @@ class Param:
         """Whether ``obj`` (this array) still has the memory, shape, dtype and layout it was
         checked with (not after ``tensor.data = ...`` or ``array.shape = ...``), and is
         still writable."""
-        if self.torch is not None:
-            return (obj.data_ptr() == self.address and obj.dtype is self.torch[0]
-                    and obj.shape == self.torch[1] and obj.stride() == self.torch[2])
         if isinstance(obj, np.ndarray):
             return (obj.dtype is self.dtype and obj.shape == self.shape
                     and obj.strides == self.strides and obj.flags.writeable)
+        if self.torch is not None:
+            return (obj.data_ptr() == self.address and obj.dtype is self.torch[0]
+                    and obj.shape == self.torch[1] and obj.stride() == self.torch[2])
         return tuple(obj.shape) == self.shape and obj.dtype == self.dtype
 
     def recheck(self, obj: Any, index: int) -> None:

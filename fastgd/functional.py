@@ -24,6 +24,7 @@ refused.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastgd import engine
@@ -31,14 +32,6 @@ from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
 from fastgd.hyperparams import Pair
 
 ArrayLike = Any  # NumPy array, torch tensor, CUDA array, or anything NumPy views without copying
-
-
-def _result(new: dict[str, float]) -> Any:
-    """What a function returns: None, its one new scalar, or a tuple of them."""
-    if not new:
-        return None
-    values = tuple(new.values())
-    return values[0] if len(values) == 1 else values
 
 
 def _arguments(h: Hyper) -> tuple[str, ...]:
@@ -72,9 +65,9 @@ from __future__ import annotations
 
 def {algorithm.function_name}(param: ArrayLike, grad: ArrayLike, {", ".join(positional)}, *,
         {", ".join(keywords + ["stream: Any = None"])}) -> Any:
-    return _result(_CALL(param, grad, ({"".join(f"{s}, " for s in states)}),
-                         ({"".join(f"{v}, " for v in values)}),
-                         ({"".join(f"{n}, " for n in inputs)}), stream))
+    return _CALL(param, grad, ({"".join(f"{s}, " for s in states)}),
+                 ({"".join(f"{v}, " for v in values)}),
+                 ({"".join(f"{n}, " for n in inputs)}), stream)
 '''
 
 
@@ -91,13 +84,58 @@ def _docstring(algorithm: Algorithm) -> str:
     return "\n".join(lines)
 
 
+def keywords(algorithm: Algorithm, options: Mapping[str, Any], strict: bool = False
+             ) -> dict[str, Any] | None:
+    """The keyword arguments of ``algorithm``'s function that mean what the class options
+    ``options`` (constructor keyword arguments) mean: pairs given as their parts. Options the
+    function does not take (they play no part in a step: ``initial_accumulator_value``; or an
+    array implies them: ``amsgrad``) are left out, or (``strict``) make it return None."""
+    taken = {h.name: h for h in algorithm.functional_hyperparameters}
+    result = {}
+    for key, value in options.items():
+        h = taken.get(key)
+        if h is None:
+            if strict:
+                return None
+        elif isinstance(h.domain, Pair):
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                if strict:
+                    return None
+                continue
+            result.update(zip(h.domain.parts, value, strict=True))
+        else:
+            result[key] = value
+    return result
+
+
+def call(algorithm: Algorithm, param: ArrayLike, grad: ArrayLike,
+         states: Mapping[str, ArrayLike], options: Mapping[str, Any], *, step: int,
+         scalars: Mapping[str, float] | None = None, first_step: bool | None = None,
+         **extra: Any) -> dict[str, float]:
+    """Step ``param`` with ``algorithm``'s function, given class options (``options``, see
+    :func:`keywords`), the state arrays by name, the step number, the per-parameter scalars
+    (the first step's when None) and SGD's ``first_step`` (``step == 1`` when None); returns
+    the new scalars by name; ``extra`` keyword arguments go to the function as they are
+    (over ``options``). (For tools that drive every algorithm alike.)"""
+    if scalars is None:
+        scalars = algorithm.initial_scalars(algorithm.check({**algorithm.defaults, **options}))
+    inputs = {"step": step, "first_step": step == 1 if first_step is None else first_step,
+              **scalars}
+    result = globals()[algorithm.function_name](
+        param, grad, **states, **{n: inputs[n] for n in algorithm.inputs},
+        **{**keywords(algorithm, options), **extra})
+    names = [s.name for s in algorithm.scalars]
+    values = () if result is None else (result,) if len(names) == 1 else tuple(result)
+    return dict(zip(names, values, strict=True))
+
+
 def make_function(algorithm: Algorithm) -> Any:
     """The functional API's function of ``algorithm`` (with a real signature)."""
     defaults = dict(algorithm.defaults)
     for h in algorithm.hyperparameters:
         if isinstance(h.domain, Pair):
             defaults.update(zip(h.domain.parts, h.default, strict=True))
-    namespace: dict[str, Any] = {"ArrayLike": ArrayLike, "Any": Any, "_result": _result,
+    namespace: dict[str, Any] = {"ArrayLike": ArrayLike, "Any": Any,
                                  "_CALL": engine.Functional(algorithm), "_DEFAULTS": defaults}
     exec(_source(algorithm), namespace)  # noqa: S102 - a signature generated from the table
     function = namespace[algorithm.function_name]

@@ -22,7 +22,6 @@ from reference import REFERENCES
 import fastgd
 from fastgd import functional as F
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, Uniform
-from fastgd.functional import signature_parts
 from fastgd.hyperparams import Flag, Pair, Real
 
 #: Every algorithm (class names), in registry order.
@@ -148,22 +147,9 @@ def bad_hyperparameters(name: str) -> list[tuple[dict[str, Any], tuple[str, ...]
 
 def functional_overrides(name: str, options: dict[str, Any], strict: bool = True
                          ) -> dict[str, Any] | None:
-    """Constructor kwargs as functional keyword arguments (pairs as their parts). Options the
-    functional API does not take (they play no part in a step: ``initial_accumulator_value``,
-    or are implied by a state array: ``amsgrad``) make it return None, or (not ``strict``)
-    are left out; so does a pair not given as two values."""
-    _, _, hypers = signature_parts(ALGORITHMS[name])
-    hyper = ALGORITHMS[name].hyper
-    result = {}
-    for key, value in options.items():
-        domain = hyper[key].domain if key in hyper else None
-        if isinstance(domain, Pair) and isinstance(value, tuple) and len(value) == 2:
-            result.update(zip(domain.parts, value, strict=True))
-        elif key in hypers:
-            result[key] = value
-        elif strict:
-            return None
-    return result
+    """Constructor kwargs as functional keyword arguments (:func:`fastgd.functional.keywords`):
+    None (``strict``) when the functional API has no such arguments."""
+    return F.keywords(ALGORITHMS[name], options, strict=strict)
 
 
 # -- the functional API ------------------------------------------------------------------------
@@ -192,16 +178,8 @@ def call_functional(name: str, param: Any, grad: Any, states: dict[str, Any],
                     **overrides: Any) -> dict[str, float]:
     """One functional step of ``name`` with constructor kwargs ``hp`` at step ``t``
     (``first_step`` on ``t == 1``); returns the new scalars by name."""
-    a = ALGORITHMS[name]
-    kwargs = functional_overrides(name, hp, strict=False)
-    assert kwargs is not None
-    inputs = {"step": t, "first_step": t == 1, **(scalars or {})}
-    kwargs.update({n: inputs[n] for n in a.inputs})
-    kwargs.update(overrides)
-    result = functional(name)(param, grad, **states, **kwargs)
-    names = [s.name for s in a.scalars]
-    values = () if result is None else (result,) if len(names) == 1 else tuple(result)
-    return dict(zip(names, values, strict=True))
+    return F.call(ALGORITHMS[name], param, grad, states, hp, step=t, scalars=scalars,
+                  **overrides)
 
 
 class FunctionalRunner:

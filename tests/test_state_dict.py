@@ -611,7 +611,7 @@ def functional_twin(cname: str, params: list[np.ndarray]):
     """A function ``step(t, grads, lrs)`` applying the config with the functional API (its
     state made on the first step, with that step's learning rate)."""
     cls, kw = CONFIGS[cname]
-    takes_lr = "lr" in cases.signature_parts(ALGORITHMS[cls.__name__])[2]
+    takes_lr = "lr" in {h.name for h in ALGORITHMS[cls.__name__].functional_hyperparameters}
     runners: list[cases.FunctionalRunner] = []
 
     def step(t: int, grads, lrs) -> None:
