@@ -270,8 +270,9 @@ class Functional:
               present: tuple[str, ...]) -> None:
         """Keep the checks (already passed) of these arrays for the next call."""
         if len(self._kept) >= self.LIMIT:
-            for key in [k for k, v in self._kept.items() if not v.alive()]:
-                del self._kept[key]
+            for key, kept in list(self._kept.items()):
+                if not kept.alive():
+                    self._kept.pop(key, None)
             if len(self._kept) >= self.LIMIT:
                 self._kept.clear()
         checked = [Param(a, name) for a, name in zip((param, *arrays), ("param", *used),

@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import cases
 import numpy as np
 import pytest
 from cases import NAMES as ALL_NAMES
@@ -365,3 +366,40 @@ def run_with_non_finite_gradients(ours: Any, theirs: Any, a: np.ndarray, p: Any,
         ours.step([g])
         p.grad = torch.from_numpy(g.copy())
         theirs.step()
+
+
+# -- refusals like torch's ---------------------------------------------------------------------
+
+CANDIDATES = [-1.0, -1e-9, 0.0, 0.5, 1.0, 1.5, 50.0, math.nan, math.inf, -math.inf]
+
+
+def candidate_options(name: str):
+    """Each hyperparameter of ``name`` (a pair's parts one at a time) set to each value of
+    CANDIDATES, the others at their defaults."""
+    for h in cases.constructor_hypers(name):
+        if isinstance(h.default, bool):
+            continue
+        if isinstance(h.default, tuple):
+            for j in range(2):
+                for value in CANDIDATES:
+                    pair = list(h.default)
+                    pair[j] = value
+                    yield {h.name: tuple(pair)}
+        else:
+            for value in CANDIDATES:
+                yield {h.name: value}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hyperparameters_torch_refuses_are_refused(name: str) -> None:
+    """Whatever torch.optim refuses, fastgd refuses too (it may refuse more: NaN or infinite
+    values torch takes, for instance)."""
+    refused = 0
+    for options in candidate_options(name):
+        try:
+            torch_class(name)([torch.zeros(2, requires_grad=True)], **options)
+        except (ValueError, TypeError):
+            refused += 1
+            with pytest.raises((ValueError, TypeError)):
+                getattr(fastgd, name)([np.zeros(2)], **options)
+    assert refused  # torch refuses some of them: the test is not vacuous

@@ -161,7 +161,10 @@ def test_global_norm_reduction_matches_numpy():
     assert global_norm(grads) == pytest.approx(expected, rel=1e-12)
 
 
-def test_four_threads_step_their_own_optimizers_concurrently():
+@pytest.mark.parametrize("mode", ["class", "class-clipped", "functional"])
+def test_four_threads_step_their_own_optimizers_concurrently(mode):
+    """Threads stepping their own arrays (with an optimizer each, or through the functional
+    API, whose kept checks all threads share) get the results of running alone."""
     import threading
 
     sizes = (100, 50000, 3000)
@@ -170,9 +173,14 @@ def test_four_threads_step_their_own_optimizers_concurrently():
         try:
             rng = np.random.default_rng(seed)
             opt = fastgd.Adam(params, lr=0.01, weight_decay=0.01)
-            for _ in range(15):
-                opt.step([rng.standard_normal(p.shape).astype(p.dtype) for p in params],
-                         max_norm=10.0)
+            states = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+            for t in range(1, 31):
+                grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+                if mode == "functional":
+                    for p, g, (m, v) in zip(params, grads, states, strict=True):
+                        F.adam(p, g, m, v, step=t, lr=0.01, weight_decay=0.01)
+                else:
+                    opt.step(grads, max_norm=10.0 if mode == "class-clipped" else None)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
