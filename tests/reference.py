@@ -78,6 +78,24 @@ class Reference:
             self.state[name] = np.full(p.shape, fill, dtype=np.float64)
         return self.state[name]
 
+    def _adam_moments(self, p: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Adam's weight decay (``decoupled_weight_decay``: ``p *= 1 - lr * wd``, else L2:
+        ``g += wd * p``) and moments (``exp_avg``, ``exp_avg_sq``, kept in the state): the
+        part Adam, NAdam and RAdam share. Returns the decayed ``p`` and ``exp_avg``."""
+        hp = self.hp
+        lr, wd = hp["lr"], hp["weight_decay"]
+        beta1, beta2 = hp["betas"]
+        exp_avg = self._zeros(p, "exp_avg")
+        exp_avg_sq = self._zeros(p, "exp_avg_sq")
+        if hp["decoupled_weight_decay"]:
+            p = p * (1.0 - lr * wd)
+        elif wd != 0:
+            g = g + wd * p
+        exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
+        exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
+        self.state["exp_avg"], self.state["exp_avg_sq"] = exp_avg, exp_avg_sq
+        return p, g
+
 
 class SGDRef(Reference):
     """SGD; ``torch_first_step=False`` starts from a zero buffer and applies the general
@@ -178,17 +196,10 @@ class AdamRef(Reference):
 
     def _update(self, p, g):
         hp = self.hp
-        lr, wd, eps = hp["lr"], hp["weight_decay"], hp["eps"]
+        lr, eps = hp["lr"], hp["eps"]
         beta1, beta2 = hp["betas"]
-        exp_avg = self._zeros(p, "exp_avg")
-        exp_avg_sq = self._zeros(p, "exp_avg_sq")
-        if hp["decoupled_weight_decay"]:
-            p = p * (1.0 - lr * wd)
-        elif wd != 0:
-            g = g + wd * p
-        exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
-        exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
-        self.state["exp_avg"], self.state["exp_avg_sq"] = exp_avg, exp_avg_sq
+        p, _ = self._adam_moments(p, g)
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
         bc1 = 1.0 - beta1 ** self.t
         bc2 = 1.0 - beta2 ** self.t
         if hp["amsgrad"]:
@@ -236,26 +247,19 @@ class NAdamRef(Reference):
 
     def _update(self, p, g):
         hp = self.hp
-        lr, wd, eps, t = hp["lr"], hp["weight_decay"], hp["eps"], self.t
+        lr, eps, t = hp["lr"], hp["eps"], self.t
         beta1, beta2 = hp["betas"]
-        exp_avg = self._zeros(p, "exp_avg")
-        exp_avg_sq = self._zeros(p, "exp_avg_sq")
-        if wd != 0:
-            if hp["decoupled_weight_decay"]:
-                p = p * (1.0 - lr * wd)
-            else:
-                g = g + wd * p
+        p, g = self._adam_moments(p, g)
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
         mu = nadam_mu(beta1, hp["momentum_decay"], t)
         mu_next = nadam_mu(beta1, hp["momentum_decay"], t + 1)
         mu_product = self.state["mu_product"] * mu
         mu_product_next = mu_product * mu_next
         bc2 = 1.0 - beta2 ** t
-        exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
-        exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
         denom = np.sqrt(exp_avg_sq / bc2) + eps
         p = p - lr * (1.0 - mu) / (1.0 - mu_product) * g / denom
         p = p - lr * mu_next / (1.0 - mu_product_next) * exp_avg / denom
-        self.state.update(exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, mu_product=mu_product)
+        self.state["mu_product"] = mu_product
         return p
 
 
@@ -268,18 +272,10 @@ class RAdamRef(Reference):
 
     def _update(self, p, g):
         hp = self.hp
-        lr, wd, eps, t = hp["lr"], hp["weight_decay"], hp["eps"], self.t
+        lr, eps, t = hp["lr"], hp["eps"], self.t
         beta1, beta2 = hp["betas"]
-        exp_avg = self._zeros(p, "exp_avg")
-        exp_avg_sq = self._zeros(p, "exp_avg_sq")
-        if wd != 0:
-            if hp["decoupled_weight_decay"]:
-                p = p * (1.0 - lr * wd)
-            else:
-                g = g + wd * p
-        exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
-        exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
-        self.state["exp_avg"], self.state["exp_avg_sq"] = exp_avg, exp_avg_sq
+        p, _ = self._adam_moments(p, g)
+        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
         bias_correction1 = 1.0 - beta1 ** t
         bias_correction2 = 1.0 - beta2 ** t
         corrected = exp_avg / bias_correction1
