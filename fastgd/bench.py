@@ -221,7 +221,16 @@ def _functional_stepper(case: Case, param: np.ndarray, grad: np.ndarray
             return lambda: fn(*arrays, step=next(counter))
         return lambda: fn(*arrays, step=next(counter), **kwargs)
     names = [s.name for s in algorithm.scalars]
-    scalars = algorithm.initial_scalars(options)
+    scalars = algorithm.initial_scalars(options)  # (passed on from step to step)
+    if algorithm.inputs == ("step", *names):
+        if len(names) == 1:
+            def step() -> None:
+                scalars[names[0]] = fn(*arrays, step=next(counter), **scalars, **kwargs)
+        else:
+            def step() -> None:
+                scalars.update(zip(names, fn(*arrays, step=next(counter), **scalars, **kwargs),
+                                   strict=True))
+        return step
 
     def step() -> None:
         t = next(counter)

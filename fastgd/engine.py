@@ -125,19 +125,20 @@ def step_scalars(algorithm: Algorithm, options: Mapping[str, Any],
             {n: out[n] for n in scalars} if scalars else {})
 
 
-def check_inputs(algorithm: Algorithm, inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Checked step inputs of the functional API (``step``, ``first_step``, scalars)."""
+@cache
+def _input_checks(algorithm: Algorithm) -> tuple[tuple[str, Callable[[str, Any], Any]], ...]:
+    """How :func:`check_inputs` checks each of ``algorithm``'s step inputs."""
     domains = {s.name: s.domain for s in algorithm.scalars}
-    checked = {}
-    for name in algorithm.inputs:
-        value = inputs[name]
-        if name == "step":
-            checked[name] = step_count(value)
-        elif name == "first_step":
-            checked[name] = Flag().check(name, value)
-        else:
-            checked[name] = domains[name].check(name, value)
-    return checked
+    return tuple((name, (lambda _, value: step_count(value)) if name == "step"
+                  else Flag().check if name == "first_step" else domains[name].check)
+                 for name in algorithm.inputs)
+
+
+def check_inputs(algorithm: Algorithm, values: Sequence[Any]) -> dict[str, Any]:
+    """The functional API's step inputs (``step``, ``first_step``, scalars: the values of
+    ``algorithm.inputs``), checked, by name."""
+    return {name: check(name, value)
+            for (name, check), value in zip(_input_checks(algorithm), values, strict=True)}
 
 
 # -- the functional face: one parameter, explicit state -----------------------------------------
@@ -239,8 +240,7 @@ class Functional:
                 checked = {"step": step if type(step) is int and step > 0 else step_count(step)
                            } if inputs else {}
             else:
-                checked = check_inputs(algorithm, dict(zip(algorithm.inputs, inputs,
-                                                           strict=True)))
+                checked = check_inputs(algorithm, inputs)
             scalars, new = step_scalars(algorithm, options, checked, present)
             self._scalars = (options, inputs, (scalars, new))
         arrays = pick(states)
@@ -468,25 +468,37 @@ class _Work(NamedTuple):
     step: int
 
 
-def state_view(param: Param, array: Any, name: str) -> Any:
-    """A zero-copy view of a state array of ``param`` (made by the optimizer, loaded, or set
-    by hand), checked: like ``param`` in shape, device and memory order, of the state dtype,
-    writable, not overlapping ``param``."""
-    view = as_array(array, name, writable=True, device=param.gpu is not None)
-    check_like(view, param, param.order, name, "its parameter", dtype=state_dtype(param))
-    if view.size and param.overlaps(address(view), view.size * view.dtype.itemsize):
+def state_array(param: Param, array: Any, name: str) -> Param:
+    """A state array of ``param`` (made by the optimizer, loaded, or set by hand), checked
+    (like ``param`` in shape, device and memory order, of the state dtype, writable, not
+    overlapping ``param``) as a :class:`Param`, whose :meth:`~Param.matches` later steps
+    check."""
+    checked = Param(array, name)
+    check_like(checked.view, param, param.order, name, "its parameter",
+               dtype=state_dtype(param))
+    if checked.nbytes and param.overlaps(checked.address, checked.nbytes):
         raise ValueError(f"{name} shares memory with its parameter")
-    return view
+    return checked
+
+
+def holds(entry: Mapping[str, Any], arrays: Sequence[tuple[str, Param]]) -> bool:
+    """Whether a parameter's state ``entry`` still holds these (checked) state arrays, with
+    the layout they were checked with."""
+    for name, checked in arrays:
+        array = entry.get(name)
+        if array is not checked.original or not checked.matches(array):
+            return False
+    return True
 
 
 class _Unit:
     """One launch: the tensors of one parameter group that share dtype, device, storage
     format and scalars, with their launch table (the address of every array of every
     tensor; the gradients' column is rewritten on each step). Kept while the tensors' state
-    arrays stay the same objects."""
+    arrays are the same objects, with the same layout."""
 
-    __slots__ = ("spec", "group", "indices", "positions", "params", "names", "arrays", "fmt",
-                 "master", "present", "addresses", "sizes", "table", "members")
+    __slots__ = ("spec", "group", "indices", "params", "names", "states", "fmt", "master",
+                 "present", "addresses", "sizes", "table", "members")
 
     def __init__(self, spec: Any, group: int, start: int, params: list[tuple[int, Param]],
                  names: tuple[str, ...], state: Mapping[int, Mapping[str, Any]], fmt: str,
@@ -495,30 +507,27 @@ class _Unit:
         self.group, self.fmt, self.present, self.names = group, fmt, present, names
         self.master = fmt.endswith("_master")
         self.indices = tuple(i for i, _ in params)
-        self.positions = tuple(i - start for i in self.indices)  # (in the group's params)
         self.params = tuple(p for _, p in params)
-        self.arrays = tuple(tuple(state[i][n] for n in names) for i in self.indices)
-        rows = [[p.address, 0, *(address(state_view(p, a, f"state[{i}][{n!r}]"))
-                                 for n, a in zip(names, arrays, strict=True))]
-                for i, p, arrays in zip(self.indices, self.params, self.arrays, strict=True)]
+        self.states = tuple(tuple(state_array(p, state[i][n], f"state[{i}][{n!r}]")
+                                  for n in names) for i, p in params)
+        rows = [[p.address, 0, *(s.address for s in states)]
+                for p, states in zip(self.params, self.states, strict=True)]
         self.addresses = np.array(rows, dtype=np.int64).reshape(len(rows), 2 + len(names))
         self.sizes = np.array([p.view.size for p in self.params], dtype=np.int64)
-        self.members = tuple(zip(self.indices, self.positions, self.params, self.arrays,
-                                 strict=True))
+        # (index, position in the group's params, param, (name, state array) per state)
+        self.members = tuple((i, i - start, p, tuple(zip(names, states, strict=True)))
+                             for i, p, states in zip(self.indices, self.params, self.states,
+                                                     strict=True))
         first = self.params[0]
         self.table = (cpu.Table(spec, present, fmt, first.dtype, self.addresses, self.sizes)
                       if first.gpu is None else None)
 
     def holds(self, state: Mapping[int, Mapping[str, Any]]) -> bool:
-        """Whether the tensors' state arrays are still the ones of the table."""
-        names = self.names
-        for i, arrays in zip(self.indices, self.arrays):  # noqa: B905 - equal by construction
+        """Whether the tensors' state arrays are still those of the table, unchanged."""
+        for i, _, _, arrays in self.members:
             entry = state.get(i)
-            if entry is None:
+            if entry is None or not holds(entry, arrays):
                 return False
-            for name, array in zip(names, arrays):  # noqa: B905
-                if entry.get(name) is not array:
-                    return False
         return True
 
     def launch(self, scalars: StepScalars, grads: Sequence[int], stream: Any) -> None:
@@ -642,22 +651,20 @@ class Stepper:
         for unit in plan.units:
             group = groups[unit.group]
             originals = group["params"]
-            names = unit.names
             found = None
             addresses, entries = [], []
             for i, j, param, arrays in unit.members:
                 grad = grads[i]
                 entry = state.get(i)
-                if grad is None or originals[j] is not param.original or not entry:
+                if (grad is None or originals[j] is not param.original or not entry
+                        or not holds(entry, arrays)):  # (state replaced or changed by hand)
                     return False
-                for name, array in zip(names, arrays):  # noqa: B905 - equal lengths
-                    if entry.get(name) is not array:  # (a state array replaced)
-                        return False
                 param.recheck(param.original, i)
                 where, holder = param.grad_address(grad, i)
                 holders.append(holder)
                 t = entry["step"] + 1
-                key = t if simple else (t, *self._inputs(unit.group, group, t, entry))
+                key = t if simple else (t, *self._inputs(unit.group, group, t, entry,
+                                                         not unit.names))
                 if found is None:
                     options, present = self._group_options(unit.group, group, t)
                     if present != unit.present or unit.master != (
@@ -716,16 +723,21 @@ class Stepper:
         return work
 
     def _inputs(self, g: int, group: Mapping[str, Any], t: int,
-                entry: Mapping[str, Any] | None) -> tuple[Any, ...]:
-        """The values of ``update``'s step inputs for one parameter, as a tuple."""
+                entry: Mapping[str, Any] | None, first: bool | None = None
+                ) -> tuple[Any, ...]:
+        """The values of ``update``'s step inputs for one parameter, as a tuple (``first``:
+        whether its state arrays are new this step, if known)."""
         algorithm = self.algorithm
         values = []
         for name in algorithm.inputs:
             if name == "step":
                 values.append(t)
             elif name == "first_step":
-                needed = algorithm.spec.present_states(self._group_options(g, group, t)[1])
-                values.append(not entry or not any(n in entry for n in needed))
+                if first is None:
+                    present = self._group_options(g, group, t)[1]
+                    first = not entry or not any(
+                        n in entry for n in algorithm.spec.present_states(present))
+                values.append(first)
             elif entry and name in entry:
                 values.append(entry[name])
             else:

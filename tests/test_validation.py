@@ -1287,6 +1287,14 @@ def test_planned_step_checks_state_arrays_set_by_hand():
         refuse(lambda: opt.step(make_grads(params, 3)), *params, names=("exp_avg",))
         opt.state[1]["exp_avg"] = saved
         snap.assert_unchanged()
+    state = opt.state[1]["exp_avg"]          # the optimizer's own array, changed in place
+    state.flags.writeable = False
+    refuse(lambda: opt.step(make_grads(params, 3)), *params, names=("exp_avg",))
+    state.flags.writeable = True
+    state.shape = (4, 3)
+    refuse(lambda: opt.step(make_grads(params, 3)), *params, names=("exp_avg",))
+    state.shape = (3, 4)
+    snap.assert_unchanged()
     # a good array set by hand is used: the same values give the same step
     opt.state[1]["exp_avg"] = opt.state[1]["exp_avg"].copy()
     opt.step(make_grads(params, 3))
