@@ -296,12 +296,3 @@ def address(arr: Any) -> int:
     from fastgd.device_pointers import device_address
 
     return device_address(arr)
-
-
-def span(arr: Any) -> tuple[int, int] | None:
-    """(address, bytes) of a contiguous host or device array (None where unknown)."""
-    if isinstance(arr, np.ndarray):
-        return arr.__array_interface__["data"][0], arr.nbytes
-    from fastgd import cuda
-
-    return cuda.device_span(arr)

@@ -69,10 +69,11 @@ class StepInfo(NamedTuple):
 
 
 class StepScalars(NamedTuple):
-    """The scalars of one step of a rule: its coefficients (in float64, cast to the array
-    dtype just before the kernel runs) and runtime flags, in the rule's order; the optional
-    states in use; and the factor applied to every gradient element as it is read: -1 for
-    ``maximize``, times the clipping factor when gradients are clipped by global norm."""
+    """The scalars of one step of a rule: its coefficients (Python floats, cast to the array
+    dtype by the CPU kernels themselves, on the host for CUDA kernels) and runtime flags, in
+    the rule's order; the optional states in use; and the factor applied to every gradient
+    element as it is read: -1 for ``maximize``, times the clipping factor when gradients are
+    clipped by global norm."""
 
     coefficients: tuple[float, ...]
     flags: tuple[bool, ...]
