@@ -181,8 +181,8 @@ class Optimizer:
 
     def _grad_list(self, grads: Any) -> list[Any]:
         n = len(self._engine.params)
-        if type(grads) is list and len(grads) == n and (n > 1 or not self._single):
-            return grads  # the common case: one flat list
+        if type(grads) is list and len(grads) == n and (n == 1 or n != len(self.param_groups)):
+            return grads  # the common case: one flat list (not one list per group)
         if grads is None:
             originals = [p for group in self.param_groups for p in group["params"]]
             if not all(hasattr(p, "grad") for p in originals):

@@ -1357,3 +1357,16 @@ def test_functional_calls_keep_no_array_alive():
     del arrays
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_one_parameter_per_group_gradients_flat_or_per_group():
+    params = make_params(shapes=[(3,), (2,)])
+    twin_params = [p.copy() for p in params]
+    opt = make("Adam", [{"params": [params[0]]}, {"params": [params[1]], "lr": 0.1}])
+    twin = make("Adam", [{"params": [twin_params[0]]}, {"params": [twin_params[1]], "lr": 0.1}])
+    for seed in (1, 2, 3):
+        grads = make_grads(params, seed)
+        opt.step([[grads[0]], [grads[1]]])        # one list per group
+        twin.step(grads)                          # one flat list
+    for p, q in zip(params, twin_params, strict=True):
+        assert np.array_equal(p, q)
