@@ -78,10 +78,13 @@ class Reference:
             self.state[name] = np.full(p.shape, fill, dtype=np.float64)
         return self.state[name]
 
-    def _adam_moments(self, p: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _adam_moments(
+        self, p: np.ndarray, g: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Adam's weight decay (``decoupled_weight_decay``: ``p *= 1 - lr * wd``, else L2:
         ``g += wd * p``) and moments (``exp_avg``, ``exp_avg_sq``, kept in the state): the
-        part Adam, NAdam and RAdam share. Returns the decayed ``p`` and ``exp_avg``."""
+        part Adam, NAdam and RAdam share. Returns the decayed ``p``, the gradient with L2
+        decay added, and the new ``exp_avg`` and ``exp_avg_sq``."""
         hp = self.hp
         lr, wd = hp["lr"], hp["weight_decay"]
         beta1, beta2 = hp["betas"]
@@ -94,7 +97,7 @@ class Reference:
         exp_avg = beta1 * exp_avg + (1.0 - beta1) * g
         exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
         self.state["exp_avg"], self.state["exp_avg_sq"] = exp_avg, exp_avg_sq
-        return p, g
+        return p, g, exp_avg, exp_avg_sq
 
 
 class SGDRef(Reference):
@@ -198,8 +201,7 @@ class AdamRef(Reference):
         hp = self.hp
         lr, eps = hp["lr"], hp["eps"]
         beta1, beta2 = hp["betas"]
-        p, _ = self._adam_moments(p, g)
-        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+        p, _, exp_avg, exp_avg_sq = self._adam_moments(p, g)
         bc1 = 1.0 - beta1 ** self.t
         bc2 = 1.0 - beta2 ** self.t
         if hp["amsgrad"]:
@@ -249,8 +251,7 @@ class NAdamRef(Reference):
         hp = self.hp
         lr, eps, t = hp["lr"], hp["eps"], self.t
         beta1, beta2 = hp["betas"]
-        p, g = self._adam_moments(p, g)
-        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+        p, g, exp_avg, exp_avg_sq = self._adam_moments(p, g)
         mu = nadam_mu(beta1, hp["momentum_decay"], t)
         mu_next = nadam_mu(beta1, hp["momentum_decay"], t + 1)
         mu_product = self.state["mu_product"] * mu
@@ -274,8 +275,7 @@ class RAdamRef(Reference):
         hp = self.hp
         lr, eps, t = hp["lr"], hp["eps"], self.t
         beta1, beta2 = hp["betas"]
-        p, _ = self._adam_moments(p, g)
-        exp_avg, exp_avg_sq = self.state["exp_avg"], self.state["exp_avg_sq"]
+        p, _, exp_avg, exp_avg_sq = self._adam_moments(p, g)
         bias_correction1 = 1.0 - beta1 ** t
         bias_correction2 = 1.0 - beta2 ** t
         corrected = exp_avg / bias_correction1
