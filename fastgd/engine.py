@@ -621,19 +621,18 @@ class Stepper:
                 work = [w._replace(scalars=w.scalars._replace(
                     grad_scale=w.scalars.grad_scale * scale)) for w in work]
         units = self._launch(work, state, stream)
-        self._finish([(w.index, w.step, w.new) for w in work], state)
+        for w in work:
+            self._finish((state[w.index],), w.step, w.new)
         done = {w.index for w in work}
         self._plan = _Plan(state, len(grads), units,
                            tuple(i for i in range(len(grads)) if i not in done))
         return info
 
     @staticmethod
-    def _finish(done: Sequence[tuple[int, int, dict[str, float]]],
-                state: dict[int, dict[str, Any]]) -> None:
-        """Count the step and keep the new scalars of every parameter stepped (``done``:
-        index, step, new scalars)."""
-        for index, step, new in done:
-            entry = state[index]
+    def _finish(entries: Sequence[dict[str, Any]], step: int, new: dict[str, float]) -> None:
+        """Count step ``step`` of the parameters of these state ``entries`` and keep their
+        ``new`` scalars."""
+        for entry in entries:
             entry["step"] = step
             if new:
                 entry.update(new)
@@ -682,10 +681,7 @@ class Stepper:
         for unit, found, addresses, _ in runs:  # (``holders`` keeps the gradients alive)
             unit.launch(found[2], addresses, None)
         for _, (_, t, _, new), _, entries in runs:
-            for entry in entries:
-                entry["step"] = t
-                if new:
-                    entry.update(new)
+            self._finish(entries, t, new)
         return True
 
     def _check(self, groups: Sequence[Mapping[str, Any]], state: dict[int, dict[str, Any]],
