@@ -103,6 +103,8 @@ def _torch_bfloat16_view(x: Any, name: str) -> np.ndarray:
 
 def as_device_array(x: Any, name: str, *, writable: bool) -> Any:
     """Zero-copy Numba device-array view of a CUDA array (Numba, CuPy, torch CUDA)."""
+    if is_torch(x):  # (torch refuses the interface of a tensor that requires grad)
+        x = x.detach()
     try:
         from fastgd import cuda
 
@@ -287,6 +289,26 @@ def from_host(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
     from fastgd import cuda
 
     return cuda.to_device(values, like)
+
+
+def same_layout_address(x: Any, shape: tuple[int, ...], dtype: np.dtype,
+                        strides: tuple[int, ...], order: str) -> int | None:
+    """The device address of ``x`` if it is a GPU array (Numba, or with
+    ``__cuda_array_interface__``) of exactly this shape, dtype and strides (``None`` for
+    strides in the interface means C order); None otherwise. A cheap look, for arrays
+    already checked in full once."""
+    if hasattr(x, "device_ctypes_pointer"):  # a Numba device array: its own attributes
+        if x.shape == shape and x.dtype == dtype and x.strides == strides:
+            return x.device_ctypes_pointer.value
+        return None
+    interface = getattr(x, "__cuda_array_interface__", None)
+    if (interface is None or tuple(interface["shape"]) != shape
+            or interface["typestr"] != dtype.str):
+        return None
+    layout = interface.get("strides")
+    if (order != "C" and len(shape) > 1) if layout is None else tuple(layout) != strides:
+        return None
+    return interface["data"][0]
 
 
 def address(arr: Any) -> int:

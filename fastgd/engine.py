@@ -48,6 +48,7 @@ from fastgd.arrays import (
     kernel_view,
     memory_order,
     on_gpu,
+    same_layout_address,
     state_dtype,
     storage,
     zeros_like,
@@ -362,7 +363,7 @@ class Param:
     (None on the host) and storage format, and what :meth:`recheck` compares."""
 
     __slots__ = ("original", "view", "order", "flat", "address", "nbytes", "gpu", "storage",
-                 "dtype", "shape", "strides", "torch")
+                 "dtype", "shape", "strides", "torch", "gpu_grad")
 
     def __init__(self, original: Any, name: str) -> None:
         device = is_device(original)
@@ -381,6 +382,7 @@ class Param:
         # torch tensors are checked through torch (their NumPy view would cost a microsecond)
         self.torch = ((original.dtype, original.shape, original.stride(), original.device)
                       if is_torch(original) else None)
+        self.gpu_grad = 0  # the address of the last GPU gradient that passed every check
 
     def detached(self) -> Param:
         """A copy that holds no reference to the array (what :meth:`recheck` and
@@ -425,11 +427,18 @@ class Param:
             fast = (grad.dtype is dtype and grad.shape == shape and grad.stride() == stride
                     and grad.device == device)
             where = grad.data_ptr() if fast and self.nbytes else None
+        elif self.gpu is not None and self.nbytes:
+            # A CUDA array at the address of the last gradient that passed every check, with
+            # the same layout: what GPU holds it need not be asked of the driver again.
+            where = same_layout_address(grad, self.shape, self.dtype, self.strides, self.order)
+            fast = where is not None and where == self.gpu_grad
         else:
             fast, where = False, None
         if not fast:
             grad = self.grad_view(grad, index)
             where = address(grad) if grad.size else None
+            if self.gpu is not None and where is not None:
+                self.gpu_grad = where
         if where is None:  # empty: nothing to read, nothing to overlap
             return 0, grad
         if self.overlaps(where, self.nbytes):
@@ -499,7 +508,7 @@ class _Unit:
     arrays are the same objects, with the same layout."""
 
     __slots__ = ("spec", "group", "indices", "params", "names", "states", "fmt", "master",
-                 "present", "addresses", "sizes", "table", "members")
+                 "present", "addresses", "sizes", "table", "device_table", "members")
 
     def __init__(self, spec: Any, group: int, start: int, params: list[tuple[int, Param]],
                  names: tuple[str, ...], state: Mapping[int, Mapping[str, Any]], fmt: str,
@@ -522,6 +531,7 @@ class _Unit:
         first = self.params[0]
         self.table = (cpu.Table(spec, present, fmt, first.dtype, self.addresses, self.sizes)
                       if first.gpu is None else None)
+        self.device_table: Any = None  # (GPU: the table's device copy, kept across steps)
 
     def holds(self, state: Mapping[int, Mapping[str, Any]]) -> bool:
         """Whether the tensors' state arrays are still those of the table, unchanged."""
@@ -542,10 +552,13 @@ class _Unit:
             return
         from fastgd import cuda
 
+        if self.device_table is None:
+            self.device_table = cuda.TableCache()
         like = self.params[0].flat
         with on_gpu(self.params[0].gpu):
             cuda.launch_table(self.spec, self.present, self.addresses, self.sizes, like,
-                              scalars.kernel_scalars(compute_dtype(like, self.fmt)), stream)
+                              scalars.kernel_scalars(compute_dtype(like, self.fmt)), stream,
+                              tables=self.device_table)
 
 
 class _Plan(NamedTuple):

@@ -73,3 +73,25 @@ def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "
     if low:
         lines.append(f"param[{i}] = halfprec.{store}(new_param)")
     return "\n".join(lines)
+
+
+def rule_calls(spec: RuleSpec, present: tuple[str, ...], indices: list[str]) -> str:
+    """Statements applying ``spec``'s rule to several elements (one per index) of arrays in
+    the compute dtype: every load first, then the rules, then every store, so that the loads
+    of all the elements are in flight together (a GPU thread's memory-level parallelism)."""
+    arrays = set(spec.present_states(present))
+    loads, calls, stores = [], [], []
+    for u, i in enumerate(indices):
+        loads += [f"param_{u} = param[{i}]", f"grad_{u} = grad[{i}] * grad_scale"]
+        inputs, outputs = [f"param_{u}", f"grad_{u}"], [f"param_{u}"]
+        stores.append(f"param[{i}] = param_{u}")
+        for n, state in enumerate(spec.states):
+            if state in arrays:
+                loads.append(f"{state}_{u} = {state}[{i}]")
+                stores.append(f"{state}[{i}] = {state}_{u}")
+            inputs.append(f"{state}_{u}" if state in arrays else f"grad_{u}")
+            outputs.append(f"{state}_{u}" if state in arrays else f"_absent{n}")
+        inputs += [*spec.coefficients, *spec.flags]
+        inputs += [str(state in present) for state in spec.optional]
+        calls.append(f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})")
+    return "\n".join(loads + calls + stores)
