@@ -1,15 +1,17 @@
 """GPU throughput: every optimizer step against a device-to-device copy and torch.
 
 Effective bandwidth = bytes a fused step must move (:func:`fastgd.bench.bytes_per_step`)
-divided by its time, measured with CUDA events after a warm-up; the roofline is the
-bandwidth of a device-to-device copy (``2 * bytes / time``: each byte read and written)
-measured in the same run; torch's fastest CUDA implementation (``fused=True`` where torch has
-it, else ``foreach=True``) when torch with CUDA is installed.
+divided by its time, measured with CUDA events after a warm-up, the contenders interleaved
+and the median kept; the roofline is the bandwidth of a device-to-device copy (``2 * bytes /
+time``: each byte read and written) measured in the same run; the baseline is torch's
+fastest CUDA implementation (``fused=True`` where torch has it, else ``foreach=True``) when
+torch with CUDA is installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -24,44 +26,41 @@ from fastgd.bench import (
 )
 
 
-def _event_seconds(fn: Callable[[], Any], repeat: int) -> float:
-    """Median seconds of ``fn`` between two CUDA events, after one warm-up call."""
+def _event_times(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each of ``fns``, ``repeat`` times, timed between CUDA events on
+    the default stream (which orders them with torch's and CuPy's default streams) and
+    interleaved. Each timing covers enough calls in a row (at least 3) to last about 10 ms,
+    as a training loop runs steps: back to back, the host queueing a step while the GPU
+    runs earlier work. A step is then as fast as the slower of its host and GPU parts."""
     from numba import cuda
 
-    fn()
-    times = []
-    for _ in range(repeat):
+    def seconds(fn: Callable[[], Any], number: int) -> float:
         start, end = cuda.event(), cuda.event()
         start.record()
-        fn()
+        for _ in range(number):
+            fn()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return float(np.median(times))
+        return start.elapsed_time(end) / 1e3 / number
 
-
-def _torch_seconds(case: Case, params: list[np.ndarray], grads: list[np.ndarray],
-                   repeat: int) -> tuple[float | None, str | None]:
-    try:
-        import torch
-    except ImportError:
-        return None, None
-    if not torch.cuda.is_available():
-        return None, None
-    try:
-        step, flavour = _torch_stepper(case, params, grads, device="cuda")
-    except RuntimeError:  # neither fused nor foreach on this GPU
-        return None, None
-    times = []
+    numbers = {}
+    for key, fn in fns.items():
+        fn()  # warm-up: compiles, allocates state
+        once = seconds(fn, 1)  # (0 under the simulator, whose events measure no time)
+        numbers[key] = max(3, min(1000, int(1e-2 / once))) if once > 0 else 1
+    times: dict[str, list[float]] = {key: [] for key in fns}
     for _ in range(repeat):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return float(np.median(times)), flavour
+        for key, fn in fns.items():
+            times[key].append(seconds(fn, numbers[key]))
+    return {key: np.array(value) for key, value in times.items()}
+
+
+@lru_cache(maxsize=8)
+def _host_arrays(shapes: tuple[int, ...], dtype: str) -> tuple[list[np.ndarray], ...]:
+    """Random parameters and gradients (kept for the next case of the same sizes)."""
+    rng = np.random.default_rng(0)
+    return tuple([rng.standard_normal(n, dtype=np.float32).astype(dtype) for n in shapes]
+                 for _ in range(2))
 
 
 def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = True,
@@ -72,29 +71,54 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
     from numba import cuda
 
     dtype = np.dtype(dtype)
-    rng = np.random.default_rng(0)
-    shapes = tensors or [size]
-    host_p = [rng.standard_normal(n).astype(dtype) for n in shapes]
-    host_g = [rng.standard_normal(n).astype(dtype) for n in shapes]
+    shapes = tuple(tensors or [size])
+    host_p, host_g = _host_arrays(shapes, dtype.name)
     params, grads = [cuda.to_device(p) for p in host_p], [cuda.to_device(g) for g in host_g]
     opt = case.cls(params, **case.options)
-    seconds = _event_seconds(lambda: opt.step(grads), repeat)
     total = sum(shapes)
     moved = bytes_per_step(case, total, dtype)
     src = cuda.device_array(max(1, moved // 2 // dtype.itemsize), dtype=dtype)
     dst = cuda.device_array_like(src)
-    copy_seconds = _event_seconds(lambda: dst.copy_to_device(src), repeat)
-    torch_seconds, torch_impl = (_torch_seconds(case, host_p, host_g, repeat) if baselines
-                                 else (None, None))
+    fns: dict[str, Callable[[], Any]] = {"fastgd": lambda: opt.step(grads),
+                                         "copy": lambda: dst.copy_to_device(src)}
+    torch_impl = None
+    baseline = _torch_step(case, host_p, host_g) if baselines else None
+    if baseline is not None:
+        fns["torch"], torch_impl = baseline
+    times = _event_times(fns, repeat)
+    step = times["fastgd"]
+
+    def ratio(key: str) -> float | None:
+        return float(np.median(times[key] / step)) if key in times else None
+
+    seconds = float(np.median(step))
     return Result(
         algorithm=case.name, dtype=dtype.name, size=total, tensors=len(shapes),
-        seconds=seconds, gbps=moved / seconds / 1e9, roofline_seconds=copy_seconds,
-        pct_roofline=100.0 * copy_seconds / seconds, numpy_speedup=None,
-        torch_speedup=torch_seconds / seconds if torch_seconds else None,
-        torch_impl=torch_impl)
+        seconds=seconds, gbps=moved / seconds / 1e9,
+        roofline_seconds=float(np.median(times["copy"])),
+        pct_roofline=100.0 * ratio("copy"), numpy_speedup=None,
+        torch_speedup=ratio("torch"), torch_impl=torch_impl, device=device_name())
 
 
+def _torch_step(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
+                ) -> tuple[Callable[[], Any], str] | None:
+    """torch.optim's fastest CUDA step of ``case`` (None without torch, a CUDA torch or the
+    algorithm)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return _torch_stepper(case, params, grads, device="cuda")
+    except RuntimeError:  # no such class, or neither fused nor foreach on this GPU
+        return None
+
+
+@cache
 def device_name() -> str:
+    """The current GPU's name ("CUDA simulator" under the simulator)."""
     from numba import cuda
 
     name = getattr(cuda.get_current_device(), "name", "CUDA simulator")
