@@ -43,12 +43,13 @@ def test_device_matches_cpu(cls, options, dtype):
             np.testing.assert_allclose(value, reference, **TOL[dtype], err_msg=key)
 
 
-def test_functional_updates_device_arrays_in_place():
+@pytest.mark.parametrize("n", [100, 1100])  # (1100: every thread's loop runs unrolled too)
+def test_functional_updates_device_arrays_in_place(n):
     rng = np.random.default_rng(1)
-    p, g = rng.standard_normal(100), rng.standard_normal(100)
-    hp, hm, hv = p.copy(), np.zeros(100), np.zeros(100)
+    p, g = rng.standard_normal(n), rng.standard_normal(n)
+    hp, hm, hv = p.copy(), np.zeros(n), np.zeros(n)
     dp, dg = cuda.to_device(p), cuda.to_device(g)
-    dm, dv = cuda.to_device(np.zeros(100)), cuda.to_device(np.zeros(100))
+    dm, dv = cuda.to_device(np.zeros(n)), cuda.to_device(np.zeros(n))
     stream = cuda.stream()
     for t in (1, 2, 3):
         F.adam(hp, g, hm, hv, step=t, lr=0.1, weight_decay=0.01)
@@ -193,6 +194,12 @@ class CudaArrayStandIn:
         return len(self.host)
 
 
+# The stand-ins describe host memory as GPU memory, which only the simulator accepts;
+# test_real_gpu.py passes CuPy arrays and torch CUDA tensors on a GPU.
+simulator_only = pytest.mark.skipif(not fastgd_cuda.SIMULATOR, reason="simulator stand-in")
+
+
+@simulator_only
 @pytest.mark.parametrize("shape", [(7,), (3, 5)], ids=["1-D", "2-D"])
 def test_one_cuda_array_of_any_kind_is_one_parameter(shape):
     rng = np.random.default_rng(3)
@@ -210,6 +217,7 @@ def test_one_cuda_array_of_any_kind_is_one_parameter(shape):
     assert is_device(opt.state[0]["exp_avg"])
 
 
+@simulator_only
 def test_functional_api_takes_cuda_array_stand_ins():
     rng = np.random.default_rng(4)
     arrays = [rng.standard_normal(10) for _ in range(2)] + [np.zeros(10), np.zeros(10)]
@@ -221,3 +229,44 @@ def test_functional_api_takes_cuda_array_stand_ins():
     for stand_in, expected in zip(stand_ins, host, strict=True):
         np.testing.assert_allclose(stand_in.host, expected, **TOL[np.float64])
     assert not np.array_equal(arrays[0], start)  # the caller's memory was updated
+
+
+def test_many_tensor_table_is_copied_to_the_gpu_only_when_it_changes(monkeypatch):
+    uploads = []
+    original = fastgd_cuda.cuda.to_device
+
+    def spy(array, *args, **kwargs):
+        if array.dtype == np.int64:  # (a launch table)
+            uploads.append(array.copy())
+        return original(array, *args, **kwargs)
+
+    monkeypatch.setattr(fastgd_cuda.cuda, "to_device", spy)
+    rng = np.random.default_rng(6)
+    host = [rng.standard_normal(n) for n in (5, 40, 1)]
+    device = [cuda.to_device(p) for p in host]
+    opt_host, opt_device = fastgd.RMSprop(host, lr=0.01), fastgd.RMSprop(device, lr=0.01)
+    grads = [rng.standard_normal(p.size) for p in host]
+    same = [cuda.to_device(g) for g in grads]
+    for step in range(5):  # the same gradients thrice, then new ones, then those again
+        new = [cuda.to_device(g) for g in grads]
+        opt_device.step(new if step == 3 else same)
+        opt_host.step(grads)
+    assert len(uploads) == 3  # steps 0, 3 and 4
+    for p, d in zip(host, device, strict=True):
+        np.testing.assert_allclose(d.copy_to_host(), p, **TOL[np.float64])
+
+
+@simulator_only
+def test_a_gradient_seen_before_is_checked_again_for_layout():
+    param = CudaArrayStandIn(np.zeros((4, 5), np.float32))
+    opt = fastgd.SGD(param, lr=0.1)
+    grad = CudaArrayStandIn(np.ones((4, 5), np.float32))
+    opt.step(grad)
+    opt.step(grad)  # (the same gradient memory: the quick path)
+    np.testing.assert_allclose(param.host, -0.2, rtol=1e-6)
+    # The same memory as another shape or dtype is refused, and nothing is written.
+    for bad in (CudaArrayStandIn(grad.host.reshape(5, 4)),
+                CudaArrayStandIn(grad.host.view(np.int32))):
+        with pytest.raises((TypeError, ValueError), match="grads\\[0\\]"):
+            opt.step(bad)
+    np.testing.assert_allclose(param.host, -0.2, rtol=1e-6)
