@@ -17,3 +17,12 @@ globals().update(CLASSES)
 
 __all__ = ["functional", "schedules", "save", "load", "Optimizer", "StepInfo", "__version__",
            *CLASSES]
+
+
+def __getattr__(name: str) -> object:
+    # fastgd.quantization is imported on first use (it builds its encoder tables on import).
+    if name == "quantization":
+        import importlib
+
+        return importlib.import_module("fastgd.quantization")
+    raise AttributeError(f"module 'fastgd' has no attribute {name!r}")
