@@ -36,7 +36,14 @@ import numpy as np
 from fastgd.algorithms import SPECS, RuleSpec
 from fastgd.chunks import ALIGN, BLOCK, chunk_table
 from fastgd.codegen import load_generated
-from fastgd.kernelgen import STORAGES, array_args, rule_call, scalar_args, split_storage
+from fastgd.kernelgen import (
+    STORAGES,
+    array_args,
+    computes_in_float32,
+    rule_call,
+    scalar_args,
+    split_storage,
+)
 
 #: Work of at least this many elements uses the multi-threaded kernels.
 PARALLEL_THRESHOLD = int(os.environ.get("FASTGD_PARALLEL_THRESHOLD", 32768))
@@ -73,7 +80,7 @@ def {parallel}({args}):
 _TABLE_TEMPLATE = '''
 
 @numba.njit(cache=True, error_model="numpy", nogil=True)
-def {name}__run(addresses, sizes, plike, slike, {scalars}):
+def {name}__run(addresses, sizes, likes, {scalars}):
     for k in range(sizes.size):
         n = sizes[k]
         {run_views}
@@ -81,7 +88,7 @@ def {name}__run(addresses, sizes, plike, slike, {scalars}):
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True)
-def {name}__multi(addresses, sizes, table, plike, slike, {scalars}):
+def {name}__multi(addresses, sizes, table, likes, {scalars}):
     for w in numba.prange(table[2].size - 1):
         start, stop, k = thread_run(table, w)
         for c in range(start, stop):
@@ -105,22 +112,22 @@ def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str,
 
 def unpack_source(spec: RuleSpec, storage: str) -> str:
     """Statements giving each of the rule's scalars its value from ``coefficients``, in the
-    dtype the loop computes in (the parameter's, float32 for float16/bfloat16 storage)."""
-    dtype = "np.float32" if split_storage(storage)[0] else "param.dtype.type"
+    dtype the loop computes in (the parameter's; float32 for float16/bfloat16 param or
+    state)."""
+    dtype = "np.float32" if computes_in_float32(storage) else "param.dtype.type"
     return "\n    ".join([f"dtype = {dtype}"] + [
         f"{name} = dtype(coefficients[{k}])" for k, name in enumerate(scalar_args(spec))])
 
 
-def table_source(name: str, arrays: list[str], scalars: list[str], n_param: int = 2) -> str:
+def table_source(name: str, arrays: list[str], scalars: list[str]) -> str:
     """Source of ``{name}__run`` and ``{name}__multi``, the loop ``{name}__serial`` over a
     table of tensors. ``addresses[k, j]`` is the address of array ``j`` of tensor ``k``,
-    which has ``sizes[k]`` elements; the first ``n_param`` arrays have the dtype of the
-    empty array ``plike``, the others that of ``slike``; ``table`` comes from
-    :func:`chunk_table`."""
+    which has ``sizes[k]`` elements and the dtype of the empty array ``likes[j]``;
+    ``table`` comes from :func:`chunk_table`."""
     def views(indent: int) -> str:
         return ("\n" + " " * indent).join(
-            f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], "
-            f"{'plike' if j < n_param else 'slike'}), n)" for j, a in enumerate(arrays))
+            f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], likes[{j}]), n)"
+            for j, a in enumerate(arrays))
 
     return _TABLE_TEMPLATE.format(
         name=name, scalars=", ".join(scalars), arrays=", ".join(arrays),
@@ -239,13 +246,13 @@ class Table:
     (its chunk table is made on first use and kept: it depends on the parameters' addresses
     and sizes only)."""
 
-    __slots__ = ("addresses", "sizes", "total", "plike", "slike", "_run", "_multi", "_chunks")
+    __slots__ = ("addresses", "sizes", "total", "likes", "_run", "_multi", "_chunks")
 
     def __init__(self, spec: RuleSpec, present: tuple[str, ...], storage: str, dtype: Any,
                  addresses: np.ndarray, sizes: np.ndarray) -> None:
         self.addresses, self.sizes = addresses, sizes
         self.total = int(sizes.sum())
-        self.plike, self.slike = likes(storage, dtype)
+        self.likes = likes(storage, dtype, addresses.shape[1])
         _, _, self._run, self._multi = _kernels(spec, present, storage)
         self._chunks: Any = None
 
@@ -253,19 +260,24 @@ class Table:
         """One step, with the kernel's scalar arguments ``scalars``, in place."""
         if self.total < PARALLEL_THRESHOLD:
             if self.total:
-                self._run(self.addresses, self.sizes, self.plike, self.slike, *scalars)
+                self._run(self.addresses, self.sizes, self.likes, *scalars)
             return
         if self._chunks is None:
-            self._chunks = chunk_table(self.addresses[:, 0], self.sizes, self.plike.itemsize)
+            self._chunks = chunk_table(self.addresses[:, 0], self.sizes,
+                                       self.likes[0].itemsize)
         with parallel_guard():
-            self._multi(self.addresses, self.sizes, self._chunks, self.plike, self.slike,
-                        *scalars)
+            self._multi(self.addresses, self.sizes, self._chunks, self.likes, *scalars)
 
 
-def likes(storage: str, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Empty arrays of the parameter's and the state's kernel dtypes (:class:`Table`):
-    uint16 bits and float32 for float16/bfloat16 storage, else ``dtype`` twice."""
-    if split_storage(storage)[0]:
-        return np.empty(0, np.uint16), np.empty(0, np.float32)
-    empty = np.empty(0, dtype)
-    return empty, empty
+def likes(storage: str, dtype: Any, n: int) -> tuple[np.ndarray, ...]:
+    """An empty array of the kernel dtype of each of the ``n`` arrays of a kernel of
+    ``storage`` format (:class:`Table`), in kernel order: param and grad (uint16 bits for
+    float16/bfloat16, else ``dtype``), the master copy (float32), the states (uint16 bits
+    for bfloat16 state, else the computation's dtype)."""
+    low, master, state = split_storage(storage)
+    compute = np.empty(0, np.float32 if low or state else dtype)
+    bits = np.empty(0, np.uint16)
+    param = bits if low else compute
+    states = bits if state else compute
+    head = (param, param, np.empty(0, np.float32)) if master else (param, param)
+    return head + (states,) * (n - len(head))

@@ -1,10 +1,15 @@
 """Source text of the element loops, shared by the CPU and CUDA kernel generators.
 
-A kernel is one rule variant (which optional state arrays exist) in one *storage* format of
-``param`` and ``grad``: ``""`` (float32/float64, computed in that dtype), ``"f16"`` or
-``"bf16"`` (uint16 views of float16/bfloat16 memory, converted on load and store, computed in
-float32 with float32 state), optionally with ``"_master"``: a float32 master copy of the
-parameter that the rule updates, the low-precision param receiving its rounded value.
+A kernel is one rule variant (which optional state arrays exist) in one *storage* format,
+parts joined by ``_``:
+
+* of ``param`` and ``grad``: ``""`` (float32/float64, computed in that dtype), ``"f16"`` or
+  ``"bf16"`` (uint16 views of float16/bfloat16 memory, converted on load and store, computed
+  in float32 with float32 state);
+* ``"master"``: a float32 master copy of the parameter that the rule updates, the
+  low-precision param receiving its rounded value;
+* ``"sbf16"``: bfloat16 state arrays (uint16 views), widened to float32 on load and rounded
+  to nearest even on store; the rule computes in float32.
 """
 
 from __future__ import annotations
@@ -12,20 +17,38 @@ from __future__ import annotations
 from fastgd.algorithms import RuleSpec
 from fastgd.halfprec import CONVERSIONS
 
-#: every storage format a CPU kernel is generated for
-STORAGES = ("", "f16", "bf16", "f16_master", "bf16_master")
+
+def join_storage(*parts: str) -> str:
+    """A storage format from its parts (empty parts left out)."""
+    return "_".join(p for p in parts if p)
 
 
-def split_storage(storage: str) -> tuple[str, bool]:
-    """``"bf16_master"`` -> ``("bf16", True)``."""
-    low, _, master = storage.partition("_")
-    return low, bool(master)
+#: the formats of param (and grad) a CPU kernel is generated for
+PARAM_STORAGES = ("", "f16", "bf16", "f16_master", "bf16_master")
+#: every storage format a CPU kernel is generated for: each param format with full-precision
+#: state (that of the computation) and with bfloat16 state
+STORAGES = PARAM_STORAGES + tuple(join_storage(p, "sbf16") for p in PARAM_STORAGES)
+
+
+def split_storage(storage: str) -> tuple[str, bool, str]:
+    """``"bf16_master_sbf16"`` -> ``("bf16", True, "bf16")``: the param's low-precision
+    format (``""``: none), whether there is a master copy, the state's (``""``: full)."""
+    parts = storage.split("_") if storage else []
+    low = parts[0] if parts and parts[0] in ("f16", "bf16") else ""
+    return low, "master" in parts, "bf16" if "sbf16" in parts else ""
 
 
 def array_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> list[str]:
     """The arrays a kernel takes: param, grad, [master], the present states in rule order."""
     master = ["master"] if split_storage(storage)[1] else []
     return ["param", "grad", *master, *spec.present_states(present)]
+
+
+def computes_in_float32(storage: str) -> bool:
+    """Whether a kernel of this storage format computes in float32 whatever the param's
+    dtype (low-precision param or state)."""
+    low, _, state = split_storage(storage)
+    return bool(low or state)
 
 
 def scalar_args(spec: RuleSpec) -> list[str]:
@@ -52,27 +75,33 @@ def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "
     dropped; the structural flags are written as literals so that the compiler removes the
     branches they guard.
     """
-    low, master = split_storage(storage)
-    load, store = CONVERSIONS[low] if low else ("", "")
+    low, master, state_low = split_storage(storage)
 
-    def read(expr: str) -> str:
-        return f"halfprec.{load}({expr})" if low else expr
+    def read(expr: str, fmt: str) -> str:
+        return f"halfprec.{CONVERSIONS[fmt][0]}({expr})" if fmt else expr
 
     arrays = set(spec.present_states(present))
-    grad = read(f"grad[{i}]")
-    inputs = [f"master[{i}]" if master else read(f"param[{i}]"), f"{grad} * grad_scale"]
+    grad = read(f"grad[{i}]", low)
+    inputs = [f"master[{i}]" if master else read(f"param[{i}]", low), f"{grad} * grad_scale"]
     outputs = ["new_param" if low else f"param[{i}]"]
+    stores = []
     for n, state in enumerate(spec.states):
-        inputs.append(f"{state}[{i}]" if state in arrays else grad)
-        outputs.append(f"{state}[{i}]" if state in arrays else f"_absent{n}")
+        inputs.append(read(f"{state}[{i}]", state_low) if state in arrays else grad)
+        if state not in arrays:
+            outputs.append(f"_absent{n}")
+        elif state_low:
+            outputs.append(f"new_{state}")
+            stores.append(f"{state}[{i}] = halfprec.{CONVERSIONS[state_low][1]}(new_{state})")
+        else:
+            outputs.append(f"{state}[{i}]")
     inputs += [*spec.coefficients, *spec.flags]
     inputs += [str(state in present) for state in spec.optional]
     lines = [f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})"]
     if master:
         lines.append(f"master[{i}] = new_param")
     if low:
-        lines.append(f"param[{i}] = halfprec.{store}(new_param)")
-    return "\n".join(lines)
+        lines.append(f"param[{i}] = halfprec.{CONVERSIONS[low][1]}(new_param)")
+    return "\n".join(lines + stores)
 
 
 def rule_calls(spec: RuleSpec, present: tuple[str, ...], indices: list[str]) -> str:

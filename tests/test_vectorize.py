@@ -35,12 +35,15 @@ def any_arithmetic(precision: str) -> re.Pattern[str]:
         re.M)
 
 
-def serial_asm(spec, present, dtype) -> str:
+def serial_asm(spec, present, dtype, storage: str = "") -> str:
+    """Machine code of the serial loop; ``storage="sbf16"``: with bfloat16 state (uint16
+    arrays after param and grad)."""
     scalar = numba.from_dtype(np.dtype(dtype))
-    signature = ((scalar[::1],) * n_arrays(spec, present)
-                 + (types.UniTuple(types.float64, len(spec.coefficients) + 1),)
+    states = n_arrays(spec, present) - 2
+    arrays = (scalar[::1],) * 2 + ((types.uint16 if storage else scalar)[::1],) * states
+    signature = (arrays + (types.UniTuple(types.float64, len(spec.coefficients) + 1),)
                  + (types.boolean,) * len(spec.flags))
-    serial = cpu.kernel(spec, present, "serial")
+    serial = cpu.kernel(spec, present, "serial", storage)
     fresh = numba.njit(error_model="numpy")(serial.py_func)  # uncached: its code can be read
     fresh.compile(signature)
     return fresh.inspect_asm(signature)
@@ -64,3 +67,12 @@ def test_the_patterns_tell_the_precisions_apart():
     assert any_arithmetic("d").search("\tvaddsd\t%xmm1, %xmm2, %xmm3")
     assert any_arithmetic("d").search("\tvcvtss2sd\t%xmm1, %xmm1, %xmm1")
     assert not any_arithmetic("d").search("\tvaddss\t%xmm1, %xmm2, %xmm3")
+
+
+@pytest.mark.parametrize("spec, present", VARIANTS,
+                         ids=[s.kernel_name(p, "cpu") for s, p in VARIANTS])
+def test_bf16_state_loop_vectorizes_in_float32(spec, present):
+    asm = serial_asm(spec, present, np.float32, "sbf16")
+    assert packed("s").search(asm), "no packed arithmetic: the loop did not vectorize"
+    found = sorted({m.group(0).strip() for m in any_arithmetic("d").finditer(asm)})
+    assert not found, f"float64 arithmetic in a float32 loop: {found}"
