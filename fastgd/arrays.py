@@ -146,9 +146,43 @@ def storage(arr: Any) -> str:
         return _STORAGE.setdefault(dtype, LOW_PRECISION.get(dtype.name, ""))
 
 
-def state_dtype(param: Any) -> np.dtype:
-    """dtype of the optimizer state of ``param``: its own, float32 for float16/bfloat16."""
+#: Precisions of optimizer state: ``"full"`` (the dtype the update computes in) or
+#: ``"bf16"`` (bfloat16, for parameters that compute in float32, on the CPU).
+STATE_PRECISIONS = ("full", "bf16")
+
+
+def bfloat16() -> np.dtype:
+    """NumPy's bfloat16 dtype (``ml_dtypes.bfloat16``)."""
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def state_dtype(param: Any, precision: str = "full") -> np.dtype:
+    """dtype of the optimizer state of ``param`` at ``precision``: ``"full"``, its own
+    (float32 for float16/bfloat16 parameters); ``"bf16"``, bfloat16."""
+    if precision == "bf16":
+        return bfloat16()
     return np.dtype(np.float32) if storage(param) else np.dtype(param.dtype)
+
+
+def check_state_precision(precision: Any, param: Any = None, name: str = "param",
+                          gpu: bool = False) -> str:
+    """``precision``, checked (one of :data:`STATE_PRECISIONS`), and, with ``param`` (a
+    checked array view), that ``param`` can have state of it: low-precision state needs a
+    parameter that computes in float32, on the CPU."""
+    if precision not in STATE_PRECISIONS:
+        raise ValueError(f"state_precision must be one of {STATE_PRECISIONS}, got "
+                         f"{precision!r}")
+    if precision == "full" or param is None:
+        return precision
+    if gpu:
+        raise TypeError(f"{name}: state_precision={precision!r} is supported on the CPU only")
+    if state_dtype(param) != np.float32:
+        raise ValueError(f"{name} is {param.dtype}: state_precision={precision!r} needs "
+                         "float32, float16 or bfloat16 parameters (float64 ones keep "
+                         "full-precision state)")
+    return precision
 
 
 def kernel_view(arr: Any, order: str) -> Any:
@@ -289,6 +323,13 @@ def from_host(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
     from fastgd import cuda
 
     return cuda.to_device(values, like)
+
+
+def convert_state(array: Any, like: Any, dtype: np.dtype) -> Any:
+    """A new state array like ``like`` (a parameter's view: same device, shape, alignment)
+    holding ``array``'s values in ``dtype`` (rounded to nearest even when narrowed to
+    bfloat16; widened exactly)."""
+    return from_host(to_host(array), like, dtype)
 
 
 def same_layout_address(x: Any, shape: tuple[int, ...], dtype: np.dtype,

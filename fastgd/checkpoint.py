@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fastgd import schedules
-from fastgd.arrays import is_device, is_torch, storage, to_host
+from fastgd.arrays import bfloat16, is_device, is_torch, storage, to_host
 from fastgd.optim import Optimizer
 
 try:
@@ -69,8 +69,16 @@ def _portable(arr: np.ndarray) -> np.ndarray:
 
 
 def _host(value: Any) -> Any:
-    """A state-dict value as ``.npz`` stores it: NumPy arrays (torch tensors converted)."""
-    return value.detach().cpu().numpy() if is_torch(value) else value
+    """A state-dict array as a NumPy array (torch tensors converted; bfloat16 ones to
+    ``ml_dtypes.bfloat16``)."""
+    if not is_torch(value):
+        return value
+    import torch
+
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+        return value.view(torch.int16).numpy().view(bfloat16())
+    return value.numpy()
 
 
 #: Temporary files younger than this are left alone even when unlocked: their writer may
@@ -106,6 +114,8 @@ def save(path: str | os.PathLike[str], optimizer: Optimizer, *, params: bool = T
     }
     arrays = {f"state/{i}/{k}": _host(v) for i, s in sd["state"].items()
               for k, v in s.items() if not isinstance(v, (int, float))}
+    meta["bfloat16"] = sorted(k for k, v in arrays.items() if storage(v) == "bf16")
+    arrays = {k: _portable(v) for k, v in arrays.items()}
     if params:
         arrays.update({f"param/{i}": _portable(to_host(v))
                        for i, v in enumerate(optimizer.parameters())})
@@ -150,9 +160,12 @@ def load(path: str | os.PathLike[str], optimizer: Optimizer) -> None:
     state: dict[int, dict[str, Any]] = {}
     for index, scalars in meta.get("scalars", {}).items():
         state[int(index)] = dict(scalars)
+    bf16 = set(meta.get("bfloat16", ()))  # (state arrays stored as their uint16 bits)
     for key, value in arrays.items():
         kind, *rest = key.split("/")
         if kind == "state":
+            if key in bf16 and value.dtype == np.uint16:
+                value = value.view(bfloat16())
             state.setdefault(int(rest[0]), {})[rest[1]] = value
     try:
         groups = [{k: _decode(v) for k, v in g.items()} for g in meta["param_groups"]]

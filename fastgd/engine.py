@@ -40,7 +40,9 @@ from fastgd.arrays import (
     check_like,
     check_no_overlap,
     check_same_gpu,
+    check_state_precision,
     check_stream,
+    convert_state,
     from_host,
     gpu_of,
     is_device,
@@ -55,6 +57,7 @@ from fastgd.arrays import (
 )
 from fastgd.halfprec import to_float32
 from fastgd.hyperparams import Flag, Pair, learning_rate, number, step_count
+from fastgd.kernelgen import computes_in_float32, join_storage, split_storage
 from fastgd.pointers import address as host_address
 from fastgd.reductions import clip_scale, global_norm
 
@@ -147,10 +150,11 @@ def check_inputs(algorithm: Algorithm, values: Sequence[Any]) -> dict[str, Any]:
 
 def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> tuple[list[Any], str]:
     """Check ``param``, ``grad`` and the state arrays; return their flat kernel views in
-    order, and the storage format of ``param`` and ``grad``.
+    order, and the storage format of the kernel (:mod:`fastgd.kernelgen`).
 
     Host arrays give NumPy views, GPU arrays Numba device-array views. State arrays have
-    :func:`~fastgd.arrays.state_dtype`.
+    :func:`~fastgd.arrays.state_dtype`, all of them: full precision, or bfloat16 for a
+    parameter that computes in float32 (on the CPU).
     """
     device = is_device(param)
     inputs = {"param": param, "grad": grad, **states}
@@ -161,15 +165,21 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> tuple[list[Any]
               for name, value in inputs.items()}
     p = arrays["param"]
     order = memory_order(p, "param")
+    names = [name for name in arrays if name not in ("param", "grad")]
+    precision = ("bf16" if names and storage(arrays[names[0]]) == "bf16"
+                 and state_dtype(p) == np.float32 else "full")
+    check_state_precision(precision, p, names[0] if names else "param", device)
     for name, arr in arrays.items():
         if name != "param":
-            check_like(arr, p, order, name, dtype=None if name == "grad" else state_dtype(p))
+            check_like(arr, p, order, name,
+                       dtype=None if name == "grad" else state_dtype(p, precision))
     if device and storage(p):
         raise TypeError("float16/bfloat16 parameters are supported on the CPU only")
     check_no_overlap(arrays)
     if device:
         check_same_gpu(arrays)
-    return [kernel_view(a, order) for a in arrays.values()], storage(p)
+    return ([kernel_view(a, order) for a in arrays.values()],
+            join_storage(storage(p), "sbf16" if precision == "bf16" else ""))
 
 
 class Functional:
@@ -330,8 +340,9 @@ class _Kept:
 
 
 def compute_dtype(param: Any, fmt: str) -> np.dtype:
-    """dtype a kernel computes in: the param's, float32 for float16/bfloat16 storage."""
-    return np.dtype(np.float32) if fmt else np.dtype(param.dtype)
+    """dtype a kernel computes in: the param's, float32 for float16/bfloat16 param or
+    state."""
+    return np.dtype(np.float32) if computes_in_float32(fmt) else np.dtype(param.dtype)
 
 
 def launch(algorithm: Algorithm, arrays: list[Any], scalars: StepScalars, stream: Any = None,
@@ -478,17 +489,23 @@ class _Work(NamedTuple):
     step: int
 
 
-def state_array(param: Param, array: Any, name: str) -> Param:
+def state_array(param: Param, array: Any, name: str, dtype: np.dtype) -> Param:
     """A state array of ``param`` (made by the optimizer, loaded, or set by hand), checked
-    (like ``param`` in shape, device and memory order, of the state dtype, writable, not
+    (like ``param`` in shape, device and memory order, of ``dtype``, writable, not
     overlapping ``param``) as a :class:`Param`, whose :meth:`~Param.matches` later steps
     check."""
     checked = Param(array, name)
-    check_like(checked.view, param, param.order, name, "its parameter",
-               dtype=state_dtype(param))
+    check_like(checked.view, param, param.order, name, "its parameter", dtype=dtype)
     if checked.nbytes and param.overlaps(checked.address, checked.nbytes):
         raise ValueError(f"{name} shares memory with its parameter")
     return checked
+
+
+def _is_state_of(array: Any, param: Param, dtype: np.dtype) -> bool:
+    """Whether ``array`` is a host array of ``dtype`` shaped like ``param`` (a state array
+    of another precision, to convert; anything else is checked, and refused, as it is)."""
+    return (param.gpu is None and isinstance(array, np.ndarray) and array.dtype == dtype
+            and array.shape == param.shape)
 
 
 def holds(entry: Mapping[str, Any], arrays: Sequence[tuple[str, Param]]) -> bool:
@@ -507,19 +524,21 @@ class _Unit:
     tensor; the gradients' column is rewritten on each step). Kept while the tensors' state
     arrays are the same objects, with the same layout."""
 
-    __slots__ = ("spec", "group", "indices", "params", "names", "states", "fmt", "master",
-                 "present", "addresses", "sizes", "table", "device_table", "members")
+    __slots__ = ("spec", "group", "indices", "params", "names", "states", "fmt", "present",
+                 "addresses", "sizes", "table", "device_table", "members")
 
     def __init__(self, spec: Any, group: int, start: int, params: list[tuple[int, Param]],
                  names: tuple[str, ...], state: Mapping[int, Mapping[str, Any]], fmt: str,
                  present: tuple[str, ...]) -> None:
         self.spec = spec
         self.group, self.fmt, self.present, self.names = group, fmt, present, names
-        self.master = fmt.endswith("_master")
         self.indices = tuple(i for i, _ in params)
         self.params = tuple(p for _, p in params)
-        self.states = tuple(tuple(state_array(p, state[i][n], f"state[{i}][{n!r}]")
-                                  for n in names) for i, p in params)
+        precision = "bf16" if split_storage(fmt)[2] else "full"
+        self.states = tuple(tuple(state_array(
+            p, state[i][n], f"state[{i}][{n!r}]",
+            np.dtype(np.float32) if n == "master_param" else state_dtype(p, precision))
+            for n in names) for i, p in params)
         rows = [[p.address, 0, *(s.address for s in states)]
                 for p, states in zip(self.params, self.states, strict=True)]
         self.addresses = np.array(rows, dtype=np.int64).reshape(len(rows), 2 + len(names))
@@ -585,7 +604,17 @@ class Stepper:
         """The checked options of a parameter group (``lr`` at step 1 if a schedule)."""
         options = self.algorithm.check(group, t=1)
         options["master_weights"] = Flag().check("master_weights", group["master_weights"])
+        options["state_precision"] = check_state_precision(group["state_precision"])
         return options
+
+    @staticmethod
+    def storage_format(param: Param, options: Mapping[str, Any]) -> str:
+        """The kernel storage format of ``param`` with these (checked) options: its own
+        format, a float32 master copy (``master_weights``, float16/bfloat16 parameters),
+        bfloat16 state."""
+        master = bool(param.storage) and options["master_weights"]
+        return join_storage(param.storage, "master" if master else "",
+                            "sbf16" if options["state_precision"] == "bf16" else "")
 
     def forget(self) -> None:
         """Drop what is kept between steps (after the state was replaced)."""
@@ -680,8 +709,8 @@ class Stepper:
                                                          not unit.names))
                 if found is None:
                     options, present = self._group_options(unit.group, group, t)
-                    if present != unit.present or unit.master != (
-                            bool(unit.fmt) and options["master_weights"]):
+                    if present != unit.present or unit.fmt != self.storage_format(
+                            param, options):
                         return False
                     values = {"step": t} if simple else dict(zip(
                         algorithm.inputs, key[1:], strict=True))
@@ -772,18 +801,25 @@ class Stepper:
         """Create missing state, then run the tensors of each group that share dtype,
         device, storage format and scalars as one launch each; returns the launches."""
         spec = self.algorithm.spec
+        for w in work:  # (before any state is made or converted)
+            param = self.params[w.index]
+            check_state_precision(w.options["state_precision"], param.view,
+                                  f"params[{w.index}]", param.gpu is not None)
         batches: dict[tuple[Any, ...], list[_Work]] = {}
         for w in work:
             param = self.params[w.index]
             entry = state.setdefault(w.index, {})
-            fmt = param.storage
-            if fmt and w.options["master_weights"]:
-                fmt += "_master"
-                if "master_param" not in entry:
-                    entry["master_param"] = from_host(param.view, param.view, np.float32)
+            fmt = self.storage_format(param, w.options)
+            if split_storage(fmt)[1] and "master_param" not in entry:
+                entry["master_param"] = from_host(param.view, param.view, np.float32)
+            precision = w.options["state_precision"]
+            dtype = state_dtype(param.view, precision)
+            other = state_dtype(param.view, "full" if precision == "bf16" else "bf16")
             for name in spec.present_states(w.scalars.present):
                 if name not in entry:
-                    entry[name] = self._new_state(param, name, w.options)
+                    entry[name] = self._new_state(param, name, w.options, dtype)
+                elif _is_state_of(entry[name], param, other):  # (the precision changed)
+                    entry[name] = convert_state(entry[name], param.view, dtype)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
         units = []
         for (_, _, _, fmt, _), items in batches.items():
@@ -792,16 +828,16 @@ class Stepper:
             units.append(unit)
         return units
 
-    def _new_state(self, param: Param, name: str, options: Mapping[str, Any]) -> Any:
+    def _new_state(self, param: Param, name: str, options: Mapping[str, Any],
+                   dtype: np.dtype) -> Any:
         fill = next(s.fill for s in self.algorithm.states if s.name == name)
-        return zeros_like(param.view, fill=options[fill] if fill else 0.0,
-                          dtype=state_dtype(param.view))
+        return zeros_like(param.view, fill=options[fill] if fill else 0.0, dtype=dtype)
 
     def _unit(self, items: list[_Work], state: dict[int, dict[str, Any]], fmt: str,
               present: tuple[str, ...]) -> _Unit:
         """The launch of these tensors: made once, kept while their state arrays stay the
         same objects."""
-        names = (("master_param",) if fmt.endswith("_master") else ()) + \
+        names = (("master_param",) if split_storage(fmt)[1] else ()) + \
             self.algorithm.spec.present_states(present)
         key = (tuple(w.index for w in items), fmt, present)
         unit = self._units.get(key)

@@ -17,6 +17,12 @@ written in place in their own format, with float32 optimizer state and float32 a
 with ``master_weights=True`` the optimizer also keeps a float32 copy of each such parameter
 (state ``master_param``), updates that copy and writes its rounded value to the parameter,
 so that small updates are not lost to float16 rounding.
+
+``state_precision`` (every class, per parameter group): ``"full"`` keeps the state in the
+dtype the update computes in; ``"bf16"`` keeps it in bfloat16 (parameters that compute in
+float32, on the CPU), widened to float32 in registers and rounded to nearest even as it is
+stored, in the same single pass. State dicts hold the state at the optimizer's precision
+and say which it is; loading either precision converts it to the optimizer's own.
 """
 
 from __future__ import annotations
@@ -29,14 +35,22 @@ from typing import Any
 import numpy as np
 
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
-from fastgd.arrays import from_host, is_array, is_torch, state_dtype, to_host
+from fastgd.arrays import (
+    check_state_precision,
+    convert_state,
+    is_array,
+    is_torch,
+    state_dtype,
+    storage,
+    to_host,
+)
 from fastgd.engine import Param, StepInfo, Stepper
 from fastgd.hyperparams import number
 
 #: Options of torch.optim's state dicts that choose an implementation, not the math.
 TORCH_IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 #: Options every fastgd optimizer class has besides its algorithm's hyperparameters.
-CLASS_OPTIONS = {"master_weights": False}
+CLASS_OPTIONS = {"master_weights": False, "state_precision": "full"}
 
 
 def _param_groups(params: Any) -> tuple[list[dict[str, Any]], bool]:
@@ -129,6 +143,9 @@ class Optimizer:
         self._engine.check_options(group)
         first = len(self._engine.params)
         params = [Param(p, f"params[{first + i}]") for i, p in enumerate(originals)]
+        for i, p in enumerate(params):
+            check_state_precision(group["state_precision"], p.view, f"params[{first + i}]",
+                                  p.gpu is not None)
         _check_disjoint(self._engine.params + params)
         group["params"] = originals
         if names is not None:
@@ -264,6 +281,9 @@ class Optimizer:
             return host
         import torch
 
+        if storage(host) == "bf16":
+            return torch.from_numpy(host.view(np.int16)).view(torch.bfloat16).to(
+                param.torch[3])
         return torch.from_numpy(host).to(param.torch[3])
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -317,7 +337,9 @@ class Optimizer:
             if saved[name] != value:
                 raise ValueError(f"param_groups[{i}]: {name} is always {value} for "
                                  f"{self.algorithm.name}, got {saved[name]!r}")
-        update = {k: saved[k] for k in keys}
+        if "state_precision" in saved:  # (what the saved state was: it is converted to
+            check_state_precision(saved["state_precision"])  # this optimizer's precision)
+        update = {k: saved[k] for k in keys - {"state_precision"}}
         if "param_names" in saved:
             names = saved["param_names"]
             if (not isinstance(names, Sequence) or len(names) != count
@@ -357,13 +379,19 @@ class Optimizer:
                 raise ValueError(f"{name} has no {key!r}")
             result[key] = scalar.domain.check(f"{name}[{key!r}]", entry[key])
         param = self._engine.params[index]
-        dtype = state_dtype(param.view)
+        precision = options["state_precision"]
+        full, low = state_dtype(param.view), state_dtype(param.view, "bf16")
         for key in arrays & set(entry):
             arr = np.asarray(entry[key])
-            if arr.shape != param.shape or arr.dtype != dtype:
+            dtype = np.dtype(np.float32) if key == "master_param" else state_dtype(
+                param.view, precision)
+            # (full-precision and bfloat16 state convert to this optimizer's precision)
+            accepted = (dtype,) if key == "master_param" else (full, low)
+            if arr.shape != param.shape or arr.dtype not in accepted:
                 raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
-                                 f"{dtype} {param.shape} for params[{index}]")
-            result[key] = from_host(arr, param.view, dtype)
+                                 f"{' or '.join(map(str, accepted))} {param.shape} for "
+                                 f"params[{index}]")
+            result[key] = convert_state(arr, param.view, dtype)
         required = () if "first_step" in algorithm.inputs else algorithm.spec.present_states(
             algorithm.present(options))
         missing = [k for k in required if k not in result]
@@ -429,7 +457,7 @@ def make_class(algorithm: Algorithm) -> type[Optimizer]:
 
     positional = [argument(h) for h in hypers if not h.keyword_only]
     keyword = [argument(h) for h in hypers if h.keyword_only]
-    keyword += [f"{n}: bool = {v!r}" for n, v in CLASS_OPTIONS.items()]
+    keyword += [f"{n}: {type(v).__name__} = {v!r}" for n, v in CLASS_OPTIONS.items()]
     options = ", ".join([f"{h.name!r}: {h.name}" for h in hypers] + ["**_FIXED"]
                         + [f"{n!r}: {n}" for n in CLASS_OPTIONS])
     source = f'''\

@@ -201,7 +201,7 @@ def _walk(obj: Any, path: str, arrays: list[np.ndarray]) -> None:
         assert type(obj) is np.ndarray, f"{path}: {type(obj)} is not a plain ndarray"
         arrays.append(obj)
     else:
-        assert type(obj) in (int, float, bool), f"{path}: {obj!r} is a {type(obj)}"
+        assert type(obj) in (int, float, bool, str), f"{path}: {obj!r} is a {type(obj)}"
 
 
 @pytest.mark.parametrize("cname", NAMES)

@@ -23,7 +23,7 @@ from fastgd.algorithms import ALGORITHMS, SPECS, Algorithm, State
 from fastgd.hyperparams import Flag
 
 #: Options of the classes that are fastgd's own (not hyperparameters of an algorithm).
-CLASS_ONLY = {"master_weights"}
+CLASS_ONLY = set(fastgd.optim.CLASS_OPTIONS)
 #: Options of torch.optim's classes that choose an implementation, not the math.
 TORCH_ONLY = {"foreach", "fused", "capturable", "differentiable"}
 

@@ -1,0 +1,279 @@
+"""bfloat16 optimizer state (``state_precision="bf16"``): every algorithm, option and
+parameter format steps exactly as a float32-state step whose state is rounded to bfloat16
+(nearest even) after every step; it follows the float64 reference so emulated; state dicts
+and checkpoints convert between precisions and resume bit-identically; bad input is refused
+with nothing changed."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import cases
+import ml_dtypes
+import numpy as np
+import pytest
+from reference import REFERENCES
+
+import fastgd
+import fastgd.functional as F
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+SHAPES = [((), "C"), ((0,), "C"), ((1,), "C"), ((7,), "C"), ((1025,), "C"), ((3, 5), "F"),
+          ((40_000,), "C")]  # (the last above the parallel crossover)
+PARAM_FORMATS = {"float32": (np.float32, False), "float16": (np.float16, False),
+                 "bfloat16": (BF16, False), "bfloat16+master": (BF16, True)}
+
+
+def make(values: np.ndarray, dtype: Any, order: str = "C") -> np.ndarray:
+    return np.require(np.asarray(values).astype(dtype), requirements=order)
+
+
+def round_state(opt: fastgd.Optimizer) -> None:
+    """Round the algorithm's state arrays of a full-precision optimizer to bfloat16 (nearest
+    even) in place: what bfloat16 state keeps of them."""
+    for entry in opt.state.values():
+        for key, value in entry.items():
+            if key != "master_param" and isinstance(value, np.ndarray):
+                value[...] = value.astype(BF16).astype(value.dtype)
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint16) if a.dtype in (BF16, np.float16) else a
+
+
+CONFIGS = [(name, on) for name in cases.NAMES for on in ((), cases.full_case(name))]
+
+
+@pytest.mark.parametrize("fmt", list(PARAM_FORMATS))
+@pytest.mark.parametrize("name, on", CONFIGS,
+                         ids=[f"{n}-{'on' if on else 'off'}" for n, on in CONFIGS])
+def test_bf16_state_is_float32_state_rounded_each_step(name, on, fmt):
+    rng = np.random.default_rng(zlib.crc32(f"{name}{on}{fmt}".encode()))
+    dtype, master = PARAM_FORMATS[fmt]
+    hp = cases.random_hyperparameters(name, on, rng)
+    low = [make(rng.standard_normal(shape), dtype, order) for shape, order in SHAPES]
+    full = [p.copy(order="K") for p in low]
+    cls = cases.optimizer_class(name)
+    opt_low = cls(low, **hp, master_weights=master, state_precision="bf16")
+    # (state that starts at a hyperparameter's value starts at its bfloat16 rounding)
+    fills = {s.fill for s in cases.algorithm(name).states if s.fill}
+    opt_full = cls(full, **{k: float(np.asarray(v).astype(BF16)) if k in fills else v
+                            for k, v in hp.items()}, master_weights=master)
+    for t in range(5):
+        grads = [None if (t + i) % 4 == 3 else make(rng.standard_normal(p.shape), dtype,
+                                                     "F" if p.flags.f_contiguous and p.ndim > 1
+                                                     else "C")
+                 for i, p in enumerate(low)]
+        opt_low.step(grads)
+        opt_full.step(grads)
+        round_state(opt_full)
+    for i, (a, b) in enumerate(zip(low, full, strict=True)):
+        np.testing.assert_array_equal(bits(a), bits(b), err_msg=f"params[{i}]")
+        for key, value in opt_full.state[i].items():
+            if not isinstance(value, np.ndarray):
+                assert opt_low.state[i][key] == value, key
+                continue
+            ours = opt_low.state[i][key]
+            assert ours.dtype == (np.float32 if key == "master_param" else BF16), key
+            np.testing.assert_array_equal(ours.astype(np.float32), value, err_msg=key)
+
+
+@pytest.mark.parametrize("name", cases.NAMES)
+def test_bf16_state_follows_the_float64_reference(name):
+    """The reference in float64, its state rounded to bfloat16 after each step, against
+    fastgd's float32 arithmetic over bfloat16 state: 30 steps."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    hp = cases.random_hyperparameters(name, cases.full_case(name), rng)
+    params = [rng.standard_normal(n).astype(np.float32) for n in (7, 1025, 40_000)]
+    expected = [p.astype(np.float64) for p in params]
+    fills = {s.fill for s in cases.algorithm(name).states if s.fill}
+    refs = [REFERENCES[name](**{k: float(np.asarray(v).astype(BF16)) if k in fills else v
+                                for k, v in hp.items()}) for _ in params]
+    opt = cases.optimizer_class(name)(params, **hp, state_precision="bf16")
+    for _ in range(30):
+        grads = [rng.standard_normal(p.size).astype(np.float32) for p in params]
+        opt.step(grads)
+        for i, (ref, g) in enumerate(zip(refs, grads, strict=True)):
+            expected[i] = ref.step(expected[i], g.astype(np.float64))
+            for key, value in ref.state.items():
+                if isinstance(value, np.ndarray):
+                    ref.state[key] = value.astype(BF16).astype(np.float64)
+    for i, (p, e, ref) in enumerate(zip(params, expected, refs, strict=True)):
+        # bfloat16 keeps 8 bits: one rounding of the state moves a step by up to 2**-8 of
+        # itself, and the steps of 30 updates add up.
+        scale = max(ref.peak.get("param", 1.0), 1.0)
+        np.testing.assert_allclose(p, e, rtol=0, atol=5e-4 * scale, err_msg=name)
+        for key, value in ref.state.items():
+            if isinstance(value, np.ndarray):
+                ours = opt.state[i][key].astype(np.float64)
+                np.testing.assert_allclose(ours, value, rtol=2**-6,
+                                           atol=2**-6 * ref.peak[key], err_msg=key)
+
+
+def test_functional_api_takes_bf16_state_arrays():
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal(2000).astype(np.float32)
+    q = p.copy()
+    states = [np.zeros(2000, BF16), np.zeros(2000, BF16)]
+    opt = fastgd.Adam([q], lr=0.1, weight_decay=0.01, state_precision="bf16")
+    for t in range(1, 5):
+        g = rng.standard_normal(2000).astype(np.float32)
+        F.adam(p, g, *states, step=t, lr=0.1, weight_decay=0.01)
+        opt.step([g])
+    np.testing.assert_array_equal(p, q)
+    np.testing.assert_array_equal(states[1].view(np.uint16),
+                                  opt.state[0]["exp_avg_sq"].view(np.uint16))
+
+
+@pytest.mark.parametrize("case", ["mixed", "float64 param", "float16 state"])
+def test_functional_refuses_state_it_cannot_use_untouched(case):
+    p = np.ones(10, np.float32)
+    m, v = np.zeros(10, BF16), np.zeros(10, BF16)
+    if case == "mixed":
+        v = np.zeros(10, np.float32)
+    elif case == "float64 param":
+        p = np.ones(10)
+    else:
+        m, v = np.zeros(10, np.float16), np.zeros(10, np.float16)
+    before = [a.copy() for a in (p, m, v)]
+    with pytest.raises(TypeError, match="exp_avg"):
+        F.adam(p, np.ones_like(p), m, v, step=1, lr=0.1)
+    for a, b in zip((p, m, v), before, strict=True):
+        np.testing.assert_array_equal(bits(a), bits(b))
+
+
+@pytest.mark.parametrize("value, error", [("8bit", ValueError), ("half", ValueError),
+                                          (None, ValueError), ("BF16", ValueError)])
+def test_unknown_state_precision_is_refused(value, error):
+    with pytest.raises(error, match="state_precision"):
+        fastgd.Adam([np.ones(3, np.float32)], state_precision=value)
+
+
+def test_bf16_state_needs_float32_computation():
+    with pytest.raises(ValueError, match=r"params\[1\] is float64"):
+        fastgd.Adam([np.ones(3, np.float32), np.ones(3)], state_precision="bf16")
+    opt = fastgd.Adam([{"params": [np.ones(3, np.float32)]}, {"params": [np.ones(3)]}])
+    opt.param_groups[1]["state_precision"] = "bf16"  # (changed by hand: refused at the step)
+    p = opt.param_groups[0]["params"][0]
+    with pytest.raises(ValueError, match=r"params\[1\] is float64"):
+        opt.step([np.ones(3, np.float32), np.ones(3)])
+    np.testing.assert_array_equal(p, np.ones(3, np.float32))
+    assert opt.state == {}
+
+
+def _stepped(precision: str, make_param=np.asarray, steps: int = 3) -> fastgd.Optimizer:
+    rng = np.random.default_rng(7)
+    params = [make_param(rng.standard_normal(n).astype(np.float32)) for n in (5000, 3)]
+    opt = fastgd.AdamW(params, lr=0.01, amsgrad=True, state_precision=precision)
+    for _ in range(steps):
+        opt.step([make_param(rng.standard_normal(n).astype(np.float32)) for n in (5000, 3)])
+    return opt
+
+
+def _twin(opt: fastgd.Optimizer, precision: str) -> fastgd.Optimizer:
+    params = [p.copy() for p in opt.parameters()]
+    return fastgd.AdamW(params, lr=0.01, amsgrad=True, state_precision=precision)
+
+
+def test_state_dicts_convert_between_precisions():
+    full, low = _stepped("full"), _stepped("bf16")
+    assert low.state_dict()["param_groups"][0]["state_precision"] == "bf16"
+    # full -> bf16: rounded to nearest even
+    into_low = _twin(full, "bf16")
+    into_low.load_state_dict(full.state_dict())
+    assert into_low.param_groups[0]["state_precision"] == "bf16"  # (its own precision stays)
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        np.testing.assert_array_equal(into_low.state[0][key].view(np.uint16),
+                                      full.state[0][key].astype(BF16).view(np.uint16))
+    # bf16 -> full: widened exactly, and it steps on from there
+    into_full = _twin(low, "full")
+    into_full.load_state_dict(low.state_dict())
+    assert into_full.state[0]["exp_avg"].dtype == np.float32
+    np.testing.assert_array_equal(into_full.state[0]["exp_avg"],
+                                  low.state[0]["exp_avg"].astype(np.float32))
+    assert into_full.state_nbytes() == 2 * low.state_nbytes()
+    # bf16 -> bf16: the same step after it
+    again = _twin(low, "bf16")
+    again.load_state_dict(low.state_dict())
+    g = [np.full(5000, 0.5, np.float32), np.ones(3, np.float32)]
+    low.step(g)
+    again.step(g)
+    for a, b in zip(low.parameters(), again.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_state_dict_of_another_scheme_is_refused_untouched():
+    low = _stepped("bf16")
+    sd = low.state_dict()
+    sd["state"][0]["exp_avg"] = sd["state"][0]["exp_avg"].astype(np.float16)
+    target = _stepped("bf16")
+    before = {k: v.copy() for k, v in target.state[0].items() if isinstance(v, np.ndarray)}
+    with pytest.raises(ValueError, match="exp_avg"):
+        target.load_state_dict(sd)
+    sd = low.state_dict()
+    sd["param_groups"][0]["state_precision"] = "4bit"
+    with pytest.raises(ValueError, match="state_precision"):
+        target.load_state_dict(sd)
+    for key, value in before.items():
+        np.testing.assert_array_equal(bits(target.state[0][key]), bits(value))
+
+
+def test_changing_the_precision_of_a_group_converts_its_state():
+    opt = _stepped("full")
+    expected = opt.state[0]["exp_avg"].copy()
+    opt.param_groups[0]["state_precision"] = "bf16"
+    opt.step([np.zeros(5000, np.float32), np.zeros(3, np.float32)])
+    assert opt.state[0]["exp_avg"].dtype == BF16
+    beta1 = opt.param_groups[0]["betas"][0]
+    np.testing.assert_array_equal(
+        opt.state[0]["exp_avg"].view(np.uint16),
+        (expected.astype(BF16).astype(np.float32) * np.float32(beta1)).astype(BF16)
+        .view(np.uint16))
+
+
+def test_torch_parameters_keep_bf16_state_as_torch_tensors():
+    torch = pytest.importorskip("torch")
+    opt = _stepped("bf16", torch.from_numpy)
+    sd = opt.state_dict()
+    assert sd["state"][0]["exp_avg"].dtype == torch.bfloat16
+    reference = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(5000)),
+                                   torch.nn.Parameter(torch.zeros(3))], amsgrad=True)
+    reference.load_state_dict(sd)  # torch reads it (as float32 state)
+    back = _twin(opt, "bf16")
+    back.load_state_dict(sd)
+    np.testing.assert_array_equal(back.state[0]["exp_avg"].view(np.uint16),
+                                  opt.state[0]["exp_avg"].view(np.uint16))
+
+
+@pytest.mark.parametrize("torch_params", [False, True])
+def test_checkpoints_keep_bf16_state_and_resume_bit_identically(tmp_path, torch_params):
+    make_param = np.asarray
+    if torch_params:
+        make_param = pytest.importorskip("torch").from_numpy
+    opt = _stepped("bf16", make_param)
+    path = tmp_path / "run.ckpt"
+    fastgd.save(path, opt)
+    resumed = fastgd.AdamW([make_param(np.zeros(5000, np.float32)),
+                            make_param(np.zeros(3, np.float32))], lr=0.01, amsgrad=True,
+                           state_precision="bf16")
+    fastgd.load(path, resumed)
+    full = _twin(opt, "full")
+    fastgd.load(path, full)  # (converted to full precision)
+    assert full.state[0]["exp_avg"].dtype == np.float32
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        g = [make_param(rng.standard_normal(n).astype(np.float32)) for n in (5000, 3)]
+        opt.step(g)
+        resumed.step(g)
+    for a, b in zip(opt.parameters(), resumed.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for key, value in opt.state[0].items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(bits(resumed.state[0][key]), bits(value))
+
+
+def test_state_nbytes_counts_the_state_arrays():
+    full, low = _stepped("full"), _stepped("bf16")
+    assert full.state_nbytes() == 3 * 4 * 5003
+    assert low.state_nbytes() == 3 * 2 * 5003
