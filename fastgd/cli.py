@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from fastgd import bench, demo
+from fastgd.arrays import STATE_PRECISIONS
 
 
 def _csv(choices: list[str] | None = None):
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated element counts, e.g. 1e3,1e5,2**24 (default 2**24)")
     b.add_argument("--dtypes", type=_csv(["float32", "float64"]),
                    default=["float32", "float64"])
+    b.add_argument("--state-precision", type=_csv(list(STATE_PRECISIONS)), default=["full"],
+                   help="comma-separated optimizer state precisions, e.g. full,bf16 (default "
+                   "full; low-precision state with float32 parameters, on the CPU)")
     b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: the CPU, and the GPU too when one is present")
     b.add_argument("--repeat", type=int, default=7, help="timed repetitions (median kept)")
@@ -88,7 +92,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.device != "cuda":
         results += bench.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
                              baselines=not args.no_baselines, progress=not args.quiet,
-                             many=args.many)
+                             many=args.many, precisions=args.state_precision)
     if use_gpu:
         results += bench_cuda.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
                                   baselines=not args.no_baselines, progress=not args.quiet,
