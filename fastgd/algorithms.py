@@ -61,13 +61,20 @@ class State:
     hyperparameter ``when`` passes ``test`` (``momentum_buffer`` when ``momentum != 0``); the
     functional API then requires it, unless ``implied``: there the array's presence sets
     the (boolean) hyperparameter (Adam's ``max_exp_avg_sq`` and ``amsgrad``). New arrays are
-    filled with 0, or with the value of the hyperparameter ``fill``."""
+    filled with 0, or with the value of the hyperparameter ``fill``.
+
+    ``eight_bit`` says what the state is with ``state_precision="8bit"`` (every state
+    declares it): ``"signed"`` or ``"unsigned"``, blockwise 8-bit codes of bitsandbytes'
+    signed or unsigned dynamic map (:mod:`fastgd.quantization`), or ``"full"``: kept at
+    full precision, for a reason given in ``why``."""
 
     name: str
     when: str | None = None
     test: Callable[[Any], bool] = bool
     fill: str | None = None
     implied: bool = False
+    eight_bit: str = ""
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,14 @@ class RuleSpec:
     coefficients: tuple[str, ...]
     flags: tuple[str, ...]
     optional: tuple[str, ...] = ()
+    #: per state, its 8-bit form: "signed", "unsigned" or "full" (see :class:`State`)
+    eight_bit: tuple[str, ...] = ()
+
+    def quantized(self, state: str) -> str:
+        """``"signed"`` or ``"unsigned"``: the map of ``state`` with 8-bit state; ``""``:
+        it stays at full precision."""
+        form = self.eight_bit[self.states.index(state)]
+        return "" if form == "full" else form
 
     def variants(self) -> list[tuple[str, ...]]:
         """Every combination of present optional states (as tuples of state names)."""
@@ -250,10 +265,16 @@ def _rule_spec(algorithm: Algorithm) -> RuleSpec:
         raise AssertionError(f"{name}: the rule's coefficients must come before its flags")
     if not all(type(sample[b]) in (bool, float) for b in body):  # (kernels are compiled
         raise AssertionError(f"{name}: update must return floats and bools")  # for these)
+    for s in algorithm.states:
+        if s.eight_bit not in ("signed", "unsigned", "full") or (s.eight_bit == "full"
+                                                                  and not s.why):
+            raise AssertionError(f"{name}: state {s.name} must declare eight_bit as "
+                                 "'signed', 'unsigned' or 'full' (with why)")
     return RuleSpec(algorithm.rule.__name__.removesuffix("_rule"), algorithm.rule, states,
                     tuple(b for b in body if not isinstance(sample[b], bool)),
                     tuple(b for b in body if isinstance(sample[b], bool)),
-                    tuple(s.name for s in algorithm.optional))
+                    tuple(s.name for s in algorithm.optional),
+                    tuple(s.eight_bit for s in algorithm.states))
 
 
 def example_update(algorithm: Algorithm) -> dict[str, Any]:
@@ -317,7 +338,8 @@ with momentum: buf = g on the first step, else buf = momentum * buf + (1 - dampe
 without:       d = g
 p -= lr * d""",
     "torch/optim/sgd.py", rules.sgd_rule,
-    states=(State("momentum_buffer", when="momentum", test=lambda m: m != 0),),
+    states=(State("momentum_buffer", when="momentum", test=lambda m: m != 0,
+                  eight_bit="signed"),),
     hyperparameters=(
         _lr(1e-3, 0.01, 0.2),
         Hyper("momentum", 0.0, NON_NEGATIVE, Uniform(0.3, 0.95), switch=True),
@@ -343,7 +365,7 @@ g += weight_decay * p
 sum += g * g
 p -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)""",
     "torch/optim/adagrad.py", rules.adagrad_rule,
-    states=(State("sum", fill="initial_accumulator_value"),),
+    states=(State("sum", fill="initial_accumulator_value", eight_bit="unsigned"),),
     hyperparameters=(
         _lr(1e-2, 0.01, 0.5),
         Hyper("lr_decay", 0.0, NON_NEGATIVE, Uniform(0.01, 0.3), switch=True),
@@ -369,7 +391,7 @@ delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
 acc_delta = rho * acc_delta + (1 - rho) * delta * delta
 p -= lr * delta""",
     "torch/optim/adadelta.py", rules.adadelta_rule,
-    states=(State("square_avg"), State("acc_delta")),
+    states=(State("square_avg", eight_bit="unsigned"), State("acc_delta", eight_bit="unsigned")),
     hyperparameters=(
         _lr(1.0, 0.3, 2.0), Hyper("rho", 0.9, UNIT, Uniform(0.5, 0.99)),
         _eps(1e-6, 1e-7, 1e-4), WEIGHT_DECAY, MAXIMIZE),
@@ -393,8 +415,9 @@ else:      avg = sqrt(square_avg) + eps
 momentum:  buf = momentum * buf + g / avg; p -= lr * buf
 else:      p -= lr * g / avg""",
     "torch/optim/rmsprop.py", rules.rmsprop_rule,
-    states=(State("square_avg"), State("momentum_buffer", when="momentum", test=lambda m: m > 0),
-            State("grad_avg", when="centered")),
+    states=(State("square_avg", eight_bit="unsigned"),
+            State("momentum_buffer", when="momentum", test=lambda m: m > 0, eight_bit="signed"),
+            State("grad_avg", when="centered", eight_bit="signed")),
     hyperparameters=(
         _lr(1e-2, 1e-3, 3e-2), Hyper("alpha", 0.99, NON_NEGATIVE, Uniform(0.8, 0.999)),
         _eps(1e-8, 1e-9, 1e-6), WEIGHT_DECAY,
@@ -421,8 +444,10 @@ exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
 amsgrad: max_exp_avg_sq = max(max_exp_avg_sq, exp_avg_sq), used below for exp_avg_sq
 p -= lr / (1 - beta1**t) * exp_avg / (sqrt(exp_avg_sq) / sqrt(1 - beta2**t) + eps)""",
     "torch/optim/adam.py", rules.adam_rule,
-    states=(State("exp_avg"), State("exp_avg_sq"),
-            State("max_exp_avg_sq", when="amsgrad", implied=True)),
+    states=(State("exp_avg", eight_bit="signed"), State("exp_avg_sq", eight_bit="unsigned"),
+            State("max_exp_avg_sq", when="amsgrad", implied=True, eight_bit="full",
+                  why="AMSGrad's running maximum must never decrease; rounding it to the "
+                  "nearest 8-bit value can lower it")),
     hyperparameters=(
         _lr(1e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY, _flag("amsgrad"), MAXIMIZE,
         _flag("decoupled_weight_decay", keyword_only=True)),
@@ -450,7 +475,7 @@ exp_avg = beta1 * exp_avg + (1 - beta1) * g
 exp_inf = max(beta2 * exp_inf, |g| + eps)
 p -= lr / (1 - beta1**t) * exp_avg / exp_inf""",
     "torch/optim/adamax.py", rules.adamax_rule,
-    states=(State("exp_avg"), State("exp_inf")),
+    states=(State("exp_avg", eight_bit="signed"), State("exp_inf", eight_bit="unsigned")),
     hyperparameters=(_lr(2e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY, MAXIMIZE),
     update=_adamax_update, demo={"adamax": ({}, 0.05)}, shown=("betas",),
 )
@@ -484,7 +509,7 @@ exp_avg, exp_avg_sq as in Adam; denom = sqrt(exp_avg_sq / (1 - beta2**t)) + eps
 p -= lr * (1 - mu_t) / (1 - mu_product) * g / denom
 p -= lr * mu_{t+1} / (1 - mu_product * mu_{t+1}) * exp_avg / denom""",
     "torch/optim/nadam.py", rules.nadam_rule,
-    states=(State("exp_avg"), State("exp_avg_sq")),
+    states=(State("exp_avg", eight_bit="signed"), State("exp_avg_sq", eight_bit="unsigned")),
     hyperparameters=(
         _lr(2e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY,
         Hyper("momentum_decay", 4e-3, NON_NEGATIVE, Uniform(1e-3, 3e-2, log=True)),
@@ -520,7 +545,7 @@ rho_t > 5: r_t = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 
            p -= lr / (1 - beta1**t) * r_t * sqrt(1 - beta2**t) * exp_avg / (sqrt(exp_avg_sq) + eps)
 else:      p -= lr / (1 - beta1**t) * exp_avg""",
     "torch/optim/radam.py", rules.radam_rule,
-    states=(State("exp_avg"), State("exp_avg_sq")),
+    states=(State("exp_avg", eight_bit="signed"), State("exp_avg_sq", eight_bit="unsigned")),
     hyperparameters=(
         _lr(1e-3, 1e-3, 5e-2), _betas(), _eps(1e-8), WEIGHT_DECAY,
         _flag("decoupled_weight_decay"), MAXIMIZE),
@@ -543,7 +568,10 @@ step_size = clamp(step_size, step_size_min, step_size_max)
 p -= sign(g) * step_size;  prev = g
 (step_size starts at lr; lr is not used after that)""",
     "torch/optim/rprop.py", rules.rprop_rule,
-    states=(State("prev"), State("step_size", fill="lr")),
+    states=(State("prev", eight_bit="signed"),
+            State("step_size", fill="lr", eight_bit="full",
+                  why="each element's step size is multiplied by etaplus or etaminus every "
+                  "step and spans decades within a block, where the dynamic map is coarse")),
     hyperparameters=(
         _lr(1e-2, 1e-3, 5e-2),
         Hyper("etas", (0.5, 1.2), Pair(Real(0.0, 1.0, low_open=True),
@@ -574,7 +602,8 @@ ax = ax + (p - ax) * mu   while mu < 1, else ax = p
 then eta = lr / (1 + lambd * lr * t)**alpha, mu = 1 / max(1, t - t0) for the next step
 (eta starts at lr, mu at 1)""",
     "torch/optim/asgd.py", rules.asgd_rule,
-    states=(State("ax"),),
+    states=(State("ax", eight_bit="full",
+                  why="the averaged parameter is the model the method returns"),),
     hyperparameters=(
         _lr(1e-2, 1e-3, 5e-2),
         Hyper("lambd", 1e-4, NON_NEGATIVE, Uniform(1e-5, 0.1, log=True)),

@@ -121,6 +121,12 @@ def test_a_declaration_that_does_not_fit_its_rule_fails() -> None:
     with pytest.raises(AssertionError, match="exp_avg"):
         dataclasses.replace(adam, name="Broken", states=(
             State("exp_avg_sq"), State("exp_avg"), *adam.states[2:]))
+    with pytest.raises(AssertionError, match="eight_bit"):  # (its 8-bit form undeclared)
+        dataclasses.replace(adam, name="Broken", states=(
+            State("exp_avg"), *adam.states[1:]))
+    with pytest.raises(AssertionError, match="why"):  # (full precision, without a reason)
+        dataclasses.replace(adam, name="Broken", states=(
+            State("exp_avg", eight_bit="full"), *adam.states[1:]))
     with pytest.raises(AssertionError, match="rule"):
         dataclasses.replace(adam, name="Broken", rule=rules.nadam_rule)
 
