@@ -43,7 +43,7 @@ def cache_dir() -> Path:
     raise OSError(f"no writable cache directory among {[str(p) for p in candidates]}")
 
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # (a generated module may generate another as it loads)
 _IMPORT = re.compile(r"^from fastgd(?:\.(\w+))? import ([\w, ]+)$", re.M)
 
 

@@ -40,6 +40,7 @@ from fastgd.kernelgen import (
     STORAGES,
     array_args,
     computes_in_float32,
+    join_storage,
     rule_call,
     scalar_args,
     split_storage,
@@ -135,8 +136,91 @@ def table_source(name: str, arrays: list[str], scalars: list[str]) -> str:
         multi_views=views(12))
 
 
+_EIGHT_BIT_TEMPLATE = '''
+from fastgd.algorithms import SPECS
+from fastgd.cpu import kernel
+from fastgd.quantization import decode_block, encode_block
+
+_full_precision = kernel(SPECS[{spec!r}], {present!r}, "serial", {inner!r})
+
+
+@numba.njit(cache=True, error_model="numpy", nogil=True)
+def {name}__serial({args}):
+    {scratch}
+    n = param.size
+    for b in range((n + {block} - 1) // {block}):
+        lo = b * {block}
+        hi = min(lo + {block}, n)
+        {decode}
+        _full_precision({inner_args})
+        {encode}
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True)
+def {name}__parallel({args}):
+    n = param.size
+    for t in numba.prange((n + {task} - 1) // {task}):
+        lo = t * {task}
+        hi = min(lo + {task}, n)
+        {name}__serial({sliced})
+
+
+@numba.njit(cache=True, error_model="numpy", nogil=True)
+def {name}__run(addresses, sizes, likes, {scalars}):
+    for k in range(sizes.size):
+        n = sizes[k]
+        blocks = (n + {block} - 1) // {block}
+        {views}
+        if n >= {threshold}:
+            {name}__parallel({arrays}, {scalars})
+        else:
+            {name}__serial({arrays}, {scalars})
+'''
+
+
+def eight_bit_source(spec: RuleSpec, present: tuple[str, ...], storage: str) -> str:
+    """Source of the kernels of a variant with 8-bit state (storage part ``"s8"``).
+
+    ``__serial`` walks the quantization blocks (:data:`fastgd.quantization.BLOCK_SIZE`
+    elements): it decodes each quantized state of the block into a float32 scratch array,
+    runs the variant's full-precision element loop on the block (the same rule, the same
+    float32 arithmetic) and encodes the scratch arrays back, each with its new absmax.
+    ``__parallel`` gives the threads runs of 64 blocks; ``__run`` steps the tensors of an
+    address table one after the other (each large one over all threads)."""
+    from fastgd.quantization import BLOCK_SIZE
+
+    name = kernel_name(spec, present, storage)
+    low, master, _ = split_storage(storage)
+    arrays = array_args(spec, present, storage)
+    scalars = ["coefficients", *spec.flags]
+    quantized = [s for s in spec.present_states(present) if spec.quantized(s)]
+    signed = {s: spec.quantized(s) == "signed" for s in quantized}
+    inner = [f"{a}_block[:hi - lo]" if a in quantized else f"{a}[lo:hi]"
+             for a in array_args(spec, present, join_storage(low, "master" if master else ""))]
+    task = 64 * BLOCK_SIZE
+    sliced = [f"{a}[lo // {BLOCK_SIZE}:(hi + {BLOCK_SIZE - 1}) // {BLOCK_SIZE}]"
+              if a.endswith("_absmax") else f"{a}[lo:hi]" for a in arrays]
+    views = "\n        ".join(
+        f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], likes[{j}]), "
+        f"{'blocks' if a.endswith('_absmax') else 'n'})" for j, a in enumerate(arrays))
+    return _HEADER + _EIGHT_BIT_TEMPLATE.format(
+        spec=spec.name, present=present, inner=join_storage(low, "master" if master else ""),
+        name=name, args=", ".join(arrays + scalars), block=BLOCK_SIZE, task=task,
+        threshold=PARALLEL_THRESHOLD,
+        scratch="\n    ".join([f"{s}_block = np.empty({BLOCK_SIZE}, np.float32)"
+                               for s in quantized] or ["pass"]),
+        decode="\n        ".join(f"decode_block({s}[lo:hi], {s}_absmax[b], {s}_block[:hi - lo], "
+                                  f"{signed[s]})" for s in quantized),
+        encode="\n        ".join(f"{s}_absmax[b] = encode_block({s}_block[:hi - lo], "
+                                  f"{s}[lo:hi], {signed[s]})" for s in quantized),
+        inner_args=", ".join(inner + scalars), sliced=", ".join(sliced + scalars),
+        scalars=", ".join(scalars), views=views, arrays=", ".join(arrays))
+
+
 def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> str:
     """Python source of the CPU kernels of one rule variant and storage format."""
+    if split_storage(storage)[2] == "8bit":
+        return eight_bit_source(spec, present, storage)
     name = kernel_name(spec, present, storage)
     arrays = array_args(spec, present, storage)
     scalars = ["coefficients", *spec.flags]
@@ -220,13 +304,14 @@ _KERNELS: dict[tuple[str, tuple[str, ...], str], tuple[Any, Any, Any, Any]] = {}
 def _kernels(spec: RuleSpec, present: tuple[str, ...], storage: str
              ) -> tuple[Any, Any, Any, Any]:
     """The serial, parallel, run and multi kernels of a variant, looked up once (this path
-    is hot for small arrays)."""
+    is hot for small arrays); 8-bit state has no multi kernel (None)."""
     key = (spec.name, present, storage)
     found = _KERNELS.get(key)
     if found is None:
-        found = _KERNELS.setdefault(key, tuple(
-            kernel(spec, present, kind, storage) for kind in ("serial", "parallel", "run",
-                                                               "multi")))
+        kinds = ("serial", "parallel", "run") + (
+            () if split_storage(storage)[2] == "8bit" else ("multi",))
+        found = _KERNELS.setdefault(key, tuple(kernel(spec, present, kind, storage)
+                                               for kind in kinds) + (None,) * (4 - len(kinds)))
     return found
 
 
@@ -252,12 +337,16 @@ class Table:
                  addresses: np.ndarray, sizes: np.ndarray) -> None:
         self.addresses, self.sizes = addresses, sizes
         self.total = int(sizes.sum())
-        self.likes = likes(storage, dtype, addresses.shape[1])
+        self.likes = likes(spec, present, storage, dtype)
         _, _, self._run, self._multi = _kernels(spec, present, storage)
         self._chunks: Any = None
 
     def launch(self, scalars: tuple[Any, ...]) -> None:
         """One step, with the kernel's scalar arguments ``scalars``, in place."""
+        if self._multi is None:  # (8-bit state: the tensors in turn, each over the threads)
+            with parallel_guard():
+                self._run(self.addresses, self.sizes, self.likes, *scalars)
+            return
         if self.total < PARALLEL_THRESHOLD:
             if self.total:
                 self._run(self.addresses, self.sizes, self.likes, *scalars)
@@ -269,15 +358,25 @@ class Table:
             self._multi(self.addresses, self.sizes, self._chunks, self.likes, *scalars)
 
 
-def likes(storage: str, dtype: Any, n: int) -> tuple[np.ndarray, ...]:
-    """An empty array of the kernel dtype of each of the ``n`` arrays of a kernel of
-    ``storage`` format (:class:`Table`), in kernel order: param and grad (uint16 bits for
-    float16/bfloat16, else ``dtype``), the master copy (float32), the states (uint16 bits
-    for bfloat16 state, else the computation's dtype)."""
-    low, master, state = split_storage(storage)
+def likes(spec: RuleSpec, present: tuple[str, ...], storage: str, dtype: Any
+          ) -> tuple[np.ndarray, ...]:
+    """An empty array of the kernel dtype of each array of a kernel (:class:`Table`), in
+    kernel order: param and grad (uint16 bits for float16/bfloat16, else ``dtype``), the
+    master copy (float32), the states (uint16 bits for bfloat16 state; uint8 codes and
+    float32 absmax for 8-bit state; else the computation's dtype)."""
+    low, _, state = split_storage(storage)
     compute = np.empty(0, np.float32 if low or state else dtype)
-    bits = np.empty(0, np.uint16)
-    param = bits if low else compute
-    states = bits if state else compute
-    head = (param, param, np.empty(0, np.float32)) if master else (param, param)
-    return head + (states,) * (n - len(head))
+    empty = {"param": np.empty(0, np.uint16) if low else compute,
+             "master": np.empty(0, np.float32)}
+    empty["grad"] = empty["param"]
+    result = []
+    for name in array_args(spec, present, storage):
+        if name in empty:
+            result.append(empty[name])
+        elif name.endswith("_absmax"):
+            result.append(np.empty(0, np.float32))
+        elif state == "8bit" and spec.quantized(name):
+            result.append(np.empty(0, np.uint8))
+        else:
+            result.append(np.empty(0, np.uint16) if state == "bf16" else compute)
+    return tuple(result)

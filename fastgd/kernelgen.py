@@ -9,7 +9,11 @@ parts joined by ``_``:
 * ``"master"``: a float32 master copy of the parameter that the rule updates, the
   low-precision param receiving its rounded value;
 * ``"sbf16"``: bfloat16 state arrays (uint16 views), widened to float32 on load and rounded
-  to nearest even on store; the rule computes in float32.
+  to nearest even on store; the rule computes in float32;
+* ``"s8"``: 8-bit blockwise state (:mod:`fastgd.quantization`): each quantized state is two
+  arrays, its uint8 codes and ``<state>_absmax`` (float32, one per block of 256 elements);
+  the kernel decodes a block into float32, runs the full-precision element loop over it and
+  encodes it again (:func:`fastgd.cpu.eight_bit_source`).
 """
 
 from __future__ import annotations
@@ -27,21 +31,31 @@ def join_storage(*parts: str) -> str:
 PARAM_STORAGES = ("", "f16", "bf16", "f16_master", "bf16_master")
 #: every storage format a CPU kernel is generated for: each param format with full-precision
 #: state (that of the computation) and with bfloat16 state
-STORAGES = PARAM_STORAGES + tuple(join_storage(p, "sbf16") for p in PARAM_STORAGES)
+STORAGES = PARAM_STORAGES + tuple(join_storage(p, state) for state in ("sbf16", "s8")
+                                   for p in PARAM_STORAGES)
+_STATE_PARTS = {"sbf16": "bf16", "s8": "8bit"}
 
 
 def split_storage(storage: str) -> tuple[str, bool, str]:
     """``"bf16_master_sbf16"`` -> ``("bf16", True, "bf16")``: the param's low-precision
-    format (``""``: none), whether there is a master copy, the state's (``""``: full)."""
+    format (``""``: none), whether there is a master copy, the state's (``""``: full,
+    ``"bf16"`` or ``"8bit"``)."""
     parts = storage.split("_") if storage else []
     low = parts[0] if parts and parts[0] in ("f16", "bf16") else ""
-    return low, "master" in parts, "bf16" if "sbf16" in parts else ""
+    state = next((_STATE_PARTS[p] for p in parts if p in _STATE_PARTS), "")
+    return low, "master" in parts, state
 
 
 def array_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> list[str]:
-    """The arrays a kernel takes: param, grad, [master], the present states in rule order."""
-    master = ["master"] if split_storage(storage)[1] else []
-    return ["param", "grad", *master, *spec.present_states(present)]
+    """The arrays a kernel takes: param, grad, [master], the present states in rule order
+    (with 8-bit state, a quantized state's codes and then its ``_absmax``)."""
+    _, master, state_format = split_storage(storage)
+    states = []
+    for state in spec.present_states(present):
+        states.append(state)
+        if state_format == "8bit" and spec.quantized(state):
+            states.append(f"{state}_absmax")
+    return ["param", "grad", *(["master"] if master else []), *states]
 
 
 def computes_in_float32(storage: str) -> bool:

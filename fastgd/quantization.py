@@ -86,7 +86,7 @@ from fastgd.halfprec import bits_as_float32, float32_as_bits
 __all__ = ["SIGNED_MAP", "UNSIGNED_MAP", "SIGNED_SORTED_INDEX", "UNSIGNED_SORTED_INDEX",
            "BLOCK_SIZE", "dynamic_map", "quantize_blockwise", "dequantize_blockwise",
            "encode_signed", "encode_unsigned", "decode_signed", "decode_unsigned",
-           "block_scale", "abs_bits", "abs_bits_as_float32"]
+           "block_scale", "abs_bits", "abs_bits_as_float32", "encode_block", "decode_block"]
 
 #: Elements per block (bitsandbytes' 8-bit optimizers use 256).
 BLOCK_SIZE = 256
@@ -311,37 +311,45 @@ def block_scale(absmax):  # pragma: no cover - jit
     return pre, inv
 
 
+@_jit
+def encode_block(values, codes, signed):  # pragma: no cover - jit
+    """Quantize one block in place: ``codes[i]`` of ``values[i]`` (float32); returns the
+    block's absmax (float32). ``signed``: the map."""
+    top = np.int32(0)
+    for i in range(values.size):
+        top = max(top, abs_bits(values[i]))
+    amax = abs_bits_as_float32(top)
+    pre, inv = block_scale(amax)
+    if signed:
+        for i in range(values.size):
+            codes[i] = encode_signed((values[i] * pre) * inv)
+    else:
+        for i in range(values.size):
+            codes[i] = encode_unsigned((values[i] * pre) * inv)
+    return amax
+
+
+@_jit
+def decode_block(codes, absmax, out, signed):  # pragma: no cover - jit
+    """Dequantize one block: ``out[i] = map[codes[i]] * absmax`` (float32)."""
+    if signed:
+        for i in range(out.size):
+            out[i] = decode_signed(codes[i]) * absmax
+    else:
+        for i in range(out.size):
+            out[i] = decode_unsigned(codes[i]) * absmax
+
+
 @numba.njit(error_model="numpy", nogil=True, cache=True)
 def _quantize_block(x, codes, absmax, b, block_size, signed):  # pragma: no cover - jit
     lo = b * block_size
-    xb = x[lo:lo + block_size]
-    cb = codes[lo:lo + block_size]
-    top = np.int32(0)
-    for i in range(xb.size):
-        top = max(top, abs_bits(xb[i]))
-    amax = abs_bits_as_float32(top)
-    absmax[b] = amax
-    pre, inv = block_scale(amax)
-    if signed:
-        for i in range(xb.size):
-            cb[i] = encode_signed((xb[i] * pre) * inv)
-    else:
-        for i in range(xb.size):
-            cb[i] = encode_unsigned((xb[i] * pre) * inv)
+    absmax[b] = encode_block(x[lo:lo + block_size], codes[lo:lo + block_size], signed)
 
 
 @numba.njit(error_model="numpy", nogil=True, cache=True)
 def _dequantize_block(codes, absmax, out, b, block_size, signed):  # pragma: no cover - jit
     lo = b * block_size
-    cb = codes[lo:lo + block_size]
-    ob = out[lo:lo + block_size]
-    scale = absmax[b]
-    if signed:
-        for i in range(cb.size):
-            ob[i] = decode_signed(cb[i]) * scale
-    else:
-        for i in range(cb.size):
-            ob[i] = decode_unsigned(cb[i]) * scale
+    decode_block(codes[lo:lo + block_size], absmax[b], out[lo:lo + block_size], signed)
 
 
 @numba.njit(error_model="numpy", nogil=True, cache=True)
