@@ -51,7 +51,7 @@ def _where(device: bool) -> str:
     return "a GPU array" if device else "a host array"
 
 
-def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
+def as_ndarray(x: Any, name: str, *, writable: bool, codes: bool = False) -> np.ndarray:
     """Zero-copy NumPy view of ``x``; anything that would need a copy is refused.
 
     Accepts NumPy arrays (memmaps too), torch CPU tensors and objects exposing
@@ -80,7 +80,7 @@ def as_ndarray(x: Any, name: str, *, writable: bool) -> np.ndarray:
     else:
         raise TypeError(f"{name} must be a NumPy array or a tensor that NumPy can view "
                         f"without a copy, got {type(x).__name__}")
-    _check_dtype(arr, name)
+    _check_dtype(arr, name, codes)
     if writable and not arr.flags.writeable:
         raise ValueError(f"{name} is read-only; fastgd updates arrays in place")
     return arr
@@ -118,17 +118,20 @@ def as_device_array(x: Any, name: str, *, writable: bool) -> Any:
     return arr
 
 
-def as_array(x: Any, name: str, *, writable: bool, device: bool) -> Any:
-    """:func:`as_ndarray` or :func:`as_device_array`; refuses a host/GPU mix."""
+def as_array(x: Any, name: str, *, writable: bool, device: bool, codes: bool = False) -> Any:
+    """:func:`as_ndarray` or :func:`as_device_array`; refuses a host/GPU mix. ``codes``:
+    uint8 is accepted too (8-bit state, on the host)."""
     if is_device(x) != device:
         raise TypeError(f"{name} is {_where(not device)} but param is {_where(device)}; "
                         "all arrays of an update must live on the same device")
     if device:
         return as_device_array(x, name, writable=writable)
-    return as_ndarray(x, name, writable=writable)
+    return as_ndarray(x, name, writable=writable, codes=codes)
 
 
-def _check_dtype(arr: Any, name: str) -> None:
+def _check_dtype(arr: Any, name: str, codes: bool = False) -> None:
+    if codes and arr.dtype == np.uint8:
+        return
     if arr.dtype not in FLOAT_DTYPES and arr.dtype.name not in LOW_PRECISION:
         raise TypeError(f"{name} must have dtype float32, float64, float16 or bfloat16, got "
                         f"{arr.dtype}")
@@ -146,9 +149,10 @@ def storage(arr: Any) -> str:
         return _STORAGE.setdefault(dtype, LOW_PRECISION.get(dtype.name, ""))
 
 
-#: Precisions of optimizer state: ``"full"`` (the dtype the update computes in) or
-#: ``"bf16"`` (bfloat16, for parameters that compute in float32, on the CPU).
-STATE_PRECISIONS = ("full", "bf16")
+#: Precisions of optimizer state: ``"full"`` (the dtype the update computes in), ``"bf16"``
+#: (bfloat16) or ``"8bit"`` (blockwise 8-bit codes): the last two for parameters that compute
+#: in float32, on the CPU (see :mod:`fastgd.lowbit`).
+STATE_PRECISIONS = ("full", "bf16", "8bit")
 
 
 def bfloat16() -> np.dtype:
@@ -163,6 +167,8 @@ def state_dtype(param: Any, precision: str = "full") -> np.dtype:
     (float32 for float16/bfloat16 parameters); ``"bf16"``, bfloat16."""
     if precision == "bf16":
         return bfloat16()
+    if precision == "8bit":
+        return np.dtype(np.uint8)
     return np.dtype(np.float32) if storage(param) else np.dtype(param.dtype)
 
 
@@ -323,6 +329,15 @@ def from_host(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
     from fastgd import cuda
 
     return cuda.to_device(values, like)
+
+
+def check_min_8bit_size(value: Any) -> int:
+    """``min_8bit_size``, checked: a non-negative integer."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"min_8bit_size must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"min_8bit_size must be >= 0, got {value}")
+    return int(value)
 
 
 def convert_state(array: Any, like: Any, dtype: np.dtype) -> Any:

@@ -32,17 +32,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastgd import cpu
+from fastgd import cpu, lowbit
 from fastgd.algorithms import Algorithm
 from fastgd.arrays import (
     address,
     as_array,
     check_like,
+    check_min_8bit_size,
     check_no_overlap,
     check_same_gpu,
     check_state_precision,
     check_stream,
-    convert_state,
     from_host,
     gpu_of,
     is_device,
@@ -53,11 +53,10 @@ from fastgd.arrays import (
     same_layout_address,
     state_dtype,
     storage,
-    zeros_like,
 )
 from fastgd.halfprec import to_float32
 from fastgd.hyperparams import Flag, Pair, learning_rate, number, step_count
-from fastgd.kernelgen import computes_in_float32, join_storage, split_storage
+from fastgd.kernelgen import array_args, computes_in_float32, join_storage, split_storage
 from fastgd.pointers import address as host_address
 from fastgd.reductions import clip_scale, global_norm
 
@@ -376,9 +375,9 @@ class Param:
     __slots__ = ("original", "view", "order", "flat", "address", "nbytes", "gpu", "storage",
                  "dtype", "shape", "strides", "torch", "gpu_grad")
 
-    def __init__(self, original: Any, name: str) -> None:
+    def __init__(self, original: Any, name: str, codes: bool = False) -> None:
         device = is_device(original)
-        view = as_array(original, name, writable=True, device=device)
+        view = as_array(original, name, writable=True, device=device, codes=codes)
         self.order = memory_order(view, name)
         self.storage = storage(view)
         if device and self.storage:
@@ -489,23 +488,35 @@ class _Work(NamedTuple):
     step: int
 
 
-def state_array(param: Param, array: Any, name: str, dtype: np.dtype) -> Param:
+def state_kind(spec: Any, fmt: str, name: str, param: Param) -> tuple[np.dtype, bool]:
+    """The dtype of state entry ``name`` of ``param`` in a kernel of storage ``fmt``, and
+    whether it is a quantized state's block maxima (1-D, one per block)."""
+    state_format = split_storage(fmt)[2]
+    if name == "master_param":
+        return np.dtype(np.float32), False
+    if name.endswith(lowbit.ABSMAX):
+        return np.dtype(np.float32), True
+    quantized = spec.quantized(name) if state_format == "8bit" else ""
+    return state_dtype(param.view, lowbit.form(state_format or "full", quantized)), False
+
+
+def state_array(param: Param, array: Any, name: str, kind: tuple[np.dtype, bool]) -> Param:
     """A state array of ``param`` (made by the optimizer, loaded, or set by hand), checked
-    (like ``param`` in shape, device and memory order, of ``dtype``, writable, not
-    overlapping ``param``) as a :class:`Param`, whose :meth:`~Param.matches` later steps
-    check."""
-    checked = Param(array, name)
+    (like ``param`` in shape, device and memory order, of the ``kind``'s dtype, writable,
+    not overlapping ``param``; block maxima: 1-D, one per quantization block) as a
+    :class:`Param`, whose :meth:`~Param.matches` later steps check."""
+    dtype, absmax = kind
+    checked = Param(array, name, codes=dtype == np.uint8)
+    if absmax:
+        if checked.view.dtype != dtype or checked.shape != (lowbit.blocks(param.view.size),):
+            raise ValueError(f"{name} must be {dtype} of shape "
+                             f"({lowbit.blocks(param.view.size)},), got "
+                             f"{checked.view.dtype} {checked.shape}")
+        return checked
     check_like(checked.view, param, param.order, name, "its parameter", dtype=dtype)
     if checked.nbytes and param.overlaps(checked.address, checked.nbytes):
         raise ValueError(f"{name} shares memory with its parameter")
     return checked
-
-
-def _is_state_of(array: Any, param: Param, dtype: np.dtype) -> bool:
-    """Whether ``array`` is a host array of ``dtype`` shaped like ``param`` (a state array
-    of another precision, to convert; anything else is checked, and refused, as it is)."""
-    return (param.gpu is None and isinstance(array, np.ndarray) and array.dtype == dtype
-            and array.shape == param.shape)
 
 
 def holds(entry: Mapping[str, Any], arrays: Sequence[tuple[str, Param]]) -> bool:
@@ -534,11 +545,9 @@ class _Unit:
         self.group, self.fmt, self.present, self.names = group, fmt, present, names
         self.indices = tuple(i for i, _ in params)
         self.params = tuple(p for _, p in params)
-        precision = "bf16" if split_storage(fmt)[2] else "full"
-        self.states = tuple(tuple(state_array(
-            p, state[i][n], f"state[{i}][{n!r}]",
-            np.dtype(np.float32) if n == "master_param" else state_dtype(p, precision))
-            for n in names) for i, p in params)
+        self.states = tuple(tuple(state_array(p, state[i][n], f"state[{i}][{n!r}]",
+                                              state_kind(spec, fmt, n, p))
+                                  for n in names) for i, p in params)
         rows = [[p.address, 0, *(s.address for s in states)]
                 for p, states in zip(self.params, self.states, strict=True)]
         self.addresses = np.array(rows, dtype=np.int64).reshape(len(rows), 2 + len(names))
@@ -605,16 +614,25 @@ class Stepper:
         options = self.algorithm.check(group, t=1)
         options["master_weights"] = Flag().check("master_weights", group["master_weights"])
         options["state_precision"] = check_state_precision(group["state_precision"])
+        options["min_8bit_size"] = check_min_8bit_size(group["min_8bit_size"])
         return options
 
     @staticmethod
-    def storage_format(param: Param, options: Mapping[str, Any]) -> str:
+    def precision(param: Param, options: Mapping[str, Any]) -> str:
+        """The precision of ``param``'s state with these (checked) options (``"8bit"``
+        falls back to ``"full"`` below ``min_8bit_size`` elements)."""
+        return lowbit.effective(options["state_precision"], param.view.size,
+                                options["min_8bit_size"])
+
+    @classmethod
+    def storage_format(cls, param: Param, options: Mapping[str, Any]) -> str:
         """The kernel storage format of ``param`` with these (checked) options: its own
         format, a float32 master copy (``master_weights``, float16/bfloat16 parameters),
-        bfloat16 state."""
+        bfloat16 or 8-bit state."""
         master = bool(param.storage) and options["master_weights"]
         return join_storage(param.storage, "master" if master else "",
-                            "sbf16" if options["state_precision"] == "bf16" else "")
+                            {"full": "", "bf16": "sbf16", "8bit": "s8"}[
+                                cls.precision(param, options)])
 
     def forget(self) -> None:
         """Drop what is kept between steps (after the state was replaced)."""
@@ -812,14 +830,16 @@ class Stepper:
             fmt = self.storage_format(param, w.options)
             if split_storage(fmt)[1] and "master_param" not in entry:
                 entry["master_param"] = from_host(param.view, param.view, np.float32)
-            precision = w.options["state_precision"]
-            dtype = state_dtype(param.view, precision)
-            other = state_dtype(param.view, "full" if precision == "bf16" else "bf16")
+            precision = self.precision(param, w.options)
             for name in spec.present_states(w.scalars.present):
+                quantized = spec.quantized(name)
+                target = lowbit.form(precision, quantized)
                 if name not in entry:
-                    entry[name] = self._new_state(param, name, w.options, dtype)
-                elif _is_state_of(entry[name], param, other):  # (the precision changed)
-                    entry[name] = convert_state(entry[name], param.view, dtype)
+                    fill = next(s.fill for s in self.algorithm.states if s.name == name)
+                    entry.update(lowbit.make(param.view, name, w.options[fill] if fill else 0.0,
+                                             target, quantized))
+                elif lowbit.form_of(entry, name, param.view) not in (None, target):
+                    lowbit.convert(entry, name, param.view, target, quantized)  # (changed)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
         units = []
         for (_, _, _, fmt, _), items in batches.items():
@@ -828,17 +848,13 @@ class Stepper:
             units.append(unit)
         return units
 
-    def _new_state(self, param: Param, name: str, options: Mapping[str, Any],
-                   dtype: np.dtype) -> Any:
-        fill = next(s.fill for s in self.algorithm.states if s.name == name)
-        return zeros_like(param.view, fill=options[fill] if fill else 0.0, dtype=dtype)
-
     def _unit(self, items: list[_Work], state: dict[int, dict[str, Any]], fmt: str,
               present: tuple[str, ...]) -> _Unit:
         """The launch of these tensors: made once, kept while their state arrays stay the
         same objects."""
-        names = (("master_param",) if split_storage(fmt)[1] else ()) + \
-            self.algorithm.spec.present_states(present)
+        master = split_storage(fmt)[1]
+        names = (("master_param",) if master else ()) + tuple(
+            array_args(self.algorithm.spec, present, fmt)[2 + master:])
         key = (tuple(w.index for w in items), fmt, present)
         unit = self._units.get(key)
         if unit is None or not unit.holds(state):

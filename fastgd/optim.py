@@ -19,10 +19,13 @@ with ``master_weights=True`` the optimizer also keeps a float32 copy of each suc
 so that small updates are not lost to float16 rounding.
 
 ``state_precision`` (every class, per parameter group): ``"full"`` keeps the state in the
-dtype the update computes in; ``"bf16"`` keeps it in bfloat16 (parameters that compute in
-float32, on the CPU), widened to float32 in registers and rounded to nearest even as it is
-stored, in the same single pass. State dicts hold the state at the optimizer's precision
-and say which it is; loading either precision converts it to the optimizer's own.
+dtype the update computes in; ``"bf16"`` keeps it in bfloat16, widened to float32 in
+registers and rounded to nearest even as it is stored, in the same single pass; ``"8bit"``
+keeps the states the algorithm declares quantized as blockwise 8-bit codes (bitsandbytes'
+dynamic maps, :mod:`fastgd.lowbit`), for parameters of at least ``min_8bit_size`` elements.
+Low precision needs parameters that compute in float32, on the CPU. State dicts hold the
+state at the optimizer's precision and say which it is; loading any precision converts it
+to the optimizer's own.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fastgd import lowbit
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
 from fastgd.arrays import (
     check_state_precision,
@@ -50,7 +54,8 @@ from fastgd.hyperparams import number
 #: Options of torch.optim's state dicts that choose an implementation, not the math.
 TORCH_IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 #: Options every fastgd optimizer class has besides its algorithm's hyperparameters.
-CLASS_OPTIONS = {"master_weights": False, "state_precision": "full"}
+CLASS_OPTIONS = {"master_weights": False, "state_precision": "full",
+                 "min_8bit_size": lowbit.MIN_8BIT_SIZE}
 
 
 def _param_groups(params: Any) -> tuple[list[dict[str, Any]], bool]:
@@ -358,7 +363,8 @@ class Optimizer:
             raise TypeError(f"{name} must be a dict")
         algorithm = self.algorithm
         scalars = {s.name: s for s in algorithm.scalars}
-        arrays = {*(s.name for s in algorithm.states), "master_param"}
+        states = {s.name for s in algorithm.states}
+        arrays = {*states, *(n + lowbit.ABSMAX for n in states), "master_param"}
         entry = {k: _from_torch(v, k in arrays) if is_torch(v) else v for k, v in entry.items()}
         unknown = set(entry) - arrays - set(scalars) - {"step"}
         if unknown:
@@ -378,20 +384,35 @@ class Optimizer:
             if key not in entry:
                 raise ValueError(f"{name} has no {key!r}")
             result[key] = scalar.domain.check(f"{name}[{key!r}]", entry[key])
-        param = self._engine.params[index]
-        precision = options["state_precision"]
-        full, low = state_dtype(param.view), state_dtype(param.view, "bf16")
-        for key in arrays & set(entry):
-            arr = np.asarray(entry[key])
-            dtype = np.dtype(np.float32) if key == "master_param" else state_dtype(
-                param.view, precision)
-            # (full-precision and bfloat16 state convert to this optimizer's precision)
-            accepted = (dtype,) if key == "master_param" else (full, low)
-            if arr.shape != param.shape or arr.dtype not in accepted:
-                raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
-                                 f"{' or '.join(map(str, accepted))} {param.shape} for "
-                                 f"params[{index}]")
-            result[key] = convert_state(arr, param.view, dtype)
+        view = self._engine.params[index].view
+        precision = lowbit.effective(options["state_precision"], view.size,
+                                     options["min_8bit_size"])
+        loaded = {k: np.asarray(v) for k, v in entry.items() if k in arrays}
+        if "master_param" in loaded:
+            arr = loaded["master_param"]
+            if arr.shape != view.shape or arr.dtype != np.float32:
+                raise ValueError(f"{name}['master_param'] is {arr.dtype} {arr.shape}, "
+                                 f"expected float32 {view.shape} for params[{index}]")
+            result["master_param"] = convert_state(arr, view, np.dtype(np.float32))
+        for key in sorted(states & set(loaded)):
+            quantized = algorithm.spec.quantized(key)
+            current = lowbit.form_of(loaded, key, view)
+            if current is None or (current == "8bit" and not quantized):
+                raise ValueError(
+                    f"{name}[{key!r}] is {loaded[key].dtype} {loaded[key].shape}, expected "
+                    f"the state of params[{index}] ({state_dtype(view)}, bfloat16"
+                    + (" or 8-bit codes with their absmax" if quantized else "")
+                    + f", shape {view.shape})")
+            # (any form converts to this optimizer's precision)
+            result.update(lowbit.make(view, key, lowbit.values(loaded, key, quantized),
+                                      lowbit.form(precision, quantized), quantized)
+                          if current != "8bit" or precision != "8bit" else
+                          {key: convert_state(loaded[key], view, np.dtype(np.uint8)),
+                           key + lowbit.ABSMAX: loaded[key + lowbit.ABSMAX].copy()})
+        stray = [k for k in loaded if k.endswith(lowbit.ABSMAX)
+                 and k.removesuffix(lowbit.ABSMAX) not in loaded]
+        if stray:
+            raise ValueError(f"{name} has {stray} without their codes")
         required = () if "first_step" in algorithm.inputs else algorithm.spec.present_states(
             algorithm.present(options))
         missing = [k for k in required if k not in result]
@@ -439,6 +460,10 @@ def _class_doc(algorithm: Algorithm) -> str:
              *("    " + line for line in algorithm.math.splitlines()), "",
              f"State: {', '.join(states)}"
              + "".join(f", {s.name} (a number)" for s in algorithm.scalars) + ".",
+             "With ``state_precision='8bit'``: " + "; ".join(
+                 f"{s.name} {s.eight_bit}" + (" map" if s.eight_bit != "full" else
+                                              f" precision ({s.why})")
+                 for s in algorithm.states) + ".",
              f"Hyperparameters and defaults: {options}"
              + "".join(f", {k}={v!r} (fixed)" for k, v in algorithm.fixed.items()) + ".",
              f"Formulas and defaults: ``{algorithm.source}``; see :class:`Optimizer` for "

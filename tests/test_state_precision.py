@@ -143,7 +143,7 @@ def test_functional_refuses_state_it_cannot_use_untouched(case):
         np.testing.assert_array_equal(bits(a), bits(b))
 
 
-@pytest.mark.parametrize("value, error", [("8bit", ValueError), ("half", ValueError),
+@pytest.mark.parametrize("value, error", [("4bit", ValueError), ("half", ValueError),
                                           (None, ValueError), ("BF16", ValueError)])
 def test_unknown_state_precision_is_refused(value, error):
     with pytest.raises(error, match="state_precision"):
@@ -277,3 +277,159 @@ def test_state_nbytes_counts_the_state_arrays():
     full, low = _stepped("full"), _stepped("bf16")
     assert full.state_nbytes() == 3 * 4 * 5003
     assert low.state_nbytes() == 3 * 2 * 5003
+
+
+# -- 8-bit state ---------------------------------------------------------------------------------
+
+MIN_8BIT = 64  # (sizes 1025, 40_000 and the 2-D 15 below it: both kinds of tensor)
+
+
+def quantize_state(opt: fastgd.Optimizer, name: str, stepped: list[int]) -> None:
+    """Round the quantized states of a full-precision optimizer's parameters of at least
+    MIN_8BIT elements that were just ``stepped`` through 8-bit blockwise quantization in
+    place: what 8-bit state keeps of them. (Quantization is not idempotent: a block whose
+    largest magnitude is negative shrinks, as -1 is not in the signed map.)"""
+    from fastgd.quantization import dequantize_blockwise, quantize_blockwise
+
+    spec = cases.algorithm(name).spec
+    for index in stepped:
+        entry = opt.state[index]
+        if opt.parameters()[index].size < MIN_8BIT:
+            continue
+        for key, value in entry.items():
+            if key in spec.states and spec.quantized(key):
+                signed = spec.quantized(key) == "signed"
+                codes, absmax = quantize_blockwise(value, signed=signed)
+                value[...] = dequantize_blockwise(codes, absmax, signed=signed)
+
+
+EIGHT_BIT_FORMATS = ["float32", "bfloat16+master"]
+
+
+@pytest.mark.parametrize("fmt", EIGHT_BIT_FORMATS)
+@pytest.mark.parametrize("name, on", CONFIGS,
+                         ids=[f"{n}-{'on' if on else 'off'}" for n, on in CONFIGS])
+def test_8bit_state_is_float32_state_quantized_each_step(name, on, fmt):
+    rng = np.random.default_rng(zlib.crc32(f"8bit{name}{on}{fmt}".encode()))
+    dtype, master = PARAM_FORMATS[fmt]
+    hp = cases.random_hyperparameters(name, on, rng)
+    low = [make(rng.standard_normal(shape), dtype, order) for shape, order in SHAPES]
+    full = [p.copy(order="K") for p in low]
+    cls = cases.optimizer_class(name)
+    opt_low = cls(low, **hp, master_weights=master, state_precision="8bit",
+                  min_8bit_size=MIN_8BIT)
+    opt_full = cls(full, **hp, master_weights=master)
+    spec = cases.algorithm(name).spec
+    for t in range(4):
+        grads = [None if (t + i) % 4 == 3 else make(rng.standard_normal(p.shape), dtype,
+                                                     "F" if p.flags.f_contiguous and p.ndim > 1
+                                                     else "C")
+                 for i, p in enumerate(low)]
+        opt_low.step(grads)
+        opt_full.step(grads)
+        quantize_state(opt_full, name, [i for i, g in enumerate(grads) if g is not None])
+    for i, (a, b) in enumerate(zip(low, full, strict=True)):
+        np.testing.assert_array_equal(bits(a), bits(b), err_msg=f"params[{i}]")
+        eight = a.size >= MIN_8BIT
+        for key, value in opt_full.state[i].items():
+            if not isinstance(value, np.ndarray):
+                assert opt_low.state[i][key] == value, key
+                continue
+            ours = opt_low.state[i][key]
+            if eight and key in spec.states and spec.quantized(key):
+                from fastgd.quantization import dequantize_blockwise
+
+                assert ours.dtype == np.uint8, key
+                assert opt_low.state[i][key + "_absmax"].size == -(-a.size // 256)
+                ours = dequantize_blockwise(ours, opt_low.state[i][key + "_absmax"],
+                                            signed=spec.quantized(key) == "signed")
+            else:
+                assert ours.dtype == np.float32, key
+            np.testing.assert_array_equal(ours.reshape(value.shape), value, err_msg=key)
+
+
+def test_8bit_state_takes_about_one_byte_per_element_per_state():
+    n = 1 << 20
+    opt = fastgd.Adam([np.zeros(n, np.float32), np.zeros(100, np.float32)],
+                      state_precision="8bit")
+    opt.step([np.ones(n, np.float32), np.ones(100, np.float32)])
+    assert opt.state[1]["exp_avg"].dtype == np.float32  # (below min_8bit_size: full)
+    eight_bit = sum(v.nbytes for v in opt.state[0].values() if isinstance(v, np.ndarray))
+    assert eight_bit / (2 * n) <= 1.02
+    assert opt.state_nbytes() == eight_bit + 2 * 4 * 100
+
+
+def test_8bit_state_dicts_convert_and_resume():
+    from fastgd.quantization import dequantize_blockwise
+
+    low = _stepped("8bit")
+    sd = low.state_dict()
+    assert sd["param_groups"][0]["state_precision"] == "8bit"
+    assert sd["state"][0]["exp_avg"].dtype == np.uint8
+    assert sd["state"][0]["max_exp_avg_sq"].dtype == np.float32  # (AMSGrad's max: full)
+    values = dequantize_blockwise(sd["state"][0]["exp_avg"], sd["state"][0]["exp_avg_absmax"],
+                                  signed=True)
+    for precision, dtype in (("full", np.float32), ("bf16", BF16)):
+        other = _twin(low, precision)
+        other.load_state_dict(sd)
+        assert other.state[0]["exp_avg"].dtype == dtype and "exp_avg_absmax" not in (
+            other.state[0])
+        np.testing.assert_array_equal(other.state[0]["exp_avg"], values.astype(dtype))
+        back = _twin(low, "8bit")
+        back.load_state_dict(other.state_dict())
+        if precision == "full":  # (8-bit values quantize to themselves)
+            np.testing.assert_array_equal(back.state[0]["exp_avg"], low.state[0]["exp_avg"])
+    again = _twin(low, "8bit")
+    again.load_state_dict(sd)
+    g = [np.full(5000, 0.5, np.float32), np.ones(3, np.float32)]
+    low.step(g)
+    again.step(g)
+    for a, b in zip(low.parameters(), again.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["stray absmax", "short absmax", "codes of a full state",
+                                    "float16 codes"])
+def test_bad_8bit_state_dict_is_refused_untouched(damage):
+    sd = _stepped("8bit").state_dict()
+    entry = sd["state"][0]
+    if damage == "stray absmax":
+        del entry["exp_avg"]
+    elif damage == "short absmax":
+        entry["exp_avg_absmax"] = entry["exp_avg_absmax"][:-1]
+    elif damage == "codes of a full state":
+        entry["max_exp_avg_sq"] = entry["exp_avg_sq"].copy()
+        entry["max_exp_avg_sq_absmax"] = entry["exp_avg_sq_absmax"].copy()
+    else:
+        entry["exp_avg"] = entry["exp_avg"].astype(np.float16)
+    target = _stepped("8bit")
+    before = target.state_dict()
+    with pytest.raises(ValueError, match="state\\[0\\]"):
+        target.load_state_dict(sd)
+    after = target.state_dict()
+    for key, value in before["state"][0].items():
+        np.testing.assert_array_equal(np.asarray(after["state"][0][key]), np.asarray(value))
+
+
+@pytest.mark.parametrize("value, error", [(-1, ValueError), (1.5, TypeError),
+                                          (True, TypeError)])
+def test_bad_min_8bit_size_is_refused(value, error):
+    with pytest.raises(error, match="min_8bit_size"):
+        fastgd.Adam([np.ones(3, np.float32)], state_precision="8bit", min_8bit_size=value)
+
+
+def test_8bit_checkpoint_resumes_bit_identically(tmp_path):
+    opt = _stepped("8bit")
+    path = tmp_path / "run.ckpt"
+    fastgd.save(path, opt)
+    resumed = _twin(opt, "8bit")
+    for p, q in zip(resumed.parameters(), (np.zeros(5000, np.float32),
+                                           np.zeros(3, np.float32)), strict=True):
+        p[...] = q
+    fastgd.load(path, resumed)
+    g = [np.full(5000, -0.25, np.float32), np.ones(3, np.float32)]
+    for _ in range(3):
+        opt.step(g)
+        resumed.step(g)
+    for a, b in zip(opt.parameters(), resumed.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -282,3 +282,9 @@ def test_low_precision_state_is_refused_on_the_gpu():
     with pytest.raises(TypeError):
         F.adam(p, cuda.to_device(np.ones(5, np.float32)), m, m.copy(), step=1)
     np.testing.assert_array_equal(p.copy_to_host(), np.ones(5, np.float32))
+
+
+def test_8bit_state_is_refused_on_the_gpu():
+    p = cuda.to_device(np.ones(5000, np.float32))
+    with pytest.raises(TypeError, match="CPU only"):
+        fastgd.Adam([p], state_precision="8bit")

@@ -1,0 +1,105 @@
+"""Optimizer state at reduced precision: its forms, and the conversions between them.
+
+A parameter's state array is held in one of three forms, chosen by ``state_precision``:
+
+* ``"full"``: the dtype the update computes in (the parameter's; float32 for float16 and
+  bfloat16 parameters);
+* ``"bf16"``: bfloat16 (``ml_dtypes.bfloat16``);
+* ``"8bit"``: for the states an algorithm declares quantized (:class:`fastgd.algorithms.State`
+  ``eight_bit``), two entries: ``name``, uint8 codes shaped like the parameter, and
+  ``name + "_absmax"``, float32, one per block of :data:`fastgd.quantization.BLOCK_SIZE`
+  elements (bitsandbytes' blockwise dynamic quantization, :mod:`fastgd.quantization`); the
+  other states stay at full precision. Parameters with fewer than ``min_8bit_size``
+  elements keep full-precision state, as bitsandbytes does (their state is small, and a
+  block of a few elements gains little).
+
+Low precision needs a parameter that computes in float32, on the CPU
+(:func:`fastgd.arrays.check_state_precision`). Conversions run on the host: 8-bit state is
+dequantized to float32, other forms are widened or rounded to nearest even.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fastgd.arrays import convert_state, state_dtype, storage, to_host, zeros_like
+
+#: the suffix of the entry holding a quantized state's block maxima
+ABSMAX = "_absmax"
+#: parameters with fewer elements keep full-precision state under ``"8bit"`` (bitsandbytes')
+MIN_8BIT_SIZE = 4096
+
+
+def blocks(size: int) -> int:
+    """Quantization blocks of a state of ``size`` elements."""
+    from fastgd.quantization import BLOCK_SIZE
+
+    return -(-size // BLOCK_SIZE)
+
+
+def effective(precision: str, size: int, min_8bit_size: int) -> str:
+    """The precision of a parameter of ``size`` elements' state: ``"8bit"`` falls back to
+    ``"full"`` below ``min_8bit_size``."""
+    return "full" if precision == "8bit" and size < min_8bit_size else precision
+
+
+def form(precision: str, quantized: str) -> str:
+    """The form of one state at an (effective) ``precision``: a state that is not quantized
+    (``quantized == ""``) stays at full precision under ``"8bit"``."""
+    return "full" if precision == "8bit" and not quantized else precision
+
+
+def form_of(entry: Mapping[str, Any], name: str, param: Any) -> str | None:
+    """The form of ``entry[name]``, a state of ``param`` (a host view), or None when it is
+    none of them (not a host array shaped like ``param``; absmax missing or of the wrong
+    length): then it is left to the checks, which refuse it."""
+    array = entry.get(name)
+    if not isinstance(array, np.ndarray) or array.shape != param.shape:
+        return None
+    if array.dtype == np.uint8:
+        absmax = entry.get(name + ABSMAX)
+        ok = (isinstance(absmax, np.ndarray) and absmax.dtype == np.float32
+              and absmax.shape == (blocks(param.size),))
+        return "8bit" if ok else None
+    if storage(array) == "bf16":
+        return "bf16"
+    return "full" if array.dtype == state_dtype(param) else None
+
+
+def values(entry: Mapping[str, Any], name: str, quantized: str) -> np.ndarray:
+    """The values (a host array) of state ``name`` of ``entry`` in any form."""
+    array = to_host(entry[name])
+    if array.dtype != np.uint8:
+        return array
+    from fastgd.quantization import dequantize_blockwise
+
+    return dequantize_blockwise(array, np.ascontiguousarray(to_host(entry[name + ABSMAX])),
+                                signed=quantized == "signed")
+
+
+def make(param: Any, name: str, data: Any, target: str, quantized: str) -> dict[str, Any]:
+    """The entries of state ``name`` of ``param`` (a view) in form ``target``, holding
+    ``data`` (values, or a number to fill with)."""
+    if target != "8bit":
+        dtype = state_dtype(param, target)
+        if isinstance(data, (int, float)):
+            return {name: zeros_like(param, fill=data, dtype=dtype)}
+        return {name: convert_state(data, param, dtype)}
+    if isinstance(data, (int, float)):
+        data = np.full(param.shape, data, dtype=np.float32)
+    from fastgd.quantization import quantize_blockwise
+
+    codes, absmax = quantize_blockwise(np.asarray(data, dtype=np.float32),
+                                       signed=quantized == "signed")
+    return {name: convert_state(codes, param, np.dtype(np.uint8)), name + ABSMAX: absmax}
+
+
+def convert(entry: dict[str, Any], name: str, param: Any, target: str, quantized: str
+            ) -> None:
+    """Put state ``name`` of ``entry`` into form ``target`` (it is in another form)."""
+    data = values(entry, name, quantized)
+    entry.pop(name + ABSMAX, None)
+    entry.update(make(param, name, data, target, quantized))
