@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fastgd import cpu, functional, optim
+from fastgd import cpu, functional, lowbit, optim
 from fastgd.algorithms import ALGORITHMS, Algorithm
 from fastgd.arrays import kernel_view, state_dtype, zeros_like
 from fastgd.codegen import load_generated
@@ -56,11 +56,19 @@ CASES: dict[str, Case] = {a.function_name: case(a) for a in ALGORITHMS.values()}
 
 
 def bytes_per_step(case: Case, size: int, dtype: np.dtype, precision: str = "full") -> int:
-    """Bytes a fused step must move: param and states read and written, grad read (states
-    of 2 bytes per element at ``precision="bf16"``)."""
+    """Bytes a fused step must move: param and states read and written, grad read. States
+    take 2 bytes per element at ``precision="bf16"``; at ``"8bit"`` a quantized state takes
+    1 byte per element and a float32 absmax per block of 256, the others full precision."""
     itemsize = np.dtype(dtype).itemsize
-    state_itemsize = 2 if precision == "bf16" else itemsize
-    return (3 * itemsize + 2 * len(case.states) * state_itemsize) * size
+    per_element = 3.0 * itemsize
+    for state in case.states:
+        if precision == "bf16":
+            per_element += 2 * 2
+        elif precision == "8bit" and case.algorithm.spec.quantized(state):
+            per_element += 2 * (1 + 4 / 256)
+        else:
+            per_element += 2 * itemsize
+    return int(per_element * size)
 
 
 def _state_like(param: np.ndarray, precision: str, fill: float = 0.0) -> np.ndarray:
@@ -320,7 +328,9 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
     opt.step(grads)  # compiles (or loads from cache) and allocates state
     if tensors:
         whole = rng.standard_normal(sum(shapes)).astype(dtype)
-        states = [_state_like(whole, precision) for _ in case.states]
+        spec = case.algorithm.spec
+        states = [_state_like(whole, lowbit.form(precision, spec.quantized(s)))
+                  for s in case.states]
         copy_arrays = [whole, zeros_like(whole)] + [kernel_view(s, "C") for s in states]
     else:
         copy_arrays = [params[0], grads[0]] + [kernel_view(opt.state[0][s], "C")
@@ -329,7 +339,7 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         "fastgd": lambda: opt.step(grads),
         "roofline": lambda: roofline_step(copy_arrays),
     }
-    if not tensors:
+    if not tensors and precision != "8bit":  # (the functional API takes no 8-bit state)
         fns["functional"] = _functional_stepper(case, params[0].copy(), grads[0], precision)
     torch_impl = None
     numpy_baseline = NUMPY_STEPS.get(case.name)
