@@ -216,6 +216,30 @@ def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
     raise RuntimeError(f"torch.optim.{case.torch_name} has no fused or foreach step here")
 
 
+#: bitsandbytes' 8-bit optimizer of a row, by row name (the baseline of 8-bit state)
+BNB_8BIT = {"sgd": "SGD8bit", "adagrad": "Adagrad8bit", "rmsprop": "RMSprop8bit",
+            "adam": "Adam8bit", "adamw": "AdamW8bit"}
+
+
+def _bnb_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
+                 ) -> Callable[[], Any]:
+    """bitsandbytes' 8-bit optimizer of ``case`` (blockwise, its default ``min_8bit_size``)
+    on copies of the arrays as torch CPU tensors; ImportError without bitsandbytes,
+    RuntimeError when it has no such optimizer."""
+    import bitsandbytes as bnb  # noqa: F401 - (ImportError: no baseline)
+    import torch
+
+    name = BNB_8BIT.get(case.name)
+    if name is None:
+        raise RuntimeError(f"bitsandbytes has no 8-bit {case.name}")
+    tensors = [torch.nn.Parameter(torch.tensor(p)) for p in params]
+    for t, g in zip(tensors, grads, strict=True):
+        t.grad = torch.tensor(g)
+    opt = getattr(bnb.optim, name)(tensors, **case.options)
+    opt.step()
+    return opt.step
+
+
 def _functional_stepper(case: Case, param: np.ndarray, grad: np.ndarray,
                         precision: str = "full") -> Callable[[], None]:
     """The functional API's step of ``case`` over ``param`` (with state arrays of its own,
@@ -286,8 +310,10 @@ class Result:
     functional_ratio: float | None = None
     #: where the step ran: "cpu", or the GPU's name
     device: str = "cpu"
-    #: the precision of the optimizer state ("full", "bf16")
+    #: the precision of the optimizer state ("full", "bf16", "8bit")
     state_precision: str = "full"
+    #: bitsandbytes' 8-bit optimizer's step time over this one's (8-bit rows, when installed)
+    bnb_speedup: float | None = None
 
 
 def _timed(fn: Callable[[], Any], number: int = 1) -> float:
@@ -358,6 +384,11 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
             fns["torch"], torch_impl = _torch_stepper(case, params, grads)
         except (ImportError, RuntimeError):  # no torch, or no such torch.optim class
             pass
+    if baselines and precision == "8bit":
+        try:
+            fns["bnb"] = _bnb_stepper(case, params, grads)
+        except (ImportError, RuntimeError):  # no bitsandbytes, or no such optimizer
+            pass
     for fn in fns.values():
         fn()  # warm-up
     times = _interleaved_times(fns, repeat)
@@ -376,7 +407,7 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         roofline_seconds=float(np.median(times["roofline"])),
         pct_roofline=100.0 * ratio("roofline"), numpy_speedup=ratio("numpy"),
         torch_speedup=ratio("torch"), torch_impl=torch_impl,
-        functional_ratio=ratio("functional"))
+        functional_ratio=ratio("functional"), bnb_speedup=ratio("bnb"))
 
 
 def _interleaved_times(fns: dict[str, Callable[[], Any]], repeat: int
@@ -435,7 +466,7 @@ def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], 
 def format_table(results: list[Result]) -> str:
     """A plain-text table of results (the algorithm column names the GPU of GPU rows)."""
     header = ("algorithm", "dtype", "size", "time/step", "GB/s", "% roofline", "vs numpy",
-              "vs torch", "functional")
+              "vs torch", "functional", "vs bnb 8-bit")
     rows = [header]
     for r in results:
         size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors}"
@@ -443,7 +474,7 @@ def format_table(results: list[Result]) -> str:
         rows.append((name, r.dtype, size, _fmt_time(r.seconds), f"{r.gbps:.1f}",
                      f"{r.pct_roofline:.0f}%", _ratio(r.numpy_speedup),
                      _ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else ""),
-                     _ratio(r.functional_ratio)))
+                     _ratio(r.functional_ratio), _ratio(r.bnb_speedup)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
                        enumerate(zip(row, widths, strict=True))) for row in rows]
@@ -459,14 +490,15 @@ def format_markdown(results: list[Result], machine: dict[str, Any],
              f"{machine.get('threads')} threads; numba {machine.get('numba')}, "
              f"numpy {machine.get('numpy')}, Python {machine.get('python')}.", "",
              "| device | algorithm | dtype | size | time/step | GB/s | % roofline | vs NumPy "
-             "| vs torch | functional |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| vs torch | functional | vs bnb 8-bit |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors} tensors"
         torch = _ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else "")
         lines.append(f"| {r.device} | {_label(r)} | {r.dtype} | {size} | "
                      f"{_fmt_time(r.seconds)} | {r.gbps:.1f} | {r.pct_roofline:.0f}% | "
-                     f"{_ratio(r.numpy_speedup)} | {torch} | {_ratio(r.functional_ratio)} |")
+                     f"{_ratio(r.numpy_speedup)} | {torch} | {_ratio(r.functional_ratio)} | "
+                     f"{_ratio(r.bnb_speedup)} |")
     lines += ["", "(functional: the functional API's step time over the class step's; "
               "on a GPU the roofline is a device-to-device copy.)", "", "Targets:", ""]
     lines += _cpu_targets([r for r in results if r.device == "cpu"], startup)
@@ -496,10 +528,25 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
         low = r.state_precision != "full"
         least = 1.3 if low and r.algorithm in ("adam", "adamw") else 1.0
         ok_torch = r.torch_speedup is None or r.torch_speedup >= least
+        if r.state_precision == "8bit":  # (8-bit AdamW: 1.5x torch's fused, 20x bnb's)
+            least = 1.5 if r.algorithm == "adamw" else 1.0
+            ok_torch = r.torch_speedup is None or r.torch_speedup >= least
         lines.append(f"- {_label(r)} {r.dtype} 2**24: {r.pct_roofline:.0f}% of roofline "
                      f"({_verdict(r.pct_roofline >= (85 if low else 90))} >= "
                      f"{85 if low else 90}%), {_ratio(r.torch_speedup)} torch "
-                     f"({_verdict(ok_torch)} >= {least}x)")
+                     f"({_verdict(ok_torch)} >= {least}x)"
+                     + (f", {_ratio(r.bnb_speedup)} bitsandbytes 8-bit "
+                        f"({_verdict(r.bnb_speedup >= 20)} >= 20x)"
+                        if r.bnb_speedup is not None and r.algorithm == "adamw" else ""))
+    full = {(r.algorithm, r.dtype, r.size, r.tensors): r for r in results
+            if r.state_precision == "full"}
+    for r in (r for r in results if r.state_precision == "8bit" and r.algorithm in (
+            "sgd", "rmsprop", "adagrad") and r.size >= 2**24):
+        base = full.get((r.algorithm, r.dtype, r.size, r.tensors))
+        if base is not None:
+            ok = base.seconds >= 1.3 * r.seconds
+            lines.append(f"- {_label(r)} {r.dtype} 2**24: {base.seconds / r.seconds:.2f}x "
+                         f"fastgd's full-precision step ({_verdict(ok)} >= 1.3x)")
     for r in (r for r in results if r.size <= 1000 and r.tensors == 1):
         if r.torch_speedup is not None:
             lines.append(f"- {r.algorithm} {r.dtype} {r.size}: class step "
