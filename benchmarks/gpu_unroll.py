@@ -17,18 +17,14 @@ import fastgd
 import fastgd.functional as F
 from fastgd import bench
 from fastgd import cuda as fastgd_cuda
+from fastgd.bench_cuda import event_seconds
 
 
 def gpu_seconds(fn, number):
+    """Seconds per call of ``fn``, ``number`` calls back to back after a warm-up."""
     fn()
     cuda.synchronize()
-    start, end = cuda.event(), cuda.event()
-    start.record()
-    for _ in range(number):
-        fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3 / number
+    return event_seconds(fn, number)
 
 
 def host_seconds(fn, number):

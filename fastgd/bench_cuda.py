@@ -26,23 +26,27 @@ from fastgd.bench import (
 )
 
 
+def event_seconds(fn: Callable[[], Any], number: int) -> float:
+    """Seconds per call of ``number`` calls of ``fn`` in a row, between two CUDA events on
+    the default stream."""
+    from numba import cuda
+
+    start, end = cuda.event(), cuda.event()
+    start.record()
+    for _ in range(number):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / number
+
+
 def _event_times(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, np.ndarray]:
     """Seconds per call of each of ``fns``, ``repeat`` times, timed between CUDA events on
     the default stream (which orders them with torch's and CuPy's default streams) and
     interleaved. Each timing covers enough calls in a row (at least 3) to last about 10 ms,
     as a training loop runs steps: back to back, the host queueing a step while the GPU
     runs earlier work. A step is then as fast as the slower of its host and GPU parts."""
-    from numba import cuda
-
-    def seconds(fn: Callable[[], Any], number: int) -> float:
-        start, end = cuda.event(), cuda.event()
-        start.record()
-        for _ in range(number):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / number
-
+    seconds = event_seconds
     numbers = {}
     for key, fn in fns.items():
         fn()  # warm-up: compiles, allocates state

@@ -341,39 +341,37 @@ def decode_block(codes, absmax, out, signed):  # pragma: no cover - jit
 
 
 @numba.njit(error_model="numpy", nogil=True, cache=True)
-def _quantize_block(x, codes, absmax, b, block_size, signed):  # pragma: no cover - jit
+def _block(values, codes, absmax, b, block_size, signed, encode):  # pragma: no cover - jit
+    """Block ``b``: quantize ``values`` into ``codes`` and ``absmax`` (``encode``), or
+    dequantize them into ``values``."""
     lo = b * block_size
-    absmax[b] = encode_block(x[lo:lo + block_size], codes[lo:lo + block_size], signed)
+    if encode:
+        absmax[b] = encode_block(values[lo:lo + block_size], codes[lo:lo + block_size],
+                                 signed)
+    else:
+        decode_block(codes[lo:lo + block_size], absmax[b], values[lo:lo + block_size], signed)
 
 
 @numba.njit(error_model="numpy", nogil=True, cache=True)
-def _dequantize_block(codes, absmax, out, b, block_size, signed):  # pragma: no cover - jit
-    lo = b * block_size
-    decode_block(codes[lo:lo + block_size], absmax[b], out[lo:lo + block_size], signed)
-
-
-@numba.njit(error_model="numpy", nogil=True, cache=True)
-def _quantize_serial(x, codes, absmax, block_size, signed):  # pragma: no cover - jit
+def _serial(values, codes, absmax, block_size, signed, encode):  # pragma: no cover - jit
     for b in range(absmax.size):
-        _quantize_block(x, codes, absmax, b, block_size, signed)
+        _block(values, codes, absmax, b, block_size, signed, encode)
 
 
 @numba.njit(parallel=True, error_model="numpy", nogil=True, cache=True)
-def _quantize_parallel(x, codes, absmax, block_size, signed):  # pragma: no cover - jit
+def _parallel(values, codes, absmax, block_size, signed, encode):  # pragma: no cover - jit
     for b in numba.prange(absmax.size):
-        _quantize_block(x, codes, absmax, b, block_size, signed)
+        _block(values, codes, absmax, b, block_size, signed, encode)
 
 
-@numba.njit(error_model="numpy", nogil=True, cache=True)
-def _dequantize_serial(codes, absmax, out, block_size, signed):  # pragma: no cover - jit
-    for b in range(absmax.size):
-        _dequantize_block(codes, absmax, out, b, block_size, signed)
-
-
-@numba.njit(parallel=True, error_model="numpy", nogil=True, cache=True)
-def _dequantize_parallel(codes, absmax, out, block_size, signed):  # pragma: no cover - jit
-    for b in numba.prange(absmax.size):
-        _dequantize_block(codes, absmax, out, b, block_size, signed)
+def _run(values: np.ndarray, codes: np.ndarray, absmax: np.ndarray, block_size: int,
+         signed: bool, encode: bool) -> None:
+    """Every block, over the threads for large arrays."""
+    if values.size >= PARALLEL_THRESHOLD:
+        with parallel_guard():
+            _parallel(values, codes, absmax, block_size, signed, encode)
+    elif values.size:
+        _serial(values, codes, absmax, block_size, signed, encode)
 
 
 _INPUT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -437,11 +435,7 @@ def quantize_blockwise(x: np.ndarray, *, signed: bool, block_size: int = BLOCK_S
     flat = np.ascontiguousarray(x, dtype=_F32).reshape(-1)
     codes = np.empty(x.shape, dtype=np.uint8)
     absmax = np.empty(-(-flat.size // block_size), dtype=_F32)
-    if flat.size >= PARALLEL_THRESHOLD:
-        with parallel_guard():
-            _quantize_parallel(flat, codes.reshape(-1), absmax, block_size, signed)
-    elif flat.size:
-        _quantize_serial(flat, codes.reshape(-1), absmax, block_size, signed)
+    _run(flat, codes.reshape(-1), absmax, block_size, signed, True)
     return codes, absmax
 
 
@@ -497,11 +491,7 @@ def dequantize_blockwise(codes: np.ndarray, absmax: np.ndarray, *, signed: bool,
     flat = np.ascontiguousarray(codes).reshape(-1)
     absmax = np.ascontiguousarray(absmax)
     values = out if out is not None and dtype == np.float32 else np.empty(codes.shape, _F32)
-    if flat.size >= PARALLEL_THRESHOLD:
-        with parallel_guard():
-            _dequantize_parallel(flat, absmax, values.reshape(-1), block_size, signed)
-    elif flat.size:
-        _dequantize_serial(flat, absmax, values.reshape(-1), block_size, signed)
+    _run(values.reshape(-1), flat, absmax, block_size, signed, False)
     if dtype == np.float32:
         return values
     if out is None:

@@ -42,6 +42,37 @@ def bits(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint16) if a.dtype in (BF16, np.float16) else a
 
 
+def stepped_twins(name: str, on: tuple[str, ...], fmt: str, seed: str, steps: int,
+                  options: dict[str, Any], emulate: Any) -> tuple[Any, ...]:
+    """An optimizer with low-precision state (``options``) and its full-precision twin, over
+    the same SHAPES in format ``fmt``, stepped alike (some gradients None); after each step
+    ``emulate(twin, stepped indices)`` rounds the twin's state as the low precision keeps
+    it. Returns (low params, twin params, optimizer, twin)."""
+    rng = np.random.default_rng(zlib.crc32(f"{seed}{name}{on}{fmt}".encode()))
+    dtype, master = PARAM_FORMATS[fmt]
+    hp = cases.random_hyperparameters(name, on, rng)
+    low = [make(rng.standard_normal(shape), dtype, order) for shape, order in SHAPES]
+    full = [p.copy(order="K") for p in low]
+    cls = cases.optimizer_class(name)
+    opt_low = cls(low, **hp, master_weights=master, **options)
+    if options["state_precision"] == "bf16":
+        # (state that starts at a hyperparameter's value starts at its bfloat16 rounding)
+        fills = {s.fill for s in cases.algorithm(name).states if s.fill}
+        hp = {k: float(np.asarray(v).astype(BF16)) if k in fills else v for k, v in hp.items()}
+    opt_full = cls(full, **hp, master_weights=master)
+    for t in range(steps):
+        grads = [None if (t + i) % 4 == 3 else make(rng.standard_normal(p.shape), dtype,
+                                                     "F" if p.flags.f_contiguous and p.ndim > 1
+                                                     else "C")
+                 for i, p in enumerate(low)]
+        opt_low.step(grads)
+        opt_full.step(grads)
+        emulate(opt_full, [i for i, g in enumerate(grads) if g is not None])
+    for i, (a, b) in enumerate(zip(low, full, strict=True)):
+        np.testing.assert_array_equal(bits(a), bits(b), err_msg=f"params[{i}]")
+    return low, full, opt_low, opt_full
+
+
 CONFIGS = [(name, on) for name in cases.NAMES for on in ((), cases.full_case(name))]
 
 
@@ -49,27 +80,10 @@ CONFIGS = [(name, on) for name in cases.NAMES for on in ((), cases.full_case(nam
 @pytest.mark.parametrize("name, on", CONFIGS,
                          ids=[f"{n}-{'on' if on else 'off'}" for n, on in CONFIGS])
 def test_bf16_state_is_float32_state_rounded_each_step(name, on, fmt):
-    rng = np.random.default_rng(zlib.crc32(f"{name}{on}{fmt}".encode()))
-    dtype, master = PARAM_FORMATS[fmt]
-    hp = cases.random_hyperparameters(name, on, rng)
-    low = [make(rng.standard_normal(shape), dtype, order) for shape, order in SHAPES]
-    full = [p.copy(order="K") for p in low]
-    cls = cases.optimizer_class(name)
-    opt_low = cls(low, **hp, master_weights=master, state_precision="bf16")
-    # (state that starts at a hyperparameter's value starts at its bfloat16 rounding)
-    fills = {s.fill for s in cases.algorithm(name).states if s.fill}
-    opt_full = cls(full, **{k: float(np.asarray(v).astype(BF16)) if k in fills else v
-                            for k, v in hp.items()}, master_weights=master)
-    for t in range(5):
-        grads = [None if (t + i) % 4 == 3 else make(rng.standard_normal(p.shape), dtype,
-                                                     "F" if p.flags.f_contiguous and p.ndim > 1
-                                                     else "C")
-                 for i, p in enumerate(low)]
-        opt_low.step(grads)
-        opt_full.step(grads)
-        round_state(opt_full)
-    for i, (a, b) in enumerate(zip(low, full, strict=True)):
-        np.testing.assert_array_equal(bits(a), bits(b), err_msg=f"params[{i}]")
+    low, full, opt_low, opt_full = stepped_twins(
+        name, on, fmt, "bf16", 5, {"state_precision": "bf16"},
+        lambda opt, stepped: round_state(opt))
+    for i in range(len(low)):
         for key, value in opt_full.state[i].items():
             if not isinstance(value, np.ndarray):
                 assert opt_low.state[i][key] == value, key
@@ -310,26 +324,11 @@ EIGHT_BIT_FORMATS = ["float32", "bfloat16+master"]
 @pytest.mark.parametrize("name, on", CONFIGS,
                          ids=[f"{n}-{'on' if on else 'off'}" for n, on in CONFIGS])
 def test_8bit_state_is_float32_state_quantized_each_step(name, on, fmt):
-    rng = np.random.default_rng(zlib.crc32(f"8bit{name}{on}{fmt}".encode()))
-    dtype, master = PARAM_FORMATS[fmt]
-    hp = cases.random_hyperparameters(name, on, rng)
-    low = [make(rng.standard_normal(shape), dtype, order) for shape, order in SHAPES]
-    full = [p.copy(order="K") for p in low]
-    cls = cases.optimizer_class(name)
-    opt_low = cls(low, **hp, master_weights=master, state_precision="8bit",
-                  min_8bit_size=MIN_8BIT)
-    opt_full = cls(full, **hp, master_weights=master)
+    low, full, opt_low, opt_full = stepped_twins(
+        name, on, fmt, "8bit", 4, {"state_precision": "8bit", "min_8bit_size": MIN_8BIT},
+        lambda opt, stepped: quantize_state(opt, name, stepped))
     spec = cases.algorithm(name).spec
-    for t in range(4):
-        grads = [None if (t + i) % 4 == 3 else make(rng.standard_normal(p.shape), dtype,
-                                                     "F" if p.flags.f_contiguous and p.ndim > 1
-                                                     else "C")
-                 for i, p in enumerate(low)]
-        opt_low.step(grads)
-        opt_full.step(grads)
-        quantize_state(opt_full, name, [i for i, g in enumerate(grads) if g is not None])
-    for i, (a, b) in enumerate(zip(low, full, strict=True)):
-        np.testing.assert_array_equal(bits(a), bits(b), err_msg=f"params[{i}]")
+    for i, a in enumerate(low):
         eight = a.size >= MIN_8BIT
         for key, value in opt_full.state[i].items():
             if not isinstance(value, np.ndarray):

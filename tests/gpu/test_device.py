@@ -1,6 +1,8 @@
-"""The CUDA target agrees with the CPU path, in place, for every algorithm and option."""
+"""The CUDA target in place, under the simulator and on a GPU: the functional API, mixes of
+host and GPU arrays refused, streams, many tensors in one launch, state on the GPU, the
+benchmark, stand-ins for CUDA arrays of other libraries (every algorithm and option against
+the CPU path: ``test_real_gpu.py``)."""
 
-import cases
 import numpy as np
 import pytest
 from numba import cuda
@@ -10,37 +12,7 @@ import fastgd.functional as F
 from fastgd import cuda as fastgd_cuda
 from fastgd.arrays import is_device
 
-SIZES = (0, 1, 7, 33, 300)  # not multiples of the block size; 300 > one grid (grid-stride)
 TOL = {np.float32: dict(rtol=0, atol=1e-5), np.float64: dict(rtol=0, atol=1e-12)}
-
-#: Every algorithm with every switch off, and with every switch on.
-CONFIGS = [(cases.optimizer_class(name), cases.random_hyperparameters(
-    name, on, np.random.default_rng(len(on)))) for name in cases.NAMES
-    for on in ((), cases.full_case(name))]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cls, options", CONFIGS,
-                         ids=[f"{c.__name__}-{'on' if i % 2 else 'off'}"
-                              for i, (c, _) in enumerate(CONFIGS)])
-def test_device_matches_cpu(cls, options, dtype):
-    rng = np.random.default_rng(len(str(options)))
-    host = [rng.standard_normal(n).astype(dtype) for n in SIZES] + [
-        rng.standard_normal((3, 5)).astype(dtype), np.asfortranarray(
-            rng.standard_normal((4, 3)).astype(dtype)), np.array(0.5, dtype)]
-    device = [cuda.to_device(p) for p in host]
-    opt_host, opt_device = cls(host, **options), cls(device, **options)
-    for _ in range(3):
-        grads = [np.require(rng.standard_normal(p.shape).astype(dtype),
-                            requirements="C" if p.flags.c_contiguous else "F") for p in host]
-        opt_host.step(grads)
-        opt_device.step([cuda.to_device(g) for g in grads])
-    for p, d in zip(host, device, strict=True):
-        np.testing.assert_allclose(d.copy_to_host(), p, **TOL[dtype])
-    for index, state in opt_device.state_dict()["state"].items():
-        for key, value in state.items():
-            reference = opt_host.state[index][key]
-            np.testing.assert_allclose(value, reference, **TOL[dtype], err_msg=key)
 
 
 @pytest.mark.parametrize("n", [100, 1100])  # (1100: every thread's loop runs unrolled too)
