@@ -10,14 +10,14 @@ Every time is the mean of 20 steps back to back, between CUDA events.
 import time
 
 import numpy as np
-import torch
-from numba import cuda
 
 import fastgd
 import fastgd.functional as F
 from fastgd import bench
-from fastgd import cuda as fastgd_cuda
-from fastgd.bench_cuda import event_seconds
+
+# (torch and the CUDA modules are imported when run: asv imports every module of this
+# folder when it looks for benchmarks, on machines without a GPU too)
+torch = cuda = fastgd_cuda = event_seconds = None
 
 
 def gpu_seconds(fn, number):
@@ -91,6 +91,12 @@ def many_tensors(rng):
 
 
 if __name__ == "__main__":
+    import torch
+    from numba import cuda
+
+    from fastgd import cuda as fastgd_cuda
+    from fastgd.bench_cuda import event_seconds
+
     rng = np.random.default_rng(0)
     default = fastgd_cuda.UNROLL
     unroll_factors(rng)

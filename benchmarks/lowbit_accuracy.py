@@ -14,20 +14,25 @@ others full precision); ``8bit, all`` sets it to 0 (every tensor 8-bit, the bias
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import numpy as np
-import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import fastgd
+
+# (torch and scikit-learn are imported by the functions that use them: asv imports every
+# module of this folder when it looks for benchmarks)
 
 PRECISIONS = {"full": {}, "bf16": {"state_precision": "bf16"},
               "8bit": {"state_precision": "8bit"},
               "8bit, all": {"state_precision": "8bit", "min_8bit_size": 0}}
 
 
-def data(seed: int) -> tuple[torch.Tensor, ...]:
+def data(seed: int) -> tuple[Any, ...]:
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(
@@ -39,6 +44,8 @@ def data(seed: int) -> tuple[torch.Tensor, ...]:
 def train(options: dict, seed: int, epochs: int, hidden: int = 256
           ) -> tuple[float, float, int]:
     """(final training loss, test accuracy, state bytes) of one run."""
+    import torch
+
     x_train, y_train, x_test, y_test = data(seed)
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(),

@@ -37,6 +37,7 @@ from fastgd.algorithms import SPECS, RuleSpec
 from fastgd.chunks import ALIGN, BLOCK, chunk_table
 from fastgd.codegen import load_generated
 from fastgd.kernelgen import (
+    ROUNDING_ARGS,
     STORAGES,
     array_args,
     computes_in_float32,
@@ -44,6 +45,7 @@ from fastgd.kernelgen import (
     rule_call,
     scalar_args,
     split_storage,
+    stochastic,
 )
 
 #: Work of at least this many elements uses the multi-threaded kernels.
@@ -85,7 +87,7 @@ def {name}__run(addresses, sizes, likes, {scalars}):
     for k in range(sizes.size):
         n = sizes[k]
         {run_views}
-        {name}__serial({arrays}, {scalars})
+        {name}__serial({arrays})
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True)
@@ -96,7 +98,7 @@ def {name}__multi(addresses, sizes, table, likes, {scalars}):
             k, lo, hi = locate(table, sizes, c, k)
             n = sizes[k]
             {multi_views}
-            {name}__serial({sliced}, {scalars})
+            {name}__serial({sliced})
 '''
 
 
@@ -105,7 +107,8 @@ def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str,
     """Source of ``{name}__serial`` (``prologue``, then a loop running ``body`` for each
     ``i``) and of ``{name}__parallel`` (aligned blocks of that loop over threads); the first
     ``n_arrays`` of ``args`` are the arrays."""
-    sliced = [f"{a}[lo:hi]" for a in args[:n_arrays]] + args[n_arrays:]
+    sliced = [f"{a}[lo:hi]" for a in args[:n_arrays]] + [
+        "rounding_base + lo" if a == "rounding_base" else a for a in args[n_arrays:]]
     return _PAIR_TEMPLATE.format(serial=f"{name}__serial", parallel=f"{name}__parallel",
                                  args=", ".join(args), sliced=", ".join(sliced), align=ALIGN,
                                  block=BLOCK, body=body, prologue=prologue)
@@ -120,20 +123,24 @@ def unpack_source(spec: RuleSpec, storage: str) -> str:
         f"{name} = dtype(coefficients[{k}])" for k, name in enumerate(scalar_args(spec))])
 
 
-def table_source(name: str, arrays: list[str], scalars: list[str]) -> str:
+def table_source(name: str, arrays: list[str], scalars: list[str], rounding: bool = False
+                 ) -> str:
     """Source of ``{name}__run`` and ``{name}__multi``, the loop ``{name}__serial`` over a
     table of tensors. ``addresses[k, j]`` is the address of array ``j`` of tensor ``k``,
-    which has ``sizes[k]`` elements and the dtype of the empty array ``likes[j]``;
-    ``table`` comes from :func:`chunk_table`."""
+    which has ``sizes[k]`` elements and the dtype of the empty array ``likes[j]``; with
+    stochastic ``rounding``, the column after the arrays holds each tensor's
+    ``rounding_key``. ``table`` comes from :func:`chunk_table`."""
     def views(indent: int) -> str:
         return ("\n" + " " * indent).join(
             f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], likes[{j}]), n)"
             for j, a in enumerate(arrays))
 
+    key = f", addresses[k, {len(arrays)}]" if rounding else ""
     return _TABLE_TEMPLATE.format(
-        name=name, scalars=", ".join(scalars), arrays=", ".join(arrays),
-        sliced=", ".join(f"{a}[lo:hi]" for a in arrays), run_views=views(8),
-        multi_views=views(12))
+        name=name, scalars=", ".join(scalars), arrays=", ".join(arrays) + ", " + ", ".join(
+            scalars) + (key + ", 0" if rounding else ""),
+        sliced=", ".join(f"{a}[lo:hi]" for a in arrays) + ", " + ", ".join(scalars) + (
+            key + ", lo" if rounding else ""), run_views=views(8), multi_views=views(12))
 
 
 _EIGHT_BIT_TEMPLATE = '''
@@ -224,10 +231,11 @@ def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "")
     name = kernel_name(spec, present, storage)
     arrays = array_args(spec, present, storage)
     scalars = ["coefficients", *spec.flags]
+    rounding = list(ROUNDING_ARGS) if stochastic(storage) else []
     body = rule_call(spec, present, "i", storage).replace("\n", "\n        ")
-    return "".join([_HEADER, kernel_pair_source(name, arrays + scalars, len(arrays), body,
-                                                unpack_source(spec, storage)),
-                    table_source(name, arrays, scalars)])
+    return "".join([_HEADER, kernel_pair_source(name, arrays + scalars + rounding, len(arrays),
+                                                body, unpack_source(spec, storage)),
+                    table_source(name, arrays, scalars, bool(rounding))])
 
 
 def all_variants() -> list[tuple[RuleSpec, tuple[str, ...], str]]:

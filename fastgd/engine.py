@@ -40,6 +40,7 @@ from fastgd.arrays import (
     check_like,
     check_min_8bit_size,
     check_no_overlap,
+    check_rounding_seed,
     check_same_gpu,
     check_state_precision,
     check_stream,
@@ -56,7 +57,13 @@ from fastgd.arrays import (
 )
 from fastgd.halfprec import to_float32
 from fastgd.hyperparams import Flag, Pair, learning_rate, number, step_count
-from fastgd.kernelgen import array_args, computes_in_float32, join_storage, split_storage
+from fastgd.kernelgen import (
+    array_args,
+    computes_in_float32,
+    join_storage,
+    split_storage,
+    stochastic,
+)
 from fastgd.pointers import address as host_address
 from fastgd.reductions import clip_scale, global_norm
 
@@ -536,7 +543,7 @@ class _Unit:
     arrays are the same objects, with the same layout."""
 
     __slots__ = ("spec", "group", "indices", "params", "names", "states", "fmt", "present",
-                 "addresses", "sizes", "table", "device_table", "members")
+                 "rounding", "addresses", "sizes", "table", "device_table", "members")
 
     def __init__(self, spec: Any, group: int, start: int, params: list[tuple[int, Param]],
                  names: tuple[str, ...], state: Mapping[int, Mapping[str, Any]], fmt: str,
@@ -548,9 +555,11 @@ class _Unit:
         self.states = tuple(tuple(state_array(p, state[i][n], f"state[{i}][{n!r}]",
                                               state_kind(spec, fmt, n, p))
                                   for n in names) for i, p in params)
-        rows = [[p.address, 0, *(s.address for s in states)]
+        self.rounding = stochastic(fmt)  # (a column of rounding keys after the arrays)
+        rows = [[p.address, 0, *(s.address for s in states), *([0] if self.rounding else [])]
                 for p, states in zip(self.params, self.states, strict=True)]
-        self.addresses = np.array(rows, dtype=np.int64).reshape(len(rows), 2 + len(names))
+        self.addresses = np.array(rows, dtype=np.int64).reshape(
+            len(rows), 2 + len(names) + self.rounding)
         self.sizes = np.array([p.view.size for p in self.params], dtype=np.int64)
         # (index, position in the group's params, param, (name, state array) per state)
         self.members = tuple((i, i - start, p, tuple(zip(names, states, strict=True)))
@@ -569,12 +578,16 @@ class _Unit:
                 return False
         return True
 
-    def launch(self, scalars: StepScalars, grads: Sequence[int], stream: Any) -> None:
-        """Run the step with ``scalars``, the gradients at addresses ``grads``."""
+    def launch(self, scalars: StepScalars, grads: Sequence[int], stream: Any,
+               rounding: tuple[int, int]) -> None:
+        """Run the step with ``scalars``, the gradients at addresses ``grads``; ``rounding``
+        is the ``(rounding_seed, step)`` of stochastic rounding."""
         if len(grads) == 1:
             self.addresses[0, 1] = grads[0]
         else:
             self.addresses[:, 1] = grads
+        if self.rounding:
+            self.addresses[:, -1] = lowbit.rounding_keys(*rounding, self.indices)
         if self.table is not None:
             self.table.launch(scalars.packed())
             return
@@ -615,6 +628,13 @@ class Stepper:
         options["master_weights"] = Flag().check("master_weights", group["master_weights"])
         options["state_precision"] = check_state_precision(group["state_precision"])
         options["min_8bit_size"] = check_min_8bit_size(group["min_8bit_size"])
+        options["stochastic_rounding"] = Flag().check("stochastic_rounding",
+                                                      group["stochastic_rounding"])
+        if options["stochastic_rounding"] and options["state_precision"] != "bf16":
+            raise ValueError("stochastic_rounding=True rounds bfloat16 state: it needs "
+                             "state_precision='bf16', got "
+                             f"{options['state_precision']!r}")
+        options["rounding_seed"] = check_rounding_seed(group["rounding_seed"])
         return options
 
     @staticmethod
@@ -630,9 +650,10 @@ class Stepper:
         format, a float32 master copy (``master_weights``, float16/bfloat16 parameters),
         bfloat16 or 8-bit state."""
         master = bool(param.storage) and options["master_weights"]
-        return join_storage(param.storage, "master" if master else "",
-                            {"full": "", "bf16": "sbf16", "8bit": "s8"}[
-                                cls.precision(param, options)])
+        state = {"full": "", "bf16": "sbf16", "8bit": "s8"}[cls.precision(param, options)]
+        if state == "sbf16" and options["stochastic_rounding"]:
+            state = "sbf16sr"
+        return join_storage(param.storage, "master" if master else "", state)
 
     def forget(self) -> None:
         """Drop what is kept between steps (after the state was replaced)."""
@@ -732,15 +753,16 @@ class Stepper:
                         return False
                     values = {"step": t} if simple else dict(zip(
                         algorithm.inputs, key[1:], strict=True))
-                    found = (key, t, *step_scalars(algorithm, options, values, present))
+                    found = (key, t, *step_scalars(algorithm, options, values, present),
+                             options["rounding_seed"])
                 elif key != found[0]:
                     return False
                 addresses.append(where)
                 entries.append(entry)
             runs.append((unit, found, addresses, entries))
         for unit, found, addresses, _ in runs:  # (``holders`` keeps the gradients alive)
-            unit.launch(found[2], addresses, None)
-        for _, (_, t, _, new), _, entries in runs:
+            unit.launch(found[2], addresses, None, (found[4], found[1]))
+        for _, (_, t, _, new, _), _, entries in runs:
             self._finish(entries, t, new)
         return True
 
@@ -844,7 +866,8 @@ class Stepper:
         units = []
         for (_, _, _, fmt, _), items in batches.items():
             unit = self._unit(items, state, fmt, items[0].scalars.present)
-            unit.launch(items[0].scalars, [w.address for w in items], stream)
+            unit.launch(items[0].scalars, [w.address for w in items], stream,
+                        (items[0].options["rounding_seed"], items[0].step))
             units.append(unit)
         return units
 

@@ -68,6 +68,36 @@ def float32_to_bfloat16_bits(value):
     return np.uint16((u + bias) >> np.uint32(16))
 
 
+@intrinsic
+def mix32(typingctx, x):
+    """MurmurHash3's 32-bit finalizer of uint32 ``x``: a bijection whose output bits each
+    depend on every input bit (a counter-based source of random bits). Written in 32-bit
+    LLVM operations: Numba would compute uint32 products in 64 bits, which x86 vectorizes
+    poorly."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        v = args[0]
+        for shift, factor in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+            v = builder.mul(builder.xor(v, builder.lshr(v, i32(shift))), i32(factor))
+        return builder.xor(v, builder.lshr(v, i32(16)))
+
+    return types.uint32(types.uint32), codegen
+
+
+@inline
+def float32_to_bfloat16_stochastic(value, key, index):
+    """bfloat16 bits (uint16) of float32 ``value`` rounded stochastically: up with
+    probability equal to the dropped fraction of a bfloat16 unit (unbiased), from 16 bits of
+    ``mix32(key + mix32(index))`` (``index`` an element's number, ``key`` a per-tensor,
+    per-step and per-state number), so that the rounding is reproducible; NaN stays NaN."""
+    u = float32_as_bits(value)
+    if value != value:
+        return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
+    noise = mix32(np.uint32(np.uint32(key) + mix32(np.uint32(
+        np.uint32(index & 0xFFFFFFFF) ^ np.uint32(index >> 32)))))
+    return np.uint16((u + (noise & np.uint32(0xFFFF))) >> np.uint32(16))
+
+
 #: storage format -> (load function name, store function name) used by generated kernels
 CONVERSIONS = {
     "f16": ("half_bits_to_float32", "float32_to_half_bits"),

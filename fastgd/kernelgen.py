@@ -9,7 +9,10 @@ parts joined by ``_``:
 * ``"master"``: a float32 master copy of the parameter that the rule updates, the
   low-precision param receiving its rounded value;
 * ``"sbf16"``: bfloat16 state arrays (uint16 views), widened to float32 on load and rounded
-  to nearest even on store; the rule computes in float32;
+  to nearest even on store; the rule computes in float32; ``"sbf16sr"``: the same, rounded
+  stochastically on store (:func:`fastgd.halfprec.float32_to_bfloat16_stochastic`): the
+  kernels then also take ``rounding_key`` and ``rounding_base`` (the number of their first
+  element in its tensor; :data:`ROUNDING_ARGS`);
 * ``"s8"``: 8-bit blockwise state (:mod:`fastgd.quantization`): each quantized state is two
   arrays, its uint8 codes and ``<state>_absmax`` (float32, one per block of 256 elements);
   the kernel decodes a block into float32, runs the full-precision element loop over it and
@@ -31,9 +34,17 @@ def join_storage(*parts: str) -> str:
 PARAM_STORAGES = ("", "f16", "bf16", "f16_master", "bf16_master")
 #: every storage format a CPU kernel is generated for: each param format with full-precision
 #: state (that of the computation) and with bfloat16 state
-STORAGES = PARAM_STORAGES + tuple(join_storage(p, state) for state in ("sbf16", "s8")
+STORAGES = PARAM_STORAGES + tuple(join_storage(p, state) for state in ("sbf16", "sbf16sr",
+                                                                        "s8")
                                    for p in PARAM_STORAGES)
-_STATE_PARTS = {"sbf16": "bf16", "s8": "8bit"}
+_STATE_PARTS = {"sbf16": "bf16", "sbf16sr": "bf16", "s8": "8bit"}
+#: the scalar arguments that kernels with stochastic rounding take after the flags
+ROUNDING_ARGS = ("rounding_key", "rounding_base")
+
+
+def stochastic(storage: str) -> bool:
+    """Whether a storage format rounds its bfloat16 state stochastically."""
+    return "sbf16sr" in storage.split("_")
 
 
 def split_storage(storage: str) -> tuple[str, bool, str]:
@@ -103,6 +114,10 @@ def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "
         inputs.append(read(f"{state}[{i}]", state_low) if state in arrays else grad)
         if state not in arrays:
             outputs.append(f"_absent{n}")
+        elif state_low and stochastic(storage):
+            outputs.append(f"new_{state}")
+            stores.append(f"{state}[{i}] = halfprec.float32_to_bfloat16_stochastic("
+                          f"new_{state}, rounding_key + {n}, rounding_base + {i})")
         elif state_low:
             outputs.append(f"new_{state}")
             stores.append(f"{state}[{i}] = halfprec.{CONVERSIONS[state_low][1]}(new_{state})")

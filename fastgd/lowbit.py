@@ -103,3 +103,19 @@ def convert(entry: dict[str, Any], name: str, param: Any, target: str, quantized
     data = values(entry, name, quantized)
     entry.pop(name + ABSMAX, None)
     entry.update(make(param, name, data, target, quantized))
+
+
+def rounding_keys(seed: int, step: int, indices: Any) -> np.ndarray:
+    """The stochastic-rounding key of each parameter (by its index in the optimizer) at
+    ``step``: 32 bits of SplitMix64 of the three, so that the same seed rounds a run the
+    same way again (a resumed run too) and every step and parameter differently. The
+    kernel adds a state's number and mixes in each element's number
+    (:func:`fastgd.halfprec.float32_to_bfloat16_stochastic`)."""
+    offset = (seed * 0xBF58476D1CE4E5B9 + step * 0x94D049BB133111EB) % 2**64
+    x = np.asarray(indices, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(offset)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x >> np.uint64(32)).astype(np.int64)

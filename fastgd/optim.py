@@ -20,7 +20,9 @@ so that small updates are not lost to float16 rounding.
 
 ``state_precision`` (every class, per parameter group): ``"full"`` keeps the state in the
 dtype the update computes in; ``"bf16"`` keeps it in bfloat16, widened to float32 in
-registers and rounded to nearest even as it is stored, in the same single pass; ``"8bit"``
+registers and rounded to nearest even as it is stored (stochastically with
+``stochastic_rounding=True``, reproducibly from ``rounding_seed``), in the same single
+pass; ``"8bit"``
 keeps the states the algorithm declares quantized as blockwise 8-bit codes (bitsandbytes'
 dynamic maps, :mod:`fastgd.lowbit`), for parameters of at least ``min_8bit_size`` elements.
 Low precision needs parameters that compute in float32, on the CPU. State dicts hold the
@@ -55,7 +57,8 @@ from fastgd.hyperparams import number
 TORCH_IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 #: Options every fastgd optimizer class has besides its algorithm's hyperparameters.
 CLASS_OPTIONS = {"master_weights": False, "state_precision": "full",
-                 "min_8bit_size": lowbit.MIN_8BIT_SIZE}
+                 "min_8bit_size": lowbit.MIN_8BIT_SIZE, "stochastic_rounding": False,
+                 "rounding_seed": 0}
 
 
 def _param_groups(params: Any) -> tuple[list[dict[str, Any]], bool]:

@@ -76,9 +76,17 @@ def stepped_twins(name: str, on: tuple[str, ...], fmt: str, seed: str, steps: in
 CONFIGS = [(name, on) for name in cases.NAMES for on in ((), cases.full_case(name))]
 
 
-@pytest.mark.parametrize("fmt", list(PARAM_FORMATS))
-@pytest.mark.parametrize("name, on", CONFIGS,
-                         ids=[f"{n}-{'on' if on else 'off'}" for n, on in CONFIGS])
+def formats(*low: str) -> list[Any]:
+    """Every config with float32 parameters; with each parameter format of ``low``, the
+    configs with every switch on (each case compiles kernels: the CI's time is the limit)."""
+    return [pytest.param(name, on, "float32", id=f"{name}-{'on' if on else 'off'}-float32")
+            for name, on in CONFIGS] + [
+        pytest.param(name, on, fmt, id=f"{name}-on-{fmt}")
+        for fmt in low for name, on in CONFIGS if on]
+
+
+# (float16 parameters take the kernels' low-precision path that bfloat16 ones take)
+@pytest.mark.parametrize("name, on, fmt", formats("bfloat16", "bfloat16+master"))
 def test_bf16_state_is_float32_state_rounded_each_step(name, on, fmt):
     low, full, opt_low, opt_full = stepped_twins(
         name, on, fmt, "bf16", 5, {"state_precision": "bf16"},
@@ -317,12 +325,7 @@ def quantize_state(opt: fastgd.Optimizer, name: str, stepped: list[int]) -> None
                 value[...] = dequantize_blockwise(codes, absmax, signed=signed)
 
 
-EIGHT_BIT_FORMATS = ["float32", "bfloat16+master"]
-
-
-@pytest.mark.parametrize("fmt", EIGHT_BIT_FORMATS)
-@pytest.mark.parametrize("name, on", CONFIGS,
-                         ids=[f"{n}-{'on' if on else 'off'}" for n, on in CONFIGS])
+@pytest.mark.parametrize("name, on, fmt", formats("bfloat16+master"))
 def test_8bit_state_is_float32_state_quantized_each_step(name, on, fmt):
     low, full, opt_low, opt_full = stepped_twins(
         name, on, fmt, "8bit", 4, {"state_precision": "8bit", "min_8bit_size": MIN_8BIT},
@@ -432,3 +435,125 @@ def test_8bit_checkpoint_resumes_bit_identically(tmp_path):
         resumed.step(g)
     for a, b in zip(opt.parameters(), resumed.parameters(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# -- bfloat16 state, rounded stochastically -------------------------------------------------------
+
+def _mix32(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer, in NumPy (uint32 arithmetic wraps)."""
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x85EBCA6B)
+    x ^= x >> np.uint32(13)
+    x *= np.uint32(0xC2B2AE35)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def stochastic_bf16(values: np.ndarray, key: int) -> np.ndarray:
+    """bfloat16 bits of float32 ``values`` (flat) rounded up when 16 bits of
+    mix32(key + mix32(element number)) reach the dropped bits' complement: 16 random bits
+    added below the kept ones, then truncated."""
+    index = np.arange(values.size, dtype=np.uint64)
+    noise = _mix32(np.uint32(key % 2**32) + _mix32(
+        (index & np.uint64(0xFFFFFFFF)).astype(np.uint32) ^ (index >> np.uint64(32))
+        .astype(np.uint32)))
+    return ((values.view(np.uint32) + (noise & np.uint32(0xFFFF))) >> np.uint32(16)
+            ).astype(np.uint16)
+
+
+SEED = 1234
+
+
+def round_state_stochastically(opt: fastgd.Optimizer, name: str, stepped: list[int]) -> None:
+    """What stochastic rounding keeps of a full-precision twin's state: each state of each
+    stepped parameter rounded with its key (the parameter's key at its step, plus the
+    state's number in the rule's order) and each element's number in memory order."""
+    from fastgd.lowbit import rounding_keys
+
+    states = cases.algorithm(name).spec.states
+    for index in stepped:
+        entry = opt.state[index]
+        key = int(rounding_keys(SEED, entry["step"], [index])[0])
+        for key_offset, state in enumerate(states):
+            value = entry.get(state)
+            if value is None:
+                continue
+            order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
+            flat = value.reshape(-1, order=order)
+            flat[...] = stochastic_bf16(flat, key + key_offset).view(BF16).astype(np.float32)
+
+
+@pytest.mark.parametrize("name, on, fmt", formats("bfloat16+master"))
+def test_stochastic_bf16_state_is_float32_state_rounded_the_same_way(name, on, fmt):
+    low, _, opt_low, opt_full = stepped_twins(
+        name, on, fmt, "sr", 4, {"state_precision": "bf16", "stochastic_rounding": True,
+                                 "rounding_seed": SEED},
+        lambda opt, stepped: round_state_stochastically(opt, name, stepped))
+    for i in range(len(low)):
+        for key, value in opt_full.state[i].items():
+            if isinstance(value, np.ndarray) and key != "master_param":
+                np.testing.assert_array_equal(opt_low.state[i][key].astype(np.float32),
+                                              value, err_msg=key)
+
+
+def test_stochastic_rounding_is_unbiased():
+    import numba
+
+    from fastgd import halfprec
+
+    @numba.njit
+    def rounded(value, key, n):
+        out = np.empty(n, np.uint16)
+        for i in range(n):
+            out[i] = halfprec.float32_to_bfloat16_stochastic(value, key, i)
+        return out
+
+    n = 200_000
+    for value in (np.float32(1 + 2**-9 + 2**-11), np.float32(-3.3e-5), np.float32(7e20)):
+        got = rounded(value, 99, n).view(BF16).astype(np.float64)
+        low, high = np.unique(got)  # (the two bfloat16 neighbours, nothing else)
+        assert low < value < high
+        p = (float(value) - low) / (high - low)
+        sigma = (high - low) * np.sqrt(p * (1 - p) / n)
+        assert abs(got.mean() - float(value)) < 5 * sigma
+    exact = rounded(np.float32(1.5), 7, 1000)
+    assert np.all(exact.view(BF16) == 1.5)  # (representable values stay put)
+
+
+def test_stochastic_rounding_is_reproducible_and_seeded():
+    def run(seed: int, steps: int = 3) -> fastgd.Optimizer:
+        rng = np.random.default_rng(0)
+        opt = fastgd.Adam([np.zeros(50_000, np.float32)], lr=0.01, state_precision="bf16",
+                          stochastic_rounding=True, rounding_seed=seed)
+        for _ in range(steps):
+            opt.step([rng.standard_normal(50_000).astype(np.float32)])
+        return opt
+
+    a, b, c = run(1), run(1), run(2)
+    np.testing.assert_array_equal(a.state[0]["exp_avg"].view(np.uint16),
+                                  b.state[0]["exp_avg"].view(np.uint16))
+    differ = a.state[0]["exp_avg"].view(np.uint16) != c.state[0]["exp_avg"].view(np.uint16)
+    assert 0.2 < differ.mean() < 0.8
+    # a run resumed from a state dict rounds as the uninterrupted one
+    resumed = fastgd.Adam([a.parameters()[0].copy()], lr=0.01, state_precision="bf16",
+                          stochastic_rounding=True, rounding_seed=7)
+    resumed.load_state_dict(a.state_dict())
+    assert resumed.param_groups[0]["rounding_seed"] == 1
+    g = np.full(50_000, 0.1, np.float32)
+    a.step([g])
+    resumed.step([g])
+    np.testing.assert_array_equal(a.parameters()[0], resumed.parameters()[0])
+    np.testing.assert_array_equal(a.state[0]["exp_avg_sq"].view(np.uint16),
+                                  resumed.state[0]["exp_avg_sq"].view(np.uint16))
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"stochastic_rounding": True}, ValueError, "stochastic_rounding"),
+    ({"stochastic_rounding": True, "state_precision": "8bit"}, ValueError, "bf16"),
+    ({"stochastic_rounding": "yes", "state_precision": "bf16"}, TypeError, "stochastic_rounding"),
+    ({"rounding_seed": -1}, ValueError, "rounding_seed"),
+    ({"rounding_seed": 1.0}, TypeError, "rounding_seed")])
+def test_bad_stochastic_rounding_options_are_refused(options, error, match):
+    with pytest.raises(error, match=match):
+        fastgd.Adam([np.ones(3, np.float32)], **options)
