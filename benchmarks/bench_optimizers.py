@@ -43,3 +43,22 @@ class ManyTensorAdam(common._Step):
 
     track_bandwidth.unit = "GB/s"
 
+
+
+class LowPrecisionState(common._Step):
+    """One ``opt.step(grads)`` with bfloat16 or 8-bit optimizer state
+    (``state_precision``), float32 parameters: the algorithms bitsandbytes ships 8-bit."""
+
+    params = [["adamw", "adam", "sgd", "rmsprop", "adagrad"], [100_000, 2**24],
+              ["bf16", "8bit"]]
+    param_names = ["algorithm", "size", "precision"]
+
+    def setup(self, algorithm: str, size: int, precision: str) -> None:
+        self.step = common.cached(("lowbit", algorithm, size, precision), lambda: (
+            common.fastgd_stepper(algorithm, *common.pair(size, "float32"), precision)))
+
+    def track_bandwidth(self, algorithm: str, size: int, precision: str) -> float:
+        return common.gbps(self.step, bench.bytes_per_step(bench.CASES[algorithm], size,
+                                                           "float32", precision))
+
+    track_bandwidth.unit = "GB/s"

@@ -100,13 +100,13 @@ def many_tensor_bytes() -> int:
     return bench.bytes_per_step(bench.CASES["adam"], many_tensor_elements(), np.float32)
 
 
-def fastgd_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.ndarray]
-                   ) -> Callable[[], None]:
+def fastgd_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.ndarray],
+                   precision: str = "full") -> Callable[[], None]:
     """One step of the fastgd optimizer class of ``algorithm`` (with ``bench.CASES``'
-    options) over ``params``, warmed up: kernels compiled or loaded from the disk cache,
-    state allocated."""
+    options, state at ``precision``) over ``params``, warmed up: kernels compiled or loaded
+    from the disk cache, state allocated."""
     case = bench.CASES[algorithm]
-    opt = case.cls(params, **case.options)
+    opt = case.cls(params, **case.options, state_precision=precision)
     opt.step(grads)
 
     def step() -> None:
