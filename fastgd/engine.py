@@ -154,38 +154,76 @@ def check_inputs(algorithm: Algorithm, values: Sequence[Any]) -> dict[str, Any]:
 
 # -- the functional face: one parameter, explicit state -----------------------------------------
 
-def prepare(param: Any, grad: Any, states: Mapping[str, Any]) -> tuple[list[Any], str]:
+def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
+            ) -> tuple[list[Any], str]:
     """Check ``param``, ``grad`` and the state arrays; return their flat kernel views in
     order, and the storage format of the kernel (:mod:`fastgd.kernelgen`).
 
     Host arrays give NumPy views, GPU arrays Numba device-array views. State arrays have
     :func:`~fastgd.arrays.state_dtype`, all of them: full precision, or bfloat16 for a
-    parameter that computes in float32 (on the CPU).
+    parameter that computes in float32 (on the CPU). 8-bit state (on the CPU, parameters
+    that compute in float32) is a pair ``(codes, absmax)`` for each state that ``spec``
+    quantizes (uint8 codes like ``param``, float32 absmax, one per block), the other states
+    full-precision arrays.
     """
+    eight_bit = any(isinstance(value, tuple) for value in states.values())
+    if eight_bit:
+        states = _eight_bit_states(states, spec)
     device = is_device(param)
     inputs = {"param": param, "grad": grad, **states}
     for name, value in inputs.items():  # a host/GPU mix is refused before any conversion
         if is_device(value) != device:
             as_array(value, name, writable=False, device=device)
-    arrays = {name: as_array(value, name, writable=name != "grad", device=device)
+    arrays = {name: as_array(value, name, writable=name != "grad", device=device,
+                             codes=eight_bit)
               for name, value in inputs.items()}
     p = arrays["param"]
     order = memory_order(p, "param")
     names = [name for name in arrays if name not in ("param", "grad")]
-    precision = ("bf16" if names and storage(arrays[names[0]]) == "bf16"
-                 and state_dtype(p) == np.float32 else "full")
+    precision = "8bit" if eight_bit else (
+        "bf16" if names and storage(arrays[names[0]]) == "bf16"
+        and state_dtype(p) == np.float32 else "full")
     check_state_precision(precision, p, names[0] if names else "param", device)
     for name, arr in arrays.items():
-        if name != "param":
+        if name.endswith(lowbit.ABSMAX):
+            blocks = lowbit.blocks(p.size)
+            if arr.dtype != np.float32 or arr.shape != (blocks,):
+                raise TypeError(f"{name} must be float32 of shape ({blocks},) (one per "
+                                f"block of 256 elements), got {arr.dtype} {arr.shape}")
+        elif name != "param":
+            form = lowbit.form(precision, spec.quantized(name) if name != "grad" else "")
             check_like(arr, p, order, name,
-                       dtype=None if name == "grad" else state_dtype(p, precision))
+                       dtype=None if name == "grad" else state_dtype(p, form))
     if device and storage(p):
         raise TypeError("float16/bfloat16 parameters are supported on the CPU only")
     check_no_overlap(arrays)
     if device:
         check_same_gpu(arrays)
-    return ([kernel_view(a, order) for a in arrays.values()],
-            join_storage(storage(p), "sbf16" if precision == "bf16" else ""))
+    return ([kernel_view(a, order) if not n.endswith(lowbit.ABSMAX) else a
+             for n, a in arrays.items()],
+            join_storage(storage(p), {"full": "", "bf16": "sbf16", "8bit": "s8"}[precision]))
+
+
+def _eight_bit_states(states: Mapping[str, Any], spec: Any) -> dict[str, Any]:
+    """The state arguments of an 8-bit call, each quantized state's ``(codes, absmax)``
+    pair as two entries (``name``, ``name_absmax``)."""
+    expanded: dict[str, Any] = {}
+    for name, value in states.items():
+        quantized = spec.quantized(name)
+        if isinstance(value, tuple) != bool(quantized):
+            raise TypeError(
+                f"{name}: with 8-bit state, "
+                + (f"{name} is a (codes, absmax) pair" if quantized else
+                   f"{name} stays a full-precision array (it is not quantized)")
+                + f", got {type(value).__name__}")
+        if quantized:
+            if len(value) != 2:
+                raise TypeError(f"{name} must be a (codes, absmax) pair, got {len(value)} "
+                                "items")
+            expanded[name], expanded[name + lowbit.ABSMAX] = value
+        else:
+            expanded[name] = value
+    return expanded
 
 
 class Functional:
@@ -276,12 +314,14 @@ class Functional:
         for name, array in zip(used, arrays, strict=True):
             if array is None and name in present:
                 raise ValueError(f"{name} is required with these hyperparameters (got None)")
-        views, fmt = prepare(param, grad, dict(zip(used, arrays, strict=True)))
+        views, fmt = prepare(param, grad, dict(zip(used, arrays, strict=True)),
+                             self.algorithm.spec)
         if stream is not None:
             check_stream(stream, views)
         with on_gpu(gpu_of(views[0])):
             launch(self.algorithm, views, scalars, stream, fmt)
-        if stream is None and isinstance(views[0], np.ndarray):
+        eight_bit = split_storage(fmt)[2] == "8bit"  # ((codes, absmax): checked every call)
+        if stream is None and isinstance(views[0], np.ndarray) and not eight_bit:
             self._keep(param, arrays, used, fmt, scalars.present)
 
     def _keep(self, param: Any, arrays: tuple[Any, ...], used: tuple[str, ...], fmt: str,

@@ -16,6 +16,11 @@ optional state array is required when the hyperparameters use it (``momentum_buf
 ``momentum != 0``) and left alone otherwise; Adam's ``max_exp_avg_sq`` turns AMSGrad on. ``g``
 in the formulas is the gradient, negated when ``maximize=True``.
 
+Low-precision state (host arrays, parameters that compute in float32): bfloat16 state arrays
+(``ml_dtypes.bfloat16``) for every state; or 8-bit state, a ``(codes, absmax)`` pair of
+:func:`fastgd.quantization.quantize_blockwise` for each state the algorithm quantizes (the
+others full-precision arrays), updated in place like the arrays (see :mod:`fastgd.lowbit`).
+
 Host arrays run on the CPU. GPU arrays (anything with ``__cuda_array_interface__``: Numba
 device arrays, CuPy, torch CUDA tensors) run on the GPU, in place, queued on ``stream``
 (default: the legacy default stream, see :mod:`fastgd.cuda`); mixing host and GPU arrays is

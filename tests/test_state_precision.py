@@ -557,3 +557,52 @@ def test_stochastic_rounding_is_reproducible_and_seeded():
 def test_bad_stochastic_rounding_options_are_refused(options, error, match):
     with pytest.raises(error, match=match):
         fastgd.Adam([np.ones(3, np.float32)], **options)
+
+
+def test_functional_api_takes_8bit_state_pairs():
+    from fastgd.quantization import quantize_blockwise
+
+    rng = np.random.default_rng(11)
+    n = 5000
+    p = rng.standard_normal(n).astype(np.float32)
+    q = p.copy()
+    m = quantize_blockwise(np.zeros(n, np.float32), signed=True)
+    v = quantize_blockwise(np.zeros(n, np.float32), signed=False)
+    peak = np.zeros(n, np.float32)  # (AMSGrad's maximum stays full precision)
+    opt = fastgd.AdamW([q], lr=0.01, amsgrad=True, state_precision="8bit")
+    for t in range(1, 4):
+        g = rng.standard_normal(n).astype(np.float32)
+        F.adamw(p, g, m, v, peak, step=t, lr=0.01)
+        opt.step([g])
+    np.testing.assert_array_equal(p, q)
+    for (codes, absmax), key in ((m, "exp_avg"), (v, "exp_avg_sq")):
+        np.testing.assert_array_equal(codes, opt.state[0][key])
+        np.testing.assert_array_equal(absmax, opt.state[0][key + "_absmax"])
+    np.testing.assert_array_equal(peak, opt.state[0]["max_exp_avg_sq"])
+
+
+@pytest.mark.parametrize("case", ["full second moment", "short absmax", "float codes",
+                                  "pair for a full state", "three items"])
+def test_functional_refuses_bad_8bit_state_untouched(case):
+    from fastgd.quantization import quantize_blockwise
+
+    n = 1000
+    p = np.ones(n, np.float32)
+    m = quantize_blockwise(np.full(n, 0.5, np.float32), signed=True)
+    v = quantize_blockwise(np.full(n, 0.25, np.float32), signed=False)
+    extra: tuple[Any, ...] = ()
+    if case == "full second moment":
+        v = np.zeros(n, np.float32)
+    elif case == "short absmax":
+        m = (m[0], m[1][:-1])
+    elif case == "float codes":
+        m = (m[0].astype(np.float32), m[1])
+    elif case == "pair for a full state":
+        extra = (quantize_blockwise(np.zeros(n, np.float32), signed=False),)
+    else:
+        m = (*m, m[1])
+    before = [a.copy() for a in (p, *(m if isinstance(m, tuple) else (m,)))]
+    with pytest.raises(TypeError, match="exp_avg|max_exp_avg_sq"):
+        F.adamw(p, np.ones(n, np.float32), m, v, *extra, step=1)
+    for a, b in zip((p, *(m if isinstance(m, tuple) else (m,))), before, strict=True):
+        np.testing.assert_array_equal(a, b)
