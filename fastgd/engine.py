@@ -58,6 +58,7 @@ from fastgd.arrays import (
 from fastgd.halfprec import to_float32
 from fastgd.hyperparams import Flag, Pair, learning_rate, number, step_count
 from fastgd.kernelgen import (
+    STATE_STORAGE,
     array_args,
     computes_in_float32,
     join_storage,
@@ -201,7 +202,7 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
         check_same_gpu(arrays)
     return ([kernel_view(a, order) if not n.endswith(lowbit.ABSMAX) else a
              for n, a in arrays.items()],
-            join_storage(storage(p), {"full": "", "bf16": "sbf16", "8bit": "s8"}[precision]))
+            join_storage(storage(p), STATE_STORAGE[precision]))
 
 
 def _eight_bit_states(states: Mapping[str, Any], spec: Any) -> dict[str, Any]:
@@ -690,7 +691,7 @@ class Stepper:
         format, a float32 master copy (``master_weights``, float16/bfloat16 parameters),
         bfloat16 or 8-bit state."""
         master = bool(param.storage) and options["master_weights"]
-        state = {"full": "", "bf16": "sbf16", "8bit": "s8"}[cls.precision(param, options)]
+        state = STATE_STORAGE[cls.precision(param, options)]
         if state == "sbf16" and options["stochastic_rounding"]:
             state = "sbf16sr"
         return join_storage(param.storage, "master" if master else "", state)

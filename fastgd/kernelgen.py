@@ -38,6 +38,8 @@ STORAGES = PARAM_STORAGES + tuple(join_storage(p, state) for state in ("sbf16", 
                                                                         "s8")
                                    for p in PARAM_STORAGES)
 _STATE_PARTS = {"sbf16": "bf16", "sbf16sr": "bf16", "s8": "8bit"}
+#: the storage part of each state precision (round to nearest for bfloat16)
+STATE_STORAGE = {"full": "", "bf16": "sbf16", "8bit": "s8"}
 #: the scalar arguments that kernels with stochastic rounding take after the flags
 ROUNDING_ARGS = ("rounding_key", "rounding_base")
 

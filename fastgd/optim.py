@@ -21,10 +21,10 @@ so that small updates are not lost to float16 rounding.
 ``state_precision`` (every class, per parameter group): ``"full"`` keeps the state in the
 dtype the update computes in; ``"bf16"`` keeps it in bfloat16, widened to float32 in
 registers and rounded to nearest even as it is stored (stochastically with
-``stochastic_rounding=True``, reproducibly from ``rounding_seed``), in the same single
-pass; ``"8bit"``
-keeps the states the algorithm declares quantized as blockwise 8-bit codes (bitsandbytes'
-dynamic maps, :mod:`fastgd.lowbit`), for parameters of at least ``min_8bit_size`` elements.
+``stochastic_rounding=True``, reproducibly from ``rounding_seed``), in the same single pass;
+``"8bit"`` keeps the states the algorithm declares quantized as blockwise 8-bit codes
+(bitsandbytes' dynamic maps, :mod:`fastgd.lowbit`), for parameters of at least
+``min_8bit_size`` elements.
 Low precision needs parameters that compute in float32, on the CPU. State dicts hold the
 state at the optimizer's precision and say which it is; loading any precision converts it
 to the optimizer's own.
