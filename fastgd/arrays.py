@@ -331,24 +331,6 @@ def from_host(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
     return cuda.to_device(values, like)
 
 
-def check_min_8bit_size(value: Any) -> int:
-    """``min_8bit_size``, checked: a non-negative integer."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"min_8bit_size must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"min_8bit_size must be >= 0, got {value}")
-    return int(value)
-
-
-def check_rounding_seed(value: Any) -> int:
-    """``rounding_seed``, checked: an integer in [0, 2**63)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"rounding_seed must be an int, got {type(value).__name__}")
-    if not 0 <= value < 2**63:
-        raise ValueError(f"rounding_seed must be in [0, 2**63), got {value}")
-    return int(value)
-
-
 def convert_state(array: Any, like: Any, dtype: np.dtype) -> Any:
     """A new state array like ``like`` (a parameter's view: same device, shape, alignment)
     holding ``array``'s values in ``dtype`` (rounded to nearest even when narrowed to

@@ -37,6 +37,7 @@ from fastgd.algorithms import SPECS, RuleSpec
 from fastgd.chunks import ALIGN, BLOCK, chunk_table
 from fastgd.codegen import load_generated
 from fastgd.kernelgen import (
+    ABSMAX,
     ROUNDING_ARGS,
     STORAGES,
     array_args,
@@ -123,6 +124,14 @@ def unpack_source(spec: RuleSpec, storage: str) -> str:
         f"{name} = dtype(coefficients[{k}])" for k, name in enumerate(scalar_args(spec))])
 
 
+def table_views(arrays: list[str], indent: int) -> str:
+    """Statements viewing array ``j`` of tensor ``k`` of an address table as ``arrays[j]``:
+    ``n`` elements of the dtype of ``likes[j]`` (a block maxima array: ``blocks``)."""
+    return ("\n" + " " * indent).join(
+        f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], likes[{j}]), "
+        f"{'blocks' if a.endswith(ABSMAX) else 'n'})" for j, a in enumerate(arrays))
+
+
 def table_source(name: str, arrays: list[str], scalars: list[str], rounding: bool = False
                  ) -> str:
     """Source of ``{name}__run`` and ``{name}__multi``, the loop ``{name}__serial`` over a
@@ -130,17 +139,13 @@ def table_source(name: str, arrays: list[str], scalars: list[str], rounding: boo
     which has ``sizes[k]`` elements and the dtype of the empty array ``likes[j]``; with
     stochastic ``rounding``, the column after the arrays holds each tensor's
     ``rounding_key``. ``table`` comes from :func:`chunk_table`."""
-    def views(indent: int) -> str:
-        return ("\n" + " " * indent).join(
-            f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], likes[{j}]), n)"
-            for j, a in enumerate(arrays))
-
     key = f", addresses[k, {len(arrays)}]" if rounding else ""
     return _TABLE_TEMPLATE.format(
         name=name, scalars=", ".join(scalars), arrays=", ".join(arrays) + ", " + ", ".join(
             scalars) + (key + ", 0" if rounding else ""),
         sliced=", ".join(f"{a}[lo:hi]" for a in arrays) + ", " + ", ".join(scalars) + (
-            key + ", lo" if rounding else ""), run_views=views(8), multi_views=views(12))
+            key + ", lo" if rounding else ""), run_views=table_views(arrays, 8),
+        multi_views=table_views(arrays, 12))
 
 
 _EIGHT_BIT_TEMPLATE = '''
@@ -202,26 +207,25 @@ def eight_bit_source(spec: RuleSpec, present: tuple[str, ...], storage: str) -> 
     scalars = ["coefficients", *spec.flags]
     quantized = [s for s in spec.present_states(present) if spec.quantized(s)]
     signed = {s: spec.quantized(s) == "signed" for s in quantized}
+    full_precision = join_storage(low, "master" if master else "")
     inner = [f"{a}_block[:hi - lo]" if a in quantized else f"{a}[lo:hi]"
-             for a in array_args(spec, present, join_storage(low, "master" if master else ""))]
+             for a in array_args(spec, present, full_precision)]
     task = 64 * BLOCK_SIZE
     sliced = [f"{a}[lo // {BLOCK_SIZE}:(hi + {BLOCK_SIZE - 1}) // {BLOCK_SIZE}]"
-              if a.endswith("_absmax") else f"{a}[lo:hi]" for a in arrays]
-    views = "\n        ".join(
-        f"{a} = numba.carray(address_as_pointer(addresses[k, {j}], likes[{j}]), "
-        f"{'blocks' if a.endswith('_absmax') else 'n'})" for j, a in enumerate(arrays))
+              if a.endswith(ABSMAX) else f"{a}[lo:hi]" for a in arrays]
     return _HEADER + _EIGHT_BIT_TEMPLATE.format(
-        spec=spec.name, present=present, inner=join_storage(low, "master" if master else ""),
+        spec=spec.name, present=present, inner=full_precision,
         name=name, args=", ".join(arrays + scalars), block=BLOCK_SIZE, task=task,
         threshold=PARALLEL_THRESHOLD,
         scratch="\n    ".join([f"{s}_block = np.empty({BLOCK_SIZE}, np.float32)"
                                for s in quantized] or ["pass"]),
-        decode="\n        ".join(f"decode_block({s}[lo:hi], {s}_absmax[b], {s}_block[:hi - lo], "
-                                  f"{signed[s]})" for s in quantized),
-        encode="\n        ".join(f"{s}_absmax[b] = encode_block({s}_block[:hi - lo], "
+        decode="\n        ".join(f"decode_block({s}[lo:hi], {s}{ABSMAX}[b], "
+                                  f"{s}_block[:hi - lo], {signed[s]})" for s in quantized),
+        encode="\n        ".join(f"{s}{ABSMAX}[b] = encode_block({s}_block[:hi - lo], "
                                   f"{s}[lo:hi], {signed[s]})" for s in quantized),
         inner_args=", ".join(inner + scalars), sliced=", ".join(sliced + scalars),
-        scalars=", ".join(scalars), views=views, arrays=", ".join(arrays))
+        scalars=", ".join(scalars), views=table_views(arrays, 8),
+        arrays=", ".join(arrays))
 
 
 def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> str:
@@ -381,7 +385,7 @@ def likes(spec: RuleSpec, present: tuple[str, ...], storage: str, dtype: Any
     for name in array_args(spec, present, storage):
         if name in empty:
             result.append(empty[name])
-        elif name.endswith("_absmax"):
+        elif name.endswith(ABSMAX):
             result.append(np.empty(0, np.float32))
         elif state == "8bit" and spec.quantized(name):
             result.append(np.empty(0, np.uint8))

@@ -38,9 +38,7 @@ from fastgd.arrays import (
     address,
     as_array,
     check_like,
-    check_min_8bit_size,
     check_no_overlap,
-    check_rounding_seed,
     check_same_gpu,
     check_state_precision,
     check_stream,
@@ -56,7 +54,7 @@ from fastgd.arrays import (
     storage,
 )
 from fastgd.halfprec import to_float32
-from fastgd.hyperparams import Flag, Pair, learning_rate, number, step_count
+from fastgd.hyperparams import Flag, Pair, integer, learning_rate, number, step_count
 from fastgd.kernelgen import (
     STATE_STORAGE,
     array_args,
@@ -668,14 +666,15 @@ class Stepper:
         options = self.algorithm.check(group, t=1)
         options["master_weights"] = Flag().check("master_weights", group["master_weights"])
         options["state_precision"] = check_state_precision(group["state_precision"])
-        options["min_8bit_size"] = check_min_8bit_size(group["min_8bit_size"])
+        options["min_8bit_size"] = integer("min_8bit_size", group["min_8bit_size"])
         options["stochastic_rounding"] = Flag().check("stochastic_rounding",
                                                       group["stochastic_rounding"])
         if options["stochastic_rounding"] and options["state_precision"] != "bf16":
             raise ValueError("stochastic_rounding=True rounds bfloat16 state: it needs "
                              "state_precision='bf16', got "
                              f"{options['state_precision']!r}")
-        options["rounding_seed"] = check_rounding_seed(group["rounding_seed"])
+        options["rounding_seed"] = integer("rounding_seed", group["rounding_seed"],
+                                           high=2**63)
         return options
 
     @staticmethod

@@ -12,6 +12,8 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Real:
@@ -105,6 +107,16 @@ def number(name: str, value: Any, *, low: float = 0.0, high: float = math.inf,
     """``value`` as a finite float in ``[low, high)`` (or ``[low, high]``), else an error
     naming it."""
     return Real(low, high, high_open=not high_inclusive).check(name, value)
+
+
+def integer(name: str, value: Any, low: int = 0, high: int | None = None) -> int:
+    """``value``, an integer (not a bool) in ``[low, high)``, as an ``int``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value >= high):
+        raise ValueError(f"{name} must be in [{low}, {high if high is not None else 'inf'}), "
+                         f"got {value}")
+    return int(value)
 
 
 def step_count(step: Any) -> int:

@@ -40,6 +40,8 @@ STORAGES = PARAM_STORAGES + tuple(join_storage(p, state) for state in ("sbf16", 
 _STATE_PARTS = {"sbf16": "bf16", "sbf16sr": "bf16", "s8": "8bit"}
 #: the storage part of each state precision (round to nearest for bfloat16)
 STATE_STORAGE = {"full": "", "bf16": "sbf16", "8bit": "s8"}
+#: the suffix of the array of a quantized state's block maxima (``exp_avg_absmax``)
+ABSMAX = "_absmax"
 #: the scalar arguments that kernels with stochastic rounding take after the flags
 ROUNDING_ARGS = ("rounding_key", "rounding_base")
 
@@ -67,7 +69,7 @@ def array_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> l
     for state in spec.present_states(present):
         states.append(state)
         if state_format == "8bit" and spec.quantized(state):
-            states.append(f"{state}_absmax")
+            states.append(state + ABSMAX)
     return ["param", "grad", *(["master"] if master else []), *states]
 
 

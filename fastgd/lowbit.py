@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 
 from fastgd.arrays import convert_state, state_dtype, storage, to_host, zeros_like
+from fastgd.kernelgen import ABSMAX
 
-#: the suffix of the entry holding a quantized state's block maxima
-ABSMAX = "_absmax"
 #: parameters with fewer elements keep full-precision state under ``"8bit"`` (bitsandbytes')
 MIN_8BIT_SIZE = 4096
 
