@@ -21,6 +21,8 @@ parts joined by ``_``:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from fastgd.algorithms import RuleSpec
 from fastgd.halfprec import CONVERSIONS
 
@@ -97,63 +99,86 @@ def n_arrays(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> int
     return len(array_args(spec, present, storage))
 
 
-def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "") -> str:
-    """Statements applying ``spec``'s rule to element ``i`` of every array.
+#: names the generated 8-bit kernels give, per quantized state ``s``: the block's decode
+#: scale (``s_scale``), the two factors of its normalization (``s_pre``, ``s_inv``); and the
+#: decode and encode tables of each map
+EIGHT_BIT_NAMES = {"signed": ("signed_map", "signed_table"),
+                   "unsigned": ("unsigned_map", "unsigned_table")}
+
+
+class ElementCode(NamedTuple):
+    """Statements applying a rule to one element: its loads, the rule call, its stores."""
+
+    loads: list[str]
+    call: str
+    stores: list[str]
+
+
+def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
+                 storage: str = "") -> ElementCode:
+    """The statements applying ``spec``'s rule to element ``i`` of every array, in
+    variables suffixed ``_{u}`` (so that several elements can be in flight together).
 
     Absent optional states get the gradient as a placeholder value and their result is
     dropped; the structural flags are written as literals so that the compiler removes the
-    branches they guard.
+    branches they guard. Low-precision arrays are converted as they are loaded and stored;
+    8-bit states (in kernels generated for whole blocks, see :data:`EIGHT_BIT_NAMES`) are
+    decoded on load and encoded on store.
     """
     low, master, state_low = split_storage(storage)
 
     def read(expr: str, fmt: str) -> str:
-        return f"halfprec.{CONVERSIONS[fmt][0]}({expr})" if fmt else expr
+        # (np.float32: a no-op when compiled; the CUDA simulator, which runs the kernel as
+        # Python, would otherwise carry the value on as a Python float, in float64)
+        return f"np.float32(halfprec.{CONVERSIONS[fmt][0]}({expr}))" if fmt else expr
 
     arrays = set(spec.present_states(present))
-    grad = read(f"grad[{i}]", low)
-    inputs = [f"master[{i}]" if master else read(f"param[{i}]", low), f"{grad} * grad_scale"]
-    outputs = ["new_param" if low else f"param[{i}]"]
-    stores = []
+    param, grad = f"param_{u}", f"grad_{u}"
+    loads = [f"{param} = {f'master[{i}]' if master else read(f'param[{i}]', low)}",
+             f"{grad} = {read(f'grad[{i}]', low)} * grad_scale"]
+    stores = [f"master[{i}] = {param}"] if master else []
+    stores.append(f"param[{i}] = halfprec.{CONVERSIONS[low][1]}({param})" if low
+                  else f"param[{i}] = {param}")
+    inputs, outputs = [param, grad], [param]
     for n, state in enumerate(spec.states):
-        inputs.append(read(f"{state}[{i}]", state_low) if state in arrays else grad)
         if state not in arrays:
+            inputs.append(grad)
             outputs.append(f"_absent{n}")
-        elif state_low and stochastic(storage):
-            outputs.append(f"new_{state}")
-            stores.append(f"{state}[{i}] = halfprec.float32_to_bfloat16_stochastic("
-                          f"new_{state}, rounding_key + {n}, rounding_base + {i})")
-        elif state_low:
-            outputs.append(f"new_{state}")
-            stores.append(f"{state}[{i}] = halfprec.{CONVERSIONS[state_low][1]}(new_{state})")
+            continue
+        value = f"{state}_{u}"
+        inputs.append(value)
+        outputs.append(value)
+        quantized = spec.quantized(state) if state_low == "8bit" else ""
+        if quantized:
+            decode, encode = EIGHT_BIT_NAMES[quantized]
+            loads.append(f"{value} = {decode}[{state}[{i}]] * {state}_scale")
+            stores.append(f"{state}[{i}] = quantization.encode_with(({value} * {state}_pre)"
+                          f" * {state}_inv, {encode}, {quantized == 'signed'})")
+        elif state_low == "bf16":
+            loads.append(f"{value} = {read(f'{state}[{i}]', 'bf16')}")
+            stores.append(
+                f"{state}[{i}] = halfprec.float32_to_bfloat16_stochastic({value}, "
+                f"rounding_key + {n}, rounding_base + {i})" if stochastic(storage) else
+                f"{state}[{i}] = halfprec.{CONVERSIONS['bf16'][1]}({value})")
         else:
-            outputs.append(f"{state}[{i}]")
+            loads.append(f"{value} = {state}[{i}]")
+            stores.append(f"{state}[{i}] = {value}")
     inputs += [*spec.coefficients, *spec.flags]
     inputs += [str(state in present) for state in spec.optional]
-    lines = [f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})"]
-    if master:
-        lines.append(f"master[{i}] = new_param")
-    if low:
-        lines.append(f"param[{i}] = halfprec.{CONVERSIONS[low][1]}(new_param)")
-    return "\n".join(lines + stores)
+    call = f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})"
+    return ElementCode(loads, call, stores)
 
 
-def rule_calls(spec: RuleSpec, present: tuple[str, ...], indices: list[str]) -> str:
-    """Statements applying ``spec``'s rule to several elements (one per index) of arrays in
-    the compute dtype: every load first, then the rules, then every store, so that the loads
-    of all the elements are in flight together (a GPU thread's memory-level parallelism)."""
-    arrays = set(spec.present_states(present))
-    loads, calls, stores = [], [], []
-    for u, i in enumerate(indices):
-        loads += [f"param_{u} = param[{i}]", f"grad_{u} = grad[{i}] * grad_scale"]
-        inputs, outputs = [f"param_{u}", f"grad_{u}"], [f"param_{u}"]
-        stores.append(f"param[{i}] = param_{u}")
-        for n, state in enumerate(spec.states):
-            if state in arrays:
-                loads.append(f"{state}_{u} = {state}[{i}]")
-                stores.append(f"{state}[{i}] = {state}_{u}")
-            inputs.append(f"{state}_{u}" if state in arrays else f"grad_{u}")
-            outputs.append(f"{state}_{u}" if state in arrays else f"_absent{n}")
-        inputs += [*spec.coefficients, *spec.flags]
-        inputs += [str(state in present) for state in spec.optional]
-        calls.append(f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})")
-    return "\n".join(loads + calls + stores)
+def rule_calls(spec: RuleSpec, present: tuple[str, ...], indices: list[str],
+               storage: str = "") -> str:
+    """Statements applying ``spec``'s rule to several elements (one per index): every load
+    first, then the rules, then every store, so that the loads of all the elements are in
+    flight together (a GPU thread's memory-level parallelism)."""
+    code = [element_code(spec, present, i, u, storage) for u, i in enumerate(indices)]
+    return "\n".join([line for c in code for line in c.loads] + [c.call for c in code]
+                     + [line for c in code for line in c.stores])
+
+
+def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "") -> str:
+    """Statements applying ``spec``'s rule to element ``i`` of every array."""
+    return rule_calls(spec, present, [i], storage)
