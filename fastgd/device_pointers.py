@@ -24,7 +24,8 @@ def device_address(arr: Any) -> int:
 
 
 if SIMULATOR:
-    _CTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double}
+    _CTYPES = {np.dtype(np.float32): ctypes.c_float, np.dtype(np.float64): ctypes.c_double,
+               np.dtype(np.uint16): ctypes.c_uint16, np.dtype(np.uint8): ctypes.c_uint8}
 
     class _SimulatedPointer:
         """``ptr[i]`` reads and writes element ``i`` at an address, as NumPy scalars."""

@@ -86,7 +86,8 @@ from fastgd.halfprec import bits_as_float32, float32_as_bits
 __all__ = ["SIGNED_MAP", "UNSIGNED_MAP", "SIGNED_SORTED_INDEX", "UNSIGNED_SORTED_INDEX",
            "BLOCK_SIZE", "dynamic_map", "quantize_blockwise", "dequantize_blockwise",
            "encode_signed", "encode_unsigned", "decode_signed", "decode_unsigned",
-           "block_scale", "abs_bits", "abs_bits_as_float32", "encode_block", "decode_block"]
+           "block_scale", "abs_bits", "abs_bits_as_float32", "encode_block", "decode_block",
+           "encode_with", "SIGNED_ENCODE_TABLE", "UNSIGNED_ENCODE_TABLE", "ENCODE_TABLES"]
 
 #: Elements per block (bitsandbytes' 8-bit optimizers use 256).
 BLOCK_SIZE = 256
@@ -204,6 +205,10 @@ _S_SHIFT = 17   # 6 mantissa bits per bucket: signed thresholds are >= 2**-6.2 a
 _U_SHIFT = 16   # 7 mantissa bits: unsigned ones are half as far apart
 _S_TABLE = _bucket_table(True, _S_SHIFT)
 _U_TABLE = _bucket_table(False, _U_SHIFT)
+#: The encoder's bucket table of each map (int32; see the module notes): kernels that keep
+#: the tables elsewhere (GPU shared memory) pass them to :func:`encode_with`.
+SIGNED_ENCODE_TABLE, UNSIGNED_ENCODE_TABLE = _S_TABLE, _U_TABLE
+ENCODE_TABLES = {"signed": _S_TABLE, "unsigned": _U_TABLE}
 
 _jit = numba.njit(inline="always", error_model="numpy")
 _NORMAL = _F32(2.0**-126)       # smallest normal float32
@@ -279,6 +284,16 @@ def encode_unsigned(y):  # pragma: no cover - jit
     """Unsigned code (uint8) of the map value nearest to float32 ``y`` (ties away from zero;
     negative ``y`` and NaN give code 0, ``y > 1`` the code of 1)."""
     return _encode_unsigned(y, _U_TABLE)
+
+
+@_jit
+def encode_with(y, table, signed):  # pragma: no cover - jit
+    """:func:`encode_signed` (``signed``) or :func:`encode_unsigned` of ``y`` with the map's
+    bucket table ``table`` (a copy of :data:`SIGNED_ENCODE_TABLE` or
+    :data:`UNSIGNED_ENCODE_TABLE`, e.g. in GPU shared memory)."""
+    if signed:
+        return _encode_signed(y, table)
+    return _encode_unsigned(y, table)
 
 
 @_jit

@@ -1,0 +1,39 @@
+"""The maximum of an int32 over the lanes of a warp, inside CUDA kernels.
+
+On a GPU the lanes exchange their values through registers (``shfl_xor_sync``, five
+butterfly steps; every lane of the warp must call it). Numba's CUDA simulator has no warp
+shuffles: there the lanes meet in shared memory (``scratch``, an int32 array of one entry
+per thread of the block), and every thread of the block must call it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from fastgd.device_pointers import SIMULATOR
+
+if SIMULATOR:
+    @cuda.jit(device=True)
+    def warp_max(value, scratch):  # pragma: no cover - simulated device code
+        """The maximum of ``value`` over the 32 lanes of this thread's warp."""
+        t = cuda.threadIdx.x
+        scratch[t] = value
+        cuda.syncthreads()
+        first = t - t % 32
+        top = scratch[first]
+        for lane in range(first + 1, first + 32):
+            top = max(top, scratch[lane])
+        cuda.syncthreads()
+        return top
+
+else:
+    @cuda.jit(device=True, inline=True)
+    def warp_max(value, scratch):  # pragma: no cover - device code
+        """The maximum of ``value`` over the 32 lanes of this thread's warp."""
+        mask = np.uint32(0xFFFFFFFF)
+        value = max(value, cuda.shfl_xor_sync(mask, value, 16))
+        value = max(value, cuda.shfl_xor_sync(mask, value, 8))
+        value = max(value, cuda.shfl_xor_sync(mask, value, 4))
+        value = max(value, cuda.shfl_xor_sync(mask, value, 2))
+        return max(value, cuda.shfl_xor_sync(mask, value, 1))
