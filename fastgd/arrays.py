@@ -101,8 +101,9 @@ def _torch_bfloat16_view(x: Any, name: str) -> np.ndarray:
                         ) from None
 
 
-def as_device_array(x: Any, name: str, *, writable: bool) -> Any:
-    """Zero-copy Numba device-array view of a CUDA array (Numba, CuPy, torch CUDA)."""
+def as_device_array(x: Any, name: str, *, writable: bool, codes: bool = False) -> Any:
+    """Zero-copy Numba device-array view of a CUDA array (Numba, CuPy, torch CUDA);
+    ``codes``: uint8 is accepted too (8-bit state)."""
     if is_torch(x):  # (torch refuses the interface of a tensor that requires grad)
         x = x.detach()
     try:
@@ -114,18 +115,18 @@ def as_device_array(x: Any, name: str, *, writable: bool) -> Any:
         arr = cuda.as_device_array(x)
     except ImportError as exc:  # numba-cuda missing, or no usable driver/GPU
         raise TypeError(f"{name} is a GPU array but CUDA is unavailable here: {exc}") from None
-    _check_dtype(arr, name)
+    _check_dtype(arr, name, codes)
     return arr
 
 
 def as_array(x: Any, name: str, *, writable: bool, device: bool, codes: bool = False) -> Any:
     """:func:`as_ndarray` or :func:`as_device_array`; refuses a host/GPU mix. ``codes``:
-    uint8 is accepted too (8-bit state, on the host)."""
+    uint8 is accepted too (8-bit state)."""
     if is_device(x) != device:
         raise TypeError(f"{name} is {_where(not device)} but param is {_where(device)}; "
                         "all arrays of an update must live on the same device")
     if device:
-        return as_device_array(x, name, writable=writable)
+        return as_device_array(x, name, writable=writable, codes=codes)
     return as_ndarray(x, name, writable=writable, codes=codes)
 
 
@@ -151,7 +152,7 @@ def storage(arr: Any) -> str:
 
 #: Precisions of optimizer state: ``"full"`` (the dtype the update computes in), ``"bf16"``
 #: (bfloat16) or ``"8bit"`` (blockwise 8-bit codes): the last two for parameters that compute
-#: in float32, on the CPU (see :mod:`fastgd.lowbit`).
+#: in float32 (see :mod:`fastgd.lowbit`).
 STATE_PRECISIONS = ("full", "bf16", "8bit")
 
 
@@ -172,18 +173,15 @@ def state_dtype(param: Any, precision: str = "full") -> np.dtype:
     return np.dtype(np.float32) if storage(param) else np.dtype(param.dtype)
 
 
-def check_state_precision(precision: Any, param: Any = None, name: str = "param",
-                          gpu: bool = False) -> str:
+def check_state_precision(precision: Any, param: Any = None, name: str = "param") -> str:
     """``precision``, checked (one of :data:`STATE_PRECISIONS`), and, with ``param`` (a
     checked array view), that ``param`` can have state of it: low-precision state needs a
-    parameter that computes in float32, on the CPU."""
+    parameter that computes in float32."""
     if precision not in STATE_PRECISIONS:
         raise ValueError(f"state_precision must be one of {STATE_PRECISIONS}, got "
                          f"{precision!r}")
     if precision == "full" or param is None:
         return precision
-    if gpu:
-        raise TypeError(f"{name}: state_precision={precision!r} is supported on the CPU only")
     if state_dtype(param) != np.float32:
         raise ValueError(f"{name} is {param.dtype}: state_precision={precision!r} needs "
                          "float32, float16 or bfloat16 parameters (float64 ones keep "
@@ -302,7 +300,7 @@ def zeros_like(param: Any, fill: float = 0.0, dtype: Any = None) -> Any:
     if not isinstance(param, np.ndarray):
         from fastgd import cuda
 
-        return cuda.zeros_like(param, fill)
+        return cuda.zeros_like(param, fill, dtype=dtype)
     dtype = np.dtype(param.dtype if dtype is None else dtype)
     nbytes = param.size * dtype.itemsize
     offset = param.ctypes.data % _ALIGN
@@ -328,7 +326,16 @@ def from_host(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
         return arr
     from fastgd import cuda
 
-    return cuda.to_device(values, like)
+    return cuda.to_device(values, like, dtype)
+
+
+def on_device_of(values: np.ndarray, like: Any) -> Any:
+    """A copy of host ``values`` (any shape) on ``like``'s device."""
+    if isinstance(like, np.ndarray):
+        return values.copy()
+    from fastgd import cuda
+
+    return cuda.to_device(values)
 
 
 def convert_state(array: Any, like: Any, dtype: np.dtype) -> Any:

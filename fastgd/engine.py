@@ -182,7 +182,7 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
     precision = "8bit" if eight_bit else (
         "bf16" if names and storage(arrays[names[0]]) == "bf16"
         and state_dtype(p) == np.float32 else "full")
-    check_state_precision(precision, p, names[0] if names else "param", device)
+    check_state_precision(precision, p, names[0] if names else "param")
     for name, arr in arrays.items():
         if name.endswith(lowbit.ABSMAX):
             blocks = lowbit.blocks(p.size)
@@ -401,7 +401,7 @@ def launch(algorithm: Algorithm, arrays: list[Any], scalars: StepScalars, stream
         from fastgd import cuda
 
         cuda.launch(algorithm.spec, scalars.present, arrays,
-                    scalars.kernel_scalars(compute_dtype(arrays[0], fmt)), stream)
+                    scalars.kernel_scalars(compute_dtype(arrays[0], fmt)), stream, fmt)
 
 
 # -- arrays checked once ------------------------------------------------------------------------
@@ -421,12 +421,12 @@ class Param:
     __slots__ = ("original", "view", "order", "flat", "address", "nbytes", "gpu", "storage",
                  "dtype", "shape", "strides", "torch", "gpu_grad")
 
-    def __init__(self, original: Any, name: str, codes: bool = False) -> None:
+    def __init__(self, original: Any, name: str, state: bool = False) -> None:
         device = is_device(original)
-        view = as_array(original, name, writable=True, device=device, codes=codes)
+        view = as_array(original, name, writable=True, device=device, codes=state)
         self.order = memory_order(view, name)
         self.storage = storage(view)
-        if device and self.storage:
+        if device and self.storage and not state:
             raise TypeError(f"{name}: float16/bfloat16 parameters are supported on the CPU "
                             "only")
         self.original, self.view = original, view
@@ -552,7 +552,7 @@ def state_array(param: Param, array: Any, name: str, kind: tuple[np.dtype, bool]
     not overlapping ``param``; block maxima: 1-D, one per quantization block) as a
     :class:`Param`, whose :meth:`~Param.matches` later steps check."""
     dtype, absmax = kind
-    checked = Param(array, name, codes=dtype == np.uint8)
+    checked = Param(array, name, state=True)
     if absmax:
         if checked.view.dtype != dtype or checked.shape != (lowbit.blocks(param.view.size),):
             raise ValueError(f"{name} must be {dtype} of shape "
@@ -634,11 +634,12 @@ class _Unit:
 
         if self.device_table is None:
             self.device_table = cuda.TableCache()
-        like = self.params[0].flat
-        with on_gpu(self.params[0].gpu):
-            cuda.launch_table(self.spec, self.present, self.addresses, self.sizes, like,
-                              scalars.kernel_scalars(compute_dtype(like, self.fmt)), stream,
-                              tables=self.device_table)
+        first = self.params[0]
+        with on_gpu(first.gpu):
+            cuda.launch_table(self.spec, self.present, self.addresses, self.sizes,
+                              [first.flat, first.flat, *(s.flat for s in self.states[0])],
+                              scalars.kernel_scalars(compute_dtype(first.flat, self.fmt)),
+                              stream, self.device_table, self.fmt)
 
 
 class _Plan(NamedTuple):
@@ -884,7 +885,7 @@ class Stepper:
         for w in work:  # (before any state is made or converted)
             param = self.params[w.index]
             check_state_precision(w.options["state_precision"], param.view,
-                                  f"params[{w.index}]", param.gpu is not None)
+                                  f"params[{w.index}]")
         batches: dict[tuple[Any, ...], list[_Work]] = {}
         for w in work:
             param = self.params[w.index]

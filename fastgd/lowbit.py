@@ -13,9 +13,10 @@ A parameter's state array is held in one of three forms, chosen by ``state_preci
   elements keep full-precision state, as bitsandbytes does (their state is small, and a
   block of a few elements gains little).
 
-Low precision needs a parameter that computes in float32, on the CPU
-(:func:`fastgd.arrays.check_state_precision`). Conversions run on the host: 8-bit state is
-dequantized to float32, other forms are widened or rounded to nearest even.
+Low precision needs a parameter that computes in float32
+(:func:`fastgd.arrays.check_state_precision`), on the host or a GPU. Conversions run on the
+host: 8-bit state is dequantized to float32, other forms are widened or rounded to nearest
+even.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from fastgd.arrays import convert_state, state_dtype, storage, to_host, zeros_like
+from fastgd.arrays import (
+    convert_state,
+    is_device,
+    is_torch,
+    on_device_of,
+    state_dtype,
+    storage,
+    to_host,
+    zeros_like,
+)
 from fastgd.kernelgen import ABSMAX
 
 #: parameters with fewer elements keep full-precision state under ``"8bit"`` (bitsandbytes')
@@ -52,20 +62,26 @@ def form(precision: str, quantized: str) -> str:
 
 
 def form_of(entry: Mapping[str, Any], name: str, param: Any) -> str | None:
-    """The form of ``entry[name]``, a state of ``param`` (a host view), or None when it is
-    none of them (not a host array shaped like ``param``; absmax missing or of the wrong
-    length): then it is left to the checks, which refuse it."""
+    """The form of ``entry[name]``, a state of ``param`` (a view; the state a host or
+    device array), or None when it is none of them (not an array shaped like ``param``;
+    absmax missing or of the wrong length): then it is left to the checks, which refuse
+    it."""
     array = entry.get(name)
-    if not isinstance(array, np.ndarray) or array.shape != param.shape:
+    if not _plain_array(array) or tuple(array.shape) != tuple(param.shape):
         return None
     if array.dtype == np.uint8:
         absmax = entry.get(name + ABSMAX)
-        ok = (isinstance(absmax, np.ndarray) and absmax.dtype == np.float32
-              and absmax.shape == (blocks(param.size),))
+        ok = (_plain_array(absmax) and absmax.dtype == np.float32
+              and tuple(absmax.shape) == (blocks(param.size),))
         return "8bit" if ok else None
     if storage(array) == "bf16":
         return "bf16"
     return "full" if array.dtype == state_dtype(param) else None
+
+
+def _plain_array(x: Any) -> bool:
+    """Whether ``x`` is a NumPy or Numba device array (what the optimizer makes)."""
+    return isinstance(x, np.ndarray) or (is_device(x) and not is_torch(x))
 
 
 def values(entry: Mapping[str, Any], name: str, quantized: str) -> np.ndarray:
@@ -93,7 +109,8 @@ def make(param: Any, name: str, data: Any, target: str, quantized: str) -> dict[
 
     codes, absmax = quantize_blockwise(np.asarray(data, dtype=np.float32),
                                        signed=quantized == "signed")
-    return {name: convert_state(codes, param, np.dtype(np.uint8)), name + ABSMAX: absmax}
+    return {name: convert_state(codes, param, np.dtype(np.uint8)),
+            name + ABSMAX: on_device_of(absmax, param)}
 
 
 def convert(entry: dict[str, Any], name: str, param: Any, target: str, quantized: str

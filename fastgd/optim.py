@@ -45,7 +45,9 @@ from fastgd.arrays import (
     check_state_precision,
     convert_state,
     is_array,
+    is_device,
     is_torch,
+    on_device_of,
     state_dtype,
     storage,
     to_host,
@@ -152,8 +154,7 @@ class Optimizer:
         first = len(self._engine.params)
         params = [Param(p, f"params[{first + i}]") for i, p in enumerate(originals)]
         for i, p in enumerate(params):
-            check_state_precision(group["state_precision"], p.view, f"params[{first + i}]",
-                                  p.gpu is not None)
+            check_state_precision(group["state_precision"], p.view, f"params[{first + i}]")
         _check_disjoint(self._engine.params + params)
         group["params"] = originals
         if names is not None:
@@ -347,7 +348,9 @@ class Optimizer:
                                  f"{self.algorithm.name}, got {saved[name]!r}")
         if "state_precision" in saved:  # (what the saved state was: it is converted to
             check_state_precision(saved["state_precision"])  # this optimizer's precision)
-        update = {k: saved[k] for k in keys - {"state_precision"}}
+        # (how the state is stored stays this optimizer's choice: state_precision and, with
+        # it, stochastic_rounding; the rounding seed comes with the run)
+        update = {k: saved[k] for k in keys - {"state_precision", "stochastic_rounding"}}
         if "param_names" in saved:
             names = saved["param_names"]
             if (not isinstance(names, Sequence) or len(names) != count
@@ -390,7 +393,8 @@ class Optimizer:
         view = self._engine.params[index].view
         precision = lowbit.effective(options["state_precision"], view.size,
                                      options["min_8bit_size"])
-        loaded = {k: np.asarray(v) for k, v in entry.items() if k in arrays}
+        loaded = {k: to_host(v) if is_device(v) else np.asarray(v)
+                  for k, v in entry.items() if k in arrays}
         if "master_param" in loaded:
             arr = loaded["master_param"]
             if arr.shape != view.shape or arr.dtype != np.float32:
@@ -411,7 +415,8 @@ class Optimizer:
                                       lowbit.form(precision, quantized), quantized)
                           if current != "8bit" or precision != "8bit" else
                           {key: convert_state(loaded[key], view, np.dtype(np.uint8)),
-                           key + lowbit.ABSMAX: loaded[key + lowbit.ABSMAX].copy()})
+                           key + lowbit.ABSMAX: on_device_of(loaded[key + lowbit.ABSMAX],
+                                                             view)})
         stray = [k for k in loaded if k.endswith(lowbit.ABSMAX)
                  and k.removesuffix(lowbit.ABSMAX) not in loaded]
         if stray:

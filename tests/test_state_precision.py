@@ -548,6 +548,27 @@ def test_stochastic_rounding_is_reproducible_and_seeded():
                                   resumed.state[0]["exp_avg_sq"].view(np.uint16))
 
 
+def test_stochastic_rounding_stays_the_loading_optimizers_choice():
+    """A state dict of a stochastically rounded run loads into optimizers of any precision
+    (state_precision and stochastic_rounding are theirs; the seed comes with the run)."""
+    rng = np.random.default_rng(4)
+    start = rng.standard_normal(5000).astype(np.float32)
+    source = fastgd.AdamW([start.copy()], state_precision="bf16", stochastic_rounding=True,
+                          rounding_seed=5)
+    source.step([rng.standard_normal(5000).astype(np.float32)])
+    for options in ({}, {"state_precision": "8bit"}, {"state_precision": "bf16"}):
+        target = fastgd.AdamW([start.copy()], **options)
+        target.load_state_dict(source.state_dict())
+        group = target.param_groups[0]
+        assert group["stochastic_rounding"] is False and group["rounding_seed"] == 5
+        assert group["state_precision"] == options.get("state_precision", "full")
+    full = fastgd.AdamW([start.copy()])
+    full.step([rng.standard_normal(5000).astype(np.float32)])
+    source.load_state_dict(full.state_dict())  # (a full-precision run into a rounding one)
+    assert source.param_groups[0]["stochastic_rounding"] is True
+    assert source.state[0]["exp_avg"].dtype == BF16
+
+
 @pytest.mark.parametrize("options, error, match", [
     ({"stochastic_rounding": True}, ValueError, "stochastic_rounding"),
     ({"stochastic_rounding": True, "state_precision": "8bit"}, ValueError, "bf16"),

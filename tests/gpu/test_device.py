@@ -242,21 +242,3 @@ def test_a_gradient_seen_before_is_checked_again_for_layout():
         with pytest.raises((TypeError, ValueError), match="grads\\[0\\]"):
             opt.step(bad)
     np.testing.assert_allclose(param.host, -0.2, rtol=1e-6)
-
-
-def test_low_precision_state_is_refused_on_the_gpu():
-    p = cuda.to_device(np.ones(5, np.float32))
-    with pytest.raises(TypeError, match="CPU only"):
-        fastgd.Adam([p], state_precision="bf16")
-    import ml_dtypes
-
-    m = np.zeros(5, ml_dtypes.bfloat16)
-    with pytest.raises(TypeError):
-        F.adam(p, cuda.to_device(np.ones(5, np.float32)), m, m.copy(), step=1)
-    np.testing.assert_array_equal(p.copy_to_host(), np.ones(5, np.float32))
-
-
-def test_8bit_state_is_refused_on_the_gpu():
-    p = cuda.to_device(np.ones(5000, np.float32))
-    with pytest.raises(TypeError, match="CPU only"):
-        fastgd.Adam([p], state_precision="8bit")
