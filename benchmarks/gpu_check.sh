@@ -4,6 +4,9 @@
 # benchmark. Logs, Markdown and JSON go to $OUT (default: gpu-check/).
 #
 #   OUT=gpu-check bash benchmarks/gpu_check.sh
+#
+# Narrower runs: TESTS (pytest paths), ALGORITHMS, SIZES, DTYPES, PRECISIONS (state
+# precisions, e.g. full,bf16,8bit), MANY= (no many-tensor rows), TEST_SECONDS, BENCH_SECONDS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check}
@@ -35,13 +38,15 @@ for package in ("numba", "numba-cuda", "llvmlite", "numpy", "cupy-cuda13x", "cup
 EOF
 
 echo "== pytest tests/gpu (real arrays: Numba, CuPy, torch)"
-timeout "${TEST_SECONDS:-300}" $PY -m pytest tests/gpu -q -p no:cacheprovider -rfE \
+timeout "${TEST_SECONDS:-300}" $PY -m pytest ${TESTS:-tests/gpu} -q -p no:cacheprovider -rfE \
     --durations=10 2>&1 | tee "$OUT/tests.log"
 tests=${PIPESTATUS[0]}
 
 echo "== fastgd bench --device cuda"
 timeout "${BENCH_SECONDS:-240}" $PY -m fastgd.cli bench --device cuda \
-    --sizes "${SIZES:-2**20,2**26}" --dtypes float32,float64 ${MANY---many} --repeat 9 --quiet \
+    ${ALGORITHMS:+--algorithms "$ALGORITHMS"} --state-precision "${PRECISIONS:-full}" \
+    --sizes "${SIZES:-2**20,2**26}" --dtypes "${DTYPES:-float32,float64}" ${MANY---many} \
+    --repeat 9 --quiet \
     --json "$OUT/bench.json" --markdown "$OUT/bench.md" 2>&1 | tee "$OUT/bench.log"
 bench=${PIPESTATUS[0]}
 

@@ -240,6 +240,33 @@ def _bnb_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
     return opt.step
 
 
+#: torchao's 8-bit optimizer of a row, by row name
+TORCHAO_8BIT = {"adam": "Adam8bit", "adamw": "AdamW8bit"}
+
+
+def _torchao_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
+                     ) -> tuple[Callable[[], Any], float]:
+    """torchao's 8-bit optimizer of ``case`` (blockwise, 256 elements per block) on copies
+    of the arrays as torch CPU tensors, and the seconds its first step took (torchao
+    compiles its step with ``torch.compile``); ImportError without torchao, RuntimeError
+    when it has no such optimizer."""
+    import inspect
+
+    import torch
+    import torchao.optim  # (ImportError: no baseline)
+
+    name = TORCHAO_8BIT.get(case.name)
+    if name is None:
+        raise RuntimeError(f"torchao has no 8-bit {case.name}")
+    cls = getattr(torchao.optim, name)
+    accepted = inspect.signature(cls).parameters
+    tensors = [torch.nn.Parameter(torch.tensor(p)) for p in params]
+    for t, g in zip(tensors, grads, strict=True):
+        t.grad = torch.tensor(g)
+    opt = cls(tensors, **{k: v for k, v in case.options.items() if k in accepted})
+    return opt.step, _timed(opt.step)
+
+
 def _functional_stepper(case: Case, param: np.ndarray, grad: np.ndarray,
                         precision: str = "full") -> Callable[[], None]:
     """The functional API's step of ``case`` over ``param`` (with state arrays of its own,
@@ -314,6 +341,10 @@ class Result:
     state_precision: str = "full"
     #: bitsandbytes' 8-bit optimizer's step time over this one's (8-bit rows, when installed)
     bnb_speedup: float | None = None
+    #: torchao's 8-bit optimizer's step time over this one's, and the seconds of its first
+    #: step, which compiles it (8-bit Adam and AdamW rows, when installed)
+    torchao_speedup: float | None = None
+    torchao_compile_seconds: float | None = None
 
 
 def _timed(fn: Callable[[], Any], number: int = 1) -> float:
@@ -389,6 +420,12 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
             fns["bnb"] = _bnb_stepper(case, params, grads)
         except (ImportError, RuntimeError):  # no bitsandbytes, or no such optimizer
             pass
+    compile_seconds = None
+    if baselines and precision == "8bit":
+        try:
+            fns["torchao"], compile_seconds = _torchao_stepper(case, params, grads)
+        except (ImportError, RuntimeError):  # no torchao, or no such optimizer
+            pass
     for fn in fns.values():
         fn()  # warm-up
     times = _interleaved_times(fns, repeat)
@@ -407,7 +444,8 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         roofline_seconds=float(np.median(times["roofline"])),
         pct_roofline=100.0 * ratio("roofline"), numpy_speedup=ratio("numpy"),
         torch_speedup=ratio("torch"), torch_impl=torch_impl,
-        functional_ratio=ratio("functional"), bnb_speedup=ratio("bnb"))
+        functional_ratio=ratio("functional"), bnb_speedup=ratio("bnb"),
+        torchao_speedup=ratio("torchao"), torchao_compile_seconds=compile_seconds)
 
 
 def _interleaved_times(fns: dict[str, Callable[[], Any]], repeat: int
@@ -444,6 +482,17 @@ def startup_seconds(repeat: int = 3) -> float:
     return min(runs[1:])
 
 
+def combinations(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str],
+                 many: bool, precisions: Iterable[str]
+                 ) -> list[tuple[str, int, str, list[int] | None, str]]:
+    """The cases to run, ``(algorithm, size, dtype, tensors, precision)``: every
+    combination (``tensors``: None, or with ``many`` the sizes of
+    :func:`many_tensor_sizes`), low-precision state with float32 parameters only."""
+    shapes = [(s, None) for s in sizes] + ([(0, many_tensor_sizes())] if many else [])
+    return [(a, s, d, tensors, p) for a in algorithms for p in precisions for d in dtypes
+            for s, tensors in shapes if p == "full" or d == "float32"]
+
+
 def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], repeat: int,
         baselines: bool = True, progress: bool = True, many: bool = False,
         precisions: Iterable[str] = ("full",)) -> list[Result]:
@@ -452,12 +501,10 @@ def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], 
     (``precisions`` other than ``"full"``) is benchmarked with float32 parameters only."""
     from tqdm import tqdm
 
-    shapes = [(s, None) for s in sizes] + ([(0, many_tensor_sizes())] if many else [])
-    combos = [(a, s, d, tensors, p) for a in algorithms for p in precisions for d in dtypes
-              for s, tensors in shapes if p == "full" or d == "float32"]
     results = []
     for name, size, dtype, tensors, precision in tqdm(
-            combos, desc="fastgd bench", disable=not progress, unit="case"):
+            combinations(algorithms, sizes, dtypes, many, precisions), desc="fastgd bench",
+            disable=not progress, unit="case"):
         results.append(run_case(CASES[name], size, dtype, repeat, baselines, tensors=tensors,
                                 precision=precision))
     return results
@@ -466,7 +513,7 @@ def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], 
 def format_table(results: list[Result]) -> str:
     """A plain-text table of results (the algorithm column names the GPU of GPU rows)."""
     header = ("algorithm", "dtype", "size", "time/step", "GB/s", "% roofline", "vs numpy",
-              "vs torch", "functional", "vs bnb 8-bit")
+              "vs torch", "functional", "vs bnb 8-bit", "vs torchao 8-bit")
     rows = [header]
     for r in results:
         size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors}"
@@ -474,7 +521,7 @@ def format_table(results: list[Result]) -> str:
         rows.append((name, r.dtype, size, _fmt_time(r.seconds), f"{r.gbps:.1f}",
                      f"{r.pct_roofline:.0f}%", _ratio(r.numpy_speedup),
                      _ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else ""),
-                     _ratio(r.functional_ratio), _ratio(r.bnb_speedup)))
+                     _ratio(r.functional_ratio), _ratio(r.bnb_speedup), _torchao(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
                        enumerate(zip(row, widths, strict=True))) for row in rows]
@@ -490,17 +537,19 @@ def format_markdown(results: list[Result], machine: dict[str, Any],
              f"{machine.get('threads')} threads; numba {machine.get('numba')}, "
              f"numpy {machine.get('numpy')}, Python {machine.get('python')}.", "",
              "| device | algorithm | dtype | size | time/step | GB/s | % roofline | vs NumPy "
-             "| vs torch | functional | vs bnb 8-bit |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| vs torch | functional | vs bnb 8-bit | vs torchao 8-bit |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors} tensors"
         torch = _ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else "")
         lines.append(f"| {r.device} | {_label(r)} | {r.dtype} | {size} | "
                      f"{_fmt_time(r.seconds)} | {r.gbps:.1f} | {r.pct_roofline:.0f}% | "
                      f"{_ratio(r.numpy_speedup)} | {torch} | {_ratio(r.functional_ratio)} | "
-                     f"{_ratio(r.bnb_speedup)} |")
+                     f"{_ratio(r.bnb_speedup)} | {_torchao(r)} |")
     lines += ["", "(functional: the functional API's step time over the class step's; "
-              "on a GPU the roofline is a device-to-device copy.)", "", "Targets:", ""]
+              "torchao: its step, and in brackets the seconds its first step took to "
+              "compile; on a GPU the roofline is a device-to-device copy.)", "", "Targets:",
+              ""]
     lines += _cpu_targets([r for r in results if r.device == "cpu"], startup)
     lines += _gpu_targets([r for r in results if r.device != "cpu"])
     return "\n".join(lines) + "\n"
@@ -518,6 +567,13 @@ def _verdict(ok: bool) -> str:
 
 def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
+
+
+def _torchao(r: Result) -> str:
+    """torchao's column: the ratio, and its compile time."""
+    if r.torchao_speedup is None:
+        return "-"
+    return f"{r.torchao_speedup:.2f}x ({r.torchao_compile_seconds:.0f} s compile)"
 
 
 def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:

@@ -22,7 +22,7 @@ from fastgd.bench import (
     Result,
     _torch_stepper,
     bytes_per_step,
-    many_tensor_sizes,
+    combinations,
 )
 
 
@@ -68,19 +68,19 @@ def _host_arrays(shapes: tuple[int, ...], dtype: str) -> tuple[list[np.ndarray],
 
 
 def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = True,
-             tensors: list[int] | None = None) -> Result:
-    """One (algorithm, size, dtype) on the current GPU; with ``tensors`` (a list of sizes),
-    one step over that many arrays (``size`` is ignored), against a copy of the same total
-    size."""
+             tensors: list[int] | None = None, precision: str = "full") -> Result:
+    """One (algorithm, size, dtype) on the current GPU, with state at ``precision``; with
+    ``tensors`` (a list of sizes), one step over that many arrays (``size`` is ignored),
+    against a copy of the same total size (the bytes the step moves)."""
     from numba import cuda
 
     dtype = np.dtype(dtype)
     shapes = tuple(tensors or [size])
     host_p, host_g = _host_arrays(shapes, dtype.name)
     params, grads = [cuda.to_device(p) for p in host_p], [cuda.to_device(g) for g in host_g]
-    opt = case.cls(params, **case.options)
+    opt = case.cls(params, **case.options, state_precision=precision)
     total = sum(shapes)
-    moved = bytes_per_step(case, total, dtype)
+    moved = bytes_per_step(case, total, dtype, precision)
     src = cuda.device_array(max(1, moved // 2 // dtype.itemsize), dtype=dtype)
     dst = cuda.device_array_like(src)
     fns: dict[str, Callable[[], Any]] = {"fastgd": lambda: opt.step(grads),
@@ -101,7 +101,8 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         seconds=seconds, gbps=moved / seconds / 1e9,
         roofline_seconds=float(np.median(times["copy"])),
         pct_roofline=100.0 * ratio("copy"), numpy_speedup=None,
-        torch_speedup=ratio("torch"), torch_impl=torch_impl, device=device_name())
+        torch_speedup=ratio("torch"), torch_impl=torch_impl, device=device_name(),
+        state_precision=precision)
 
 
 def _torch_step(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
@@ -130,17 +131,18 @@ def device_name() -> str:
 
 
 def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], repeat: int,
-        baselines: bool = True, progress: bool = True, many: bool = False) -> list[Result]:
+        baselines: bool = True, progress: bool = True, many: bool = False,
+        precisions: Iterable[str] = ("full",)) -> list[Result]:
     """Every combination on the GPU, with a progress bar; ``many`` adds, per algorithm and
-    dtype, one step over the 161 tensors of :func:`fastgd.bench.many_tensor_sizes`."""
+    dtype, one step over the 161 tensors of :func:`fastgd.bench.many_tensor_sizes`.
+    Low-precision state (``precisions`` other than ``"full"``) is benchmarked with float32
+    parameters only."""
     from tqdm import tqdm
 
-    combos = [(a, s, d, None) for a in algorithms for d in dtypes for s in sizes]
-    if many:
-        combos += [(a, 0, d, many_tensor_sizes()) for a in algorithms for d in dtypes]
-    return [run_case(CASES[a], s, d, repeat, baselines, tensors)
-            for a, s, d, tensors in tqdm(combos, desc="fastgd bench (cuda)",
-                                         disable=not progress, unit="case")]
+    return [run_case(CASES[a], s, d, repeat, baselines, tensors, p)
+            for a, s, d, tensors, p in tqdm(
+                combinations(algorithms, sizes, dtypes, many, precisions),
+                desc="fastgd bench (cuda)", disable=not progress, unit="case")]
 
 
 def available() -> bool:

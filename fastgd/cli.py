@@ -96,7 +96,7 @@ def _bench(args: argparse.Namespace) -> int:
     if use_gpu:
         results += bench_cuda.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
                                   baselines=not args.no_baselines, progress=not args.quiet,
-                                  many=args.many)
+                                  many=args.many, precisions=args.state_precision)
         print(f"GPU: {bench_cuda.device_name()} (rows after the CPU rows; roofline = "
               "device-to-device copy)")
     startup = bench.startup_seconds() if args.startup else None
