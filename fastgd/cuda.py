@@ -10,6 +10,11 @@ and makes later work wait for it, so an update is ordered with the caller's GPU 
 any host synchronisation. With ``stream=`` (a Numba stream, a ``torch.cuda.Stream``, a CuPy
 stream, an object with ``__cuda_stream__``, or a raw ``cudaStream_t`` handle) the update is
 queued on that stream and ordering is the caller's.
+
+State formats (:data:`STORAGES`): bfloat16 state is converted in registers as it is loaded
+and stored; with 8-bit state a warp updates one quantization block at a time (each lane 8 of
+its 256 elements, the block's new absmax a warp-wide maximum, :mod:`fastgd.warps`), with the
+maps and encoder tables of :mod:`fastgd.quantization` copied into shared memory.
 """
 
 from __future__ import annotations
@@ -278,7 +283,8 @@ def multi_source(spec: RuleSpec, present: tuple[str, ...], storage: str) -> str:
         cache=not SIMULATOR, name=kernel_name(spec, present, storage),
         likes=", ".join(likes(spec, present, storage)), scalars=", ".join(args[count:]),
         prologue=_prologue(spec, present, storage), views="\n        ".join(views),
-        first=count + rounding + 1, size=count + rounding, chunk=chunk_size(spec, present, storage),
+        first=count + rounding + 1, size=count + rounding,
+        chunk=chunk_size(spec, present, storage),
         loop=_loop(spec, present, storage, True))
 
 

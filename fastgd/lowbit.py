@@ -26,16 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fastgd.arrays import (
-    convert_state,
-    is_device,
-    is_torch,
-    on_device_of,
-    state_dtype,
-    storage,
-    to_host,
-    zeros_like,
-)
+from fastgd import arrays
 from fastgd.kernelgen import ABSMAX
 
 #: parameters with fewer elements keep full-precision state under ``"8bit"`` (bitsandbytes')
@@ -74,43 +65,43 @@ def form_of(entry: Mapping[str, Any], name: str, param: Any) -> str | None:
         ok = (_plain_array(absmax) and absmax.dtype == np.float32
               and tuple(absmax.shape) == (blocks(param.size),))
         return "8bit" if ok else None
-    if storage(array) == "bf16":
+    if arrays.storage(array) == "bf16":
         return "bf16"
-    return "full" if array.dtype == state_dtype(param) else None
+    return "full" if array.dtype == arrays.state_dtype(param) else None
 
 
 def _plain_array(x: Any) -> bool:
     """Whether ``x`` is a NumPy or Numba device array (what the optimizer makes)."""
-    return isinstance(x, np.ndarray) or (is_device(x) and not is_torch(x))
+    return isinstance(x, np.ndarray) or (arrays.is_device(x) and not arrays.is_torch(x))
 
 
 def values(entry: Mapping[str, Any], name: str, quantized: str) -> np.ndarray:
     """The values (a host array) of state ``name`` of ``entry`` in any form."""
-    array = to_host(entry[name])
+    array = arrays.to_host(entry[name])
     if array.dtype != np.uint8:
         return array
     from fastgd.quantization import dequantize_blockwise
 
-    return dequantize_blockwise(array, np.ascontiguousarray(to_host(entry[name + ABSMAX])),
-                                signed=quantized == "signed")
+    absmax = np.ascontiguousarray(arrays.to_host(entry[name + ABSMAX]))
+    return dequantize_blockwise(array, absmax, signed=quantized == "signed")
 
 
 def make(param: Any, name: str, data: Any, target: str, quantized: str) -> dict[str, Any]:
     """The entries of state ``name`` of ``param`` (a view) in form ``target``, holding
     ``data`` (values, or a number to fill with)."""
     if target != "8bit":
-        dtype = state_dtype(param, target)
+        dtype = arrays.state_dtype(param, target)
         if isinstance(data, (int, float)):
-            return {name: zeros_like(param, fill=data, dtype=dtype)}
-        return {name: convert_state(data, param, dtype)}
+            return {name: arrays.zeros_like(param, fill=data, dtype=dtype)}
+        return {name: arrays.convert_state(data, param, dtype)}
     if isinstance(data, (int, float)):
         data = np.full(param.shape, data, dtype=np.float32)
     from fastgd.quantization import quantize_blockwise
 
     codes, absmax = quantize_blockwise(np.asarray(data, dtype=np.float32),
                                        signed=quantized == "signed")
-    return {name: convert_state(codes, param, np.dtype(np.uint8)),
-            name + ABSMAX: on_device_of(absmax, param)}
+    return {name: arrays.convert_state(codes, param, np.dtype(np.uint8)),
+            name + ABSMAX: arrays.on_device_of(absmax, param)}
 
 
 def convert(entry: dict[str, Any], name: str, param: Any, target: str, quantized: str
