@@ -25,7 +25,7 @@ from functools import cached_property
 from typing import Any
 
 from fastgd import rules
-from fastgd.hyperparams import BETA, FINITE, NON_NEGATIVE, UNIT, Domain, Flag, Pair, Real
+from fastgd.hyperparams import BETA, FINITE, NON_NEGATIVE, UNIT, Domain, Flag, Parts, Real
 
 #: The step-dependent inputs an ``update`` function may ask for (besides its scalars).
 STEP_INPUTS = ("step", "first_step")
@@ -292,7 +292,7 @@ def _lr(default: float, low: float, high: float) -> Hyper:
 
 
 def _betas(default: tuple[float, float] = (0.9, 0.999)) -> Hyper:
-    return Hyper("betas", default, Pair(BETA, BETA, ("beta1", "beta2")),
+    return Hyper("betas", default, Parts((BETA, BETA), ("beta1", "beta2")),
                  (Uniform(0.5, 0.95), Uniform(0.9, 0.9999)))
 
 
@@ -574,11 +574,11 @@ p -= sign(g) * step_size;  prev = g
                   "step and spans decades within a block, where the dynamic map is coarse")),
     hyperparameters=(
         _lr(1e-2, 1e-3, 5e-2),
-        Hyper("etas", (0.5, 1.2), Pair(Real(0.0, 1.0, low_open=True),
-                                       Real(1.0, low_open=True), ("etaminus", "etaplus")),
+        Hyper("etas", (0.5, 1.2), Parts((Real(0.0, 1.0, low_open=True), Real(1.0, low_open=True)),
+                                        ("etaminus", "etaplus")),
               (Uniform(0.3, 0.8), Uniform(1.05, 1.5))),
-        Hyper("step_sizes", (1e-6, 50), Pair(NON_NEGATIVE, NON_NEGATIVE,
-                                             ("step_size_min", "step_size_max"), ordered=True),
+        Hyper("step_sizes", (1e-6, 50), Parts((NON_NEGATIVE, NON_NEGATIVE),
+                                              ("step_size_min", "step_size_max"), ordered=True),
               (Uniform(1e-6, 1e-3, log=True), Uniform(0.02, 0.5))),
         MAXIMIZE),
     update=_rprop_update, demo={"rprop": ({}, 0.01)}, shown=("etas",),

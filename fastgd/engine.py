@@ -54,7 +54,7 @@ from fastgd.arrays import (
     storage,
 )
 from fastgd.halfprec import to_float32
-from fastgd.hyperparams import Flag, Pair, integer, learning_rate, number, step_count
+from fastgd.hyperparams import Flag, Parts, integer, learning_rate, number, step_count
 from fastgd.kernelgen import (
     STATE_STORAGE,
     array_args,
@@ -248,7 +248,7 @@ class Functional:
 
     def __init__(self, algorithm: Algorithm) -> None:
         self.algorithm = algorithm
-        self._layout = [(h.name, 2 if isinstance(h.domain, Pair) else 1)
+        self._layout = [(h.name, len(h.domain.parts) if isinstance(h.domain, Parts) else 1)
                         for h in algorithm.functional_hyperparameters]
         self._layout += [(s.when, 1) for s in algorithm.optional if s.implied]
         self._states = tuple(s.name for s in algorithm.states)

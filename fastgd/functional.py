@@ -34,14 +34,14 @@ from typing import Any
 
 from fastgd import engine
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
-from fastgd.hyperparams import Pair
+from fastgd.hyperparams import Parts
 
 ArrayLike = Any  # NumPy array, torch tensor, CUDA array, or anything NumPy views without copying
 
 
 def _arguments(h: Hyper) -> tuple[str, ...]:
-    """The functional arguments of a hyperparameter: its name, or a pair's two parts."""
-    return tuple(h.domain.parts) if isinstance(h.domain, Pair) else (h.name,)
+    """The functional arguments of a hyperparameter: its name, or a tuple's parts."""
+    return tuple(h.domain.parts) if isinstance(h.domain, Parts) else (h.name,)
 
 
 def signature_parts(algorithm: Algorithm) -> tuple[list[str], list[str], list[str]]:
@@ -60,7 +60,8 @@ def _source(algorithm: Algorithm) -> str:
         positional.append(f"{name}: ArrayLike" + (" | None = None" if defaulted else ""))
     keywords = [f"{n}: int" if n == "step" else f"{n}: bool = False" if n == "first_step"
                 else f"{n}: float" for n in inputs]
-    types = {a: h.domain.first.annotation if isinstance(h.domain, Pair) else h.domain.annotation
+    types = {a: h.domain.domains[0].annotation if isinstance(h.domain, Parts)
+             else h.domain.annotation
              for h in algorithm.hyperparameters for a in _arguments(h)}
     keywords += [f"{n}: {types[n]} = _DEFAULTS[{n!r}]" for n in hypers]
     values = hypers + [f"{s.name} is not None" for s in algorithm.optional if s.implied]
@@ -102,8 +103,8 @@ def keywords(algorithm: Algorithm, options: Mapping[str, Any], strict: bool = Fa
         if h is None:
             if strict:
                 return None
-        elif isinstance(h.domain, Pair):
-            if not isinstance(value, (tuple, list)) or len(value) != 2:
+        elif isinstance(h.domain, Parts):
+            if not isinstance(value, (tuple, list)) or len(value) != len(h.domain.parts):
                 if strict:
                     return None
                 continue
@@ -138,7 +139,7 @@ def make_function(algorithm: Algorithm) -> Any:
     """The functional API's function of ``algorithm`` (with a real signature)."""
     defaults = dict(algorithm.defaults)
     for h in algorithm.hyperparameters:
-        if isinstance(h.domain, Pair):
+        if isinstance(h.domain, Parts):
             defaults.update(zip(h.domain.parts, h.default, strict=True))
     namespace: dict[str, Any] = {"ArrayLike": ArrayLike, "Any": Any,
                                  "_CALL": engine.Functional(algorithm), "_DEFAULTS": defaults}

@@ -60,28 +60,34 @@ class Flag:
 
 
 @dataclass(frozen=True)
-class Pair:
-    """Two numbers given as a pair (``betas``), each in its own domain and named by its
-    part (``beta1``, ``beta2``); ``ordered`` requires ``first <= second``."""
+class Parts:
+    """Several numbers given as a tuple (``betas``), each in its own domain and named by
+    its part (``beta1``, ``beta2``); ``ordered`` requires them in non-decreasing order."""
 
-    first: Real
-    second: Real
-    parts: tuple[str, str]
+    domains: tuple[Real, ...]
+    parts: tuple[str, ...]
     ordered: bool = False
-    annotation = "tuple[float, float]"
 
-    def check(self, name: str, value: Any) -> tuple[float, float]:
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-            raise TypeError(f"{name} must be a pair ({', '.join(self.parts)}), got {value!r}")
-        a = self.first.check(self.parts[0], value[0])
-        b = self.second.check(self.parts[1], value[1])
-        if self.ordered and a > b:
-            raise ValueError(f"invalid {name}: {value!r} ({self.parts[0]} must not exceed "
-                             f"{self.parts[1]})")
-        return a, b
+    @property
+    def annotation(self) -> str:
+        """The type of its values, for generated signatures."""
+        return f"tuple[{', '.join(['float'] * len(self.parts))}]"
+
+    def check(self, name: str, value: Any) -> tuple[float, ...]:
+        if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")
+                or len(value) != len(self.parts)):
+            kind = "pair" if len(self.parts) == 2 else f"tuple of {len(self.parts)}"
+            raise TypeError(f"{name} must be a {kind} ({', '.join(self.parts)}), got "
+                            f"{value!r}")
+        checked = tuple(d.check(part, v) for d, part, v in
+                        zip(self.domains, self.parts, value, strict=True))
+        if self.ordered and any(a > b for a, b in zip(checked, checked[1:], strict=False)):
+            raise ValueError(f"invalid {name}: {value!r} ({' <= '.join(self.parts)} is "
+                             "required)")
+        return checked
 
 
-Domain = Real | Flag | Pair
+Domain = Real | Flag | Parts
 
 NON_NEGATIVE = Real()
 FINITE = Real(low=-math.inf)

@@ -22,7 +22,7 @@ from reference import REFERENCES
 import fastgd
 from fastgd import functional as F
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, Uniform
-from fastgd.hyperparams import Flag, Pair, Real
+from fastgd.hyperparams import Flag, Parts, Real
 
 #: Every algorithm (class names), in registry order.
 NAMES = list(ALGORITHMS)
@@ -128,13 +128,13 @@ def bad_hyperparameters(name: str) -> list[tuple[dict[str, Any], tuple[str, ...]
         domain = h.domain
         if isinstance(domain, Flag):
             cases += [({h.name: bad}, (h.name,)) for bad in ("yes", None, 0.5, [True])]
-        elif isinstance(domain, Pair):
+        elif isinstance(domain, Parts):
             good = tuple(h.default)
             cases += [({h.name: bad}, (h.name,)) for bad in (good[0], good + good[:1], "ab")]
             if domain.ordered:
                 cases.append(({h.name: good[::-1]}, (h.name,)))
             for j, part in enumerate(domain.parts):
-                part_domain = (domain.first, domain.second)[j]
+                part_domain = domain.domains[j]
                 for bad in _bad_reals(part_domain):
                     value = list(good)
                     value[j] = bad
