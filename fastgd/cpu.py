@@ -41,6 +41,7 @@ from fastgd.kernelgen import (
     ROUNDING_ARGS,
     STORAGES,
     array_args,
+    check_names,
     computes_in_float32,
     join_storage,
     rule_call,
@@ -230,6 +231,7 @@ def eight_bit_source(spec: RuleSpec, present: tuple[str, ...], storage: str) -> 
 
 def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> str:
     """Python source of the CPU kernels of one rule variant and storage format."""
+    check_names(spec)
     if split_storage(storage)[2] == "8bit":
         return eight_bit_source(spec, present, storage)
     name = kernel_name(spec, present, storage)

@@ -34,6 +34,7 @@ from fastgd.kernelgen import (
     EIGHT_BIT_NAMES,
     ROUNDING_ARGS,
     array_args,
+    check_names,
     element_code,
     kernel_args,
     n_arrays,
@@ -111,13 +112,13 @@ def blockwise(spec: RuleSpec, present: tuple[str, ...], storage: str) -> bool:
 
 
 def block_body(spec: RuleSpec, present: tuple[str, ...], storage: str) -> str:
-    """Statements of one warp updating quantization block ``b = first + warp`` (elements
+    """Statements of one warp updating quantization block ``b = group + warp`` (elements
     ``lo = 256 * b`` up to ``stop``) of 8-bit state: each lane loads and decodes its 8
     elements (lane, lane + 32, ...; every load in flight together; lanes past ``stop`` read
     element 0 and store nothing), applies the rule, takes the maximum of the new ``|state|``
     over the warp (:func:`fastgd.warps.warp_max`, on bit patterns), encodes and stores."""
     quantized = quantized_states(spec, present)
-    lines = ["b = first + warp", f"lo = b * {BLOCK_SIZE}", "live = lo < stop",
+    lines = ["b = group + warp", f"lo = b * {BLOCK_SIZE}", "live = lo < stop",
              "q = b if live else 0"]
     lines += [f"{s}_scale = {s}{ABSMAX}[q]" for s in quantized]
     codes = []
@@ -143,7 +144,7 @@ def block_body(spec: RuleSpec, present: tuple[str, ...], storage: str) -> str:
 _BLOCK_LOOP = """\
 warp = cuda.threadIdx.x // {lanes}
 lane = cuda.threadIdx.x % {lanes}
-for first in range({first}, {last}, {step}):
+for group in range({first}, {last}, {step}):
     {body}"""
 
 
@@ -152,8 +153,8 @@ def block_loop(spec: RuleSpec, present: tuple[str, ...], storage: str, indent: s
                last: str = f"(stop + {BLOCK_SIZE - 1}) // {BLOCK_SIZE}",
                step: str = f"cuda.gridDim.x * {WARPS}") -> str:
     """The loop of a thread block over groups of :data:`WARPS` quantization blocks, the
-    first of each group from ``range(first, last, step)``: the same loop for every thread
-    of the block (the reduction may synchronise them)."""
+    first block of each (``group``) from ``range(first, last, step)``: the same loop for
+    every thread of the block (the reduction may synchronise them)."""
     loop = _BLOCK_LOOP.format(lanes=WARP, first=first, last=last, step=step,
                               body=_indent(block_body(spec, present, storage), "    "))
     return _indent(loop, indent)
@@ -321,6 +322,7 @@ def generate_source() -> str:
     (and a fill kernel)."""
     parts = [_HEADER, _FILL.format(cache=not SIMULATOR)]
     for spec in SPECS.values():
+        check_names(spec)
         for present in spec.variants():
             for storage in STORAGES:
                 parts += [kernel_source(spec, present, storage),

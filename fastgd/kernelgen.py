@@ -26,6 +26,23 @@ from typing import NamedTuple
 from fastgd.algorithms import RuleSpec
 from fastgd.halfprec import CONVERSIONS
 
+#: the names the generated kernels give their own variables (CPU and CUDA): a rule's
+#: states, coefficients and flags, which the kernels take as arguments, must not take one
+LOCAL_NAMES = frozenset({
+    "i", "n", "b", "c", "k", "q", "t", "w", "lo", "hi", "head", "dtype", "coefficients",
+    "stride", "stop", "start", "group", "live", "warp", "lane", "scratch", "above",
+    "middle", "tensors", "table", "sizes", "addresses", "likes", "blocks", "like",
+    "like_bits", "like_codes", "rounding_key", "rounding_base", "param", "grad", "master",
+    "grad_scale"})
+
+
+def check_names(spec: RuleSpec) -> None:
+    """Refuse a rule whose argument names would shadow a kernel's own variables."""
+    taken = LOCAL_NAMES & {*spec.coefficients, *spec.flags, *spec.states}
+    if taken:
+        raise AssertionError(f"{spec.name}: {sorted(taken)} are names of the kernels' own "
+                             "variables; rename them in the rule")
+
 
 def join_storage(*parts: str) -> str:
     """A storage format from its parts (empty parts left out)."""

@@ -131,6 +131,24 @@ def test_a_declaration_that_does_not_fit_its_rule_fails() -> None:
         dataclasses.replace(adam, name="Broken", rule=rules.nadam_rule)
 
 
+def test_a_rule_whose_names_shadow_a_kernels_variables_is_refused() -> None:
+    """A coefficient or flag named like a kernel's own variable (``first`` was once the
+    8-bit CUDA kernels' loop variable, and ADOPT's flag) is refused when kernels are made."""
+    from fastgd import cpu
+    from fastgd.kernelgen import LOCAL_NAMES, check_names
+
+    adam = SPECS["adam"]
+    for name in ("lane", "lo", "group", "stop"):
+        assert name in LOCAL_NAMES
+        clash = dataclasses.replace(adam, coefficients=(*adam.coefficients[:-1], name))
+        with pytest.raises(AssertionError, match=name):
+            check_names(clash)
+        with pytest.raises(AssertionError, match=name):
+            cpu.generate_source(clash, ())
+    for spec in SPECS.values():
+        check_names(spec)
+
+
 def test_every_rule_is_declared_once() -> None:
     assert {spec.rule for spec in SPECS.values()} == {a.rule for a in ALGORITHMS.values()}
     assert all(isinstance(a, Algorithm) for a in ALGORITHMS.values())
