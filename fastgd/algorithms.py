@@ -25,7 +25,17 @@ from functools import cached_property
 from typing import Any
 
 from fastgd import rules
-from fastgd.hyperparams import BETA, FINITE, NON_NEGATIVE, UNIT, Domain, Flag, Parts, Real
+from fastgd.hyperparams import (
+    BETA,
+    FINITE,
+    NON_NEGATIVE,
+    UNIT,
+    Domain,
+    Flag,
+    Parts,
+    Real,
+    Steps,
+)
 
 #: The step-dependent inputs an ``update`` function may ask for (besides its scalars).
 STEP_INPUTS = ("step", "first_step")
@@ -291,9 +301,10 @@ def _lr(default: float, low: float, high: float) -> Hyper:
     return Hyper("lr", default, NON_NEGATIVE, Uniform(low, high))
 
 
-def _betas(default: tuple[float, float] = (0.9, 0.999)) -> Hyper:
-    return Hyper("betas", default, Parts((BETA, BETA), ("beta1", "beta2")),
-                 (Uniform(0.5, 0.95), Uniform(0.9, 0.9999)))
+def _betas(default: tuple[float, float] = (0.9, 0.999),
+           typical: tuple[Uniform, Uniform] = (Uniform(0.5, 0.95), Uniform(0.9, 0.9999))
+           ) -> Hyper:
+    return Hyper("betas", default, Parts((BETA, BETA), ("beta1", "beta2")), typical)
 
 
 def _eps(default: float, low: float = 1e-10, high: float = 1e-6) -> Hyper:
@@ -614,9 +625,165 @@ then eta = lr / (1 + lambd * lr * t)**alpha, mu = 1 / max(1, t - t0) for the nex
     demo={"asgd": ({}, 0.05)}, shown=("lambd", "t0"),
 )
 
+def _three_betas(default: tuple[float, float, float],
+                 typical: tuple[Uniform, Uniform, Uniform]) -> Hyper:
+    return Hyper("betas", default, Parts((BETA, BETA, BETA), ("beta1", "beta2", "beta3")),
+                 typical)
+
+
+def _lion_update(lr, betas, weight_decay):
+    beta1, beta2 = betas
+    return dict(lr=lr, decay_factor=1.0 - lr * weight_decay, beta1=beta1,
+                one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
+                one=1.0, zero=0.0)
+
+
+LION = Algorithm(
+    "Lion", "Lion: the sign of an interpolated momentum (evolved sign momentum).",
+    """\
+p *= 1 - lr * weight_decay   (decoupled weight decay)
+p -= lr * sign(beta1 * exp_avg + (1 - beta1) * g)
+exp_avg = beta2 * exp_avg + (1 - beta2) * g""",
+    "optax.lion; lucidrains/lion-pytorch", rules.lion_rule,
+    states=(State("exp_avg", eight_bit="signed"),),
+    hyperparameters=(
+        _lr(1e-4, 1e-4, 3e-3),
+        _betas((0.9, 0.99), (Uniform(0.8, 0.95), Uniform(0.95, 0.999))),
+        WEIGHT_DECAY, MAXIMIZE),
+    update=_lion_update, demo={"lion": ({}, 0.05)}, shown=("betas",),
+)
+
+
+def _adopt_update(lr, betas, eps, weight_decay, decouple, *, step):
+    beta1, beta2 = betas
+    weight = 1.0 - beta1  # (torch's lerp: two formulas, by the weight)
+    decoupled = decouple and weight_decay != 0
+    return dict(lr=lr, weight_decay=weight_decay, neg_lr_wd=-lr * weight_decay,
+                lerp_weight=weight, lerp_rest=1.0 - weight, one_minus_beta2=1.0 - beta2,
+                beta2=beta2, eps=eps, clip=float(step - 1) ** 0.25,
+                l2=weight_decay != 0 and not decoupled, decoupled=decoupled,
+                first=step == 1, lerp_low=abs(weight) < 0.5)
+
+
+ADOPT = Algorithm(
+    "ADOPT", "ADOPT: Adam that normalizes the gradient by the second moment of the steps "
+    "before it, then clips it (converges with any beta2).",
+    """\
+g += weight_decay * p   (decouple: p *= 1 - lr * weight_decay instead, from step 2)
+step 1:  exp_avg_sq = g * g   (nothing else)
+then:    n = clamp(g / max(sqrt(exp_avg_sq), eps), -(t - 1)**0.25, (t - 1)**0.25)
+         exp_avg = exp_avg + (1 - beta1) * (n - exp_avg)
+         p -= lr * exp_avg
+         exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g""",
+    "iShohei220/adopt (torch-adopt); optax.contrib.adopt", rules.adopt_rule,
+    states=(State("exp_avg", eight_bit="signed"), State("exp_avg_sq", eight_bit="unsigned")),
+    hyperparameters=(
+        _lr(1e-3, 1e-3, 3e-2), _betas((0.9, 0.9999)), _eps(1e-6, 1e-8, 1e-5), WEIGHT_DECAY,
+        _flag("decouple"), MAXIMIZE),
+    update=_adopt_update, demo={"adopt": ({}, 0.05)}, shown=("betas",),
+)
+
+
+def linear_warmup(step: int, end: float, start: float, warmup: int) -> float:
+    """AdEMAMix's ``alpha`` at ``step``: linear from ``start`` to ``end`` over ``warmup``
+    steps (``linear_warmup_scheduler`` of apple/ml-ademamix)."""
+    if step < warmup:
+        a = step / float(warmup)
+        return (1.0 - a) * start + a * end
+    return end
+
+
+def half_life_warmup(step: int, end: float, start: float, warmup: int) -> float:
+    """AdEMAMix's ``beta3`` at ``step``: its half-life ``log(0.5) / log(beta) - 1`` linear
+    from ``start``'s to ``end``'s over ``warmup`` steps (``linear_hl_warmup_scheduler``)."""
+    def half_life(beta: float) -> float:
+        return math.log(0.5) / math.log(beta + 1e-8) - 1.0
+
+    if step < warmup:
+        a = step / float(warmup)
+        return math.pow(0.5, 1.0 / ((1.0 - a) * half_life(start) + a * half_life(end) + 1.0))
+    return end
+
+
+def _ademamix_update(lr, betas, alpha, beta3_warmup, alpha_warmup, eps, weight_decay, *,
+                     step):
+    beta1, beta2, beta3 = betas
+    if alpha_warmup is not None:
+        alpha = linear_warmup(step, alpha, 0.0, alpha_warmup)
+    if beta3_warmup is not None:
+        beta3 = half_life_warmup(step, beta3, beta1, beta3_warmup)
+    return dict(lr=lr, weight_decay=weight_decay, bc1=1.0 - beta1**step, beta1=beta1,
+                one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
+                beta3=beta3, one_minus_beta3=1.0 - beta3,
+                sqrt_bc2=math.sqrt(1.0 - beta2**step), alpha=alpha, eps=eps)
+
+
+ADEMAMIX = Algorithm(
+    "AdEMAMix", "AdEMAMix: Adam with a second, slow EMA of the gradient mixed in.",
+    """\
+exp_avg_fast = beta1 * exp_avg_fast + (1 - beta1) * g
+exp_avg_slow = beta3 * exp_avg_slow + (1 - beta3) * g
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+u = (exp_avg_fast / (1 - beta1**t) + alpha * exp_avg_slow)
+    / (sqrt(exp_avg_sq) / sqrt(1 - beta2**t) + eps) + weight_decay * p
+p -= lr * u
+(alpha rises linearly from 0 over alpha_warmup steps; beta3's half-life linearly from
+beta1's over beta3_warmup steps)""",
+    "apple/ml-ademamix; optax.contrib.ademamix", rules.ademamix_rule,
+    states=(State("exp_avg_fast", eight_bit="signed"), State("exp_avg_slow", eight_bit="signed"),
+            State("exp_avg_sq", eight_bit="unsigned")),
+    hyperparameters=(
+        _lr(1e-3, 1e-3, 3e-2),
+        _three_betas((0.9, 0.999, 0.9999),
+                     (Uniform(0.5, 0.95), Uniform(0.9, 0.9999), Uniform(0.95, 0.9999))),
+        Hyper("alpha", 2.0, NON_NEGATIVE, Uniform(0.5, 8.0)),
+        Hyper("beta3_warmup", None, Steps(), Uniform(2, 60), switch=True),
+        Hyper("alpha_warmup", None, Steps(), Uniform(2, 60), switch=True),
+        _eps(1e-8), WEIGHT_DECAY, MAXIMIZE),
+    update=_ademamix_update, demo={"ademamix": ({}, 0.03)}, shown=("alpha",),
+)
+
+
+def _adan_update(lr, betas, eps, weight_decay, no_prox, *, step):
+    beta1, beta2, beta3 = betas
+    return dict(step_size=lr / (1.0 - beta1**step),
+                step_size_diff=lr * beta2 / (1.0 - beta2**step),
+                decay_factor=1.0 - lr * weight_decay, prox_factor=1.0 + lr * weight_decay,
+                beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+                one_minus_beta2=1.0 - beta2, beta3=beta3, one_minus_beta3=1.0 - beta3,
+                sqrt_bc3=math.sqrt(1.0 - beta3**step), eps=eps, first=step == 1,
+                no_prox=no_prox)
+
+
+ADAN = Algorithm(
+    "Adan", "Adan: adaptive Nesterov momentum, from the gradient and its change.",
+    """\
+d = g - g_prev   (0 on the first step)
+exp_avg = beta1 * exp_avg + (1 - beta1) * g
+exp_avg_diff = beta2 * exp_avg_diff + (1 - beta2) * d
+exp_avg_sq = beta3 * exp_avg_sq + (1 - beta3) * (g + beta2 * d)**2
+den = sqrt(exp_avg_sq) / sqrt(1 - beta3**t) + eps
+p -= lr / (1 - beta1**t) * exp_avg / den + lr * beta2 / (1 - beta2**t) * exp_avg_diff / den
+weight decay: p /= 1 + lr * weight_decay after (proximal), or p *= 1 - lr * weight_decay
+before (no_prox); neg_pre_grad = -g""",
+    "sail-sg/Adan; optax.adan", rules.adan_rule,
+    states=(State("exp_avg", eight_bit="signed"), State("exp_avg_sq", eight_bit="unsigned"),
+            State("exp_avg_diff", eight_bit="signed"),
+            State("neg_pre_grad", eight_bit="full",
+                  why="the previous gradient: its difference with the next gradient is the "
+                  "signal, and 8-bit codes would add noise of the gradient's own size to it")),
+    hyperparameters=(
+        _lr(1e-3, 1e-3, 3e-2),
+        _three_betas((0.98, 0.92, 0.99),
+                     (Uniform(0.9, 0.99), Uniform(0.8, 0.95), Uniform(0.95, 0.999))),
+        _eps(1e-8), WEIGHT_DECAY, _flag("no_prox"), MAXIMIZE),
+    update=_adan_update, demo={"adan": ({}, 0.05)}, shown=("betas",),
+)
+
 #: Every algorithm, by class name.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM, RPROP, ASGD,
+    LION, ADOPT, ADEMAMIX, ADAN,
 )}
 
 #: Every rule's kernel signature, by rule name (algorithms may share a rule).

@@ -87,7 +87,19 @@ class Parts:
         return checked
 
 
-Domain = Real | Flag | Parts
+@dataclass(frozen=True)
+class Steps:
+    """A number of steps (an ``int`` of at least 1), or ``None`` (a warmup left out)."""
+
+    annotation = "int | None"
+
+    def check(self, name: str, value: Any) -> int | None:
+        if value is None:
+            return None
+        return integer(name, value, low=1)
+
+
+Domain = Real | Flag | Parts | Steps
 
 NON_NEGATIVE = Real()
 FINITE = Real(low=-math.inf)

@@ -253,3 +253,108 @@ def asgd_rule(p, g, ax, step_size, decay, weight_decay, ax_weight, l2, averaging
     else:
         ax = p
     return p, ax
+
+
+@rule
+def sign(x, one, zero):
+    """``sign(x)``: ``one`` or ``-one``, and ``x`` itself at zero (keeping the sign of
+    ``-0.0``) and at NaN (which propagates), as ``jnp.sign``."""
+    if x > zero:
+        return one
+    if x < zero:
+        return -one
+    return x
+
+
+@rule
+def lion_rule(p, g, exp_avg, lr, decay_factor, beta1, one_minus_beta1, beta2,
+              one_minus_beta2, one, zero):
+    """Lion (evolved sign momentum).
+
+    ``p *= 1 - lr * wd`` (decoupled weight decay); ``p -= lr * sign(beta1 m + (1 - beta1) g)``;
+    ``m = beta2 m + (1 - beta2) g``.
+    """
+    p = p * decay_factor
+    p = p - lr * sign(exp_avg * beta1 + one_minus_beta1 * g, one, zero)
+    exp_avg = exp_avg * beta2 + one_minus_beta2 * g
+    return p, exp_avg
+
+
+@rule
+def adopt_rule(p, g, exp_avg, exp_avg_sq, lr, weight_decay, neg_lr_wd, lerp_weight,
+               lerp_rest, one_minus_beta2, beta2, eps, clip, l2, decoupled, first, lerp_low):
+    """ADOPT (Adam with the gradient normalized by the second moment of the *previous*
+    steps, then clipped).
+
+    ``g += wd * p`` (L2); on the first step only ``v = g^2``. Then: ``p += -lr wd p``
+    (decoupled); ``n = clamp(g / max(sqrt(v), eps), -clip, clip)`` (``clip = (t - 1)^0.25``);
+    ``m = lerp(m, n, 1 - beta1)`` (torch's two-branch ``lerp``: ``lerp_low`` when
+    ``1 - beta1 < 0.5``); ``p -= lr m``; ``v = beta2 v + (1 - beta2) g^2``.
+    """
+    if l2:
+        g = g + weight_decay * p
+    if first:
+        exp_avg_sq = exp_avg_sq + g * g
+        return p, exp_avg, exp_avg_sq
+    if decoupled:
+        p = p + neg_lr_wd * p
+    n = g / nan_max(math.sqrt(exp_avg_sq), eps)
+    n = nan_min(nan_max(n, -clip), clip)
+    if lerp_low:
+        exp_avg = exp_avg + lerp_weight * (n - exp_avg)
+    else:
+        exp_avg = n - (n - exp_avg) * lerp_rest
+    p = p - lr * exp_avg
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * (g * g)
+    return p, exp_avg, exp_avg_sq
+
+
+@rule
+def ademamix_rule(p, g, exp_avg_fast, exp_avg_slow, exp_avg_sq, lr, weight_decay, bc1,
+                  beta1, one_minus_beta1, beta2, one_minus_beta2, beta3, one_minus_beta3,
+                  sqrt_bc2, alpha, eps):
+    """AdEMAMix (a fast and a slow EMA of the gradient).
+
+    ``m1 = beta1 m1 + (1 - beta1) g``; ``m2 = beta3 m2 + (1 - beta3) g`` (``beta3`` and
+    ``alpha`` this step's, after their warmups); ``v = beta2 v + (1 - beta2) g^2``;
+    ``u = (m1 / (1 - beta1^t) + alpha m2) / (sqrt(v) / sqrt(1 - beta2^t) + eps) + wd p``;
+    ``p -= lr u``.
+    """
+    exp_avg_fast = exp_avg_fast * beta1 + one_minus_beta1 * g
+    exp_avg_slow = exp_avg_slow * beta3 + one_minus_beta3 * g
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * (g * g)
+    denom = math.sqrt(exp_avg_sq) / sqrt_bc2 + eps
+    update = (exp_avg_fast / bc1 + alpha * exp_avg_slow) / denom
+    update = update + weight_decay * p
+    p = p - lr * update
+    return p, exp_avg_fast, exp_avg_slow, exp_avg_sq
+
+
+@rule
+def adan_rule(p, g, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, step_size,
+              step_size_diff, decay_factor, prox_factor, beta1, one_minus_beta1, beta2,
+              one_minus_beta2, beta3, one_minus_beta3, sqrt_bc3, eps, first, no_prox):
+    """Adan (adaptive Nesterov momentum), sail-sg/Adan's formulation.
+
+    ``d = g - g_prev`` (0 on the first step); ``m = beta1 m + (1 - beta1) g``;
+    ``m_d = beta2 m_d + (1 - beta2) d``; ``u = g + beta2 d``;
+    ``n = beta3 n + (1 - beta3) u^2``; ``den = sqrt(n) / sqrt(1 - beta3^t) + eps``;
+    ``p -= lr / (1 - beta1^t) m / den + lr beta2 / (1 - beta2^t) m_d / den``, with weight
+    decay ``p *= 1 - lr wd`` before (``no_prox``) or ``p /= 1 + lr wd`` after;
+    ``neg_pre_grad = -g``.
+    """
+    if first:
+        neg_pre_grad = -g
+    diff = neg_pre_grad + g
+    exp_avg = exp_avg * beta1 + one_minus_beta1 * g
+    exp_avg_diff = exp_avg_diff * beta2 + one_minus_beta2 * diff
+    u = diff * beta2 + g
+    exp_avg_sq = exp_avg_sq * beta3 + one_minus_beta3 * (u * u)
+    denom = math.sqrt(exp_avg_sq) / sqrt_bc3 + eps
+    if no_prox:
+        p = p * decay_factor
+    p = p - step_size * (exp_avg / denom)
+    p = p - step_size_diff * (exp_avg_diff / denom)
+    if not no_prox:
+        p = p / prox_factor
+    return p, exp_avg, exp_avg_sq, exp_avg_diff, -g

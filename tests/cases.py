@@ -22,7 +22,7 @@ from reference import REFERENCES
 import fastgd
 from fastgd import functional as F
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, Uniform
-from fastgd.hyperparams import Flag, Parts, Real
+from fastgd.hyperparams import Flag, Parts, Real, Steps
 
 #: Every algorithm (class names), in registry order.
 NAMES = list(ALGORITHMS)
@@ -88,6 +88,8 @@ def random_hyperparameters(name: str, on: tuple[str, ...] | set[str],
     for h in constructor_hypers(name):
         if isinstance(h.domain, Flag):
             hp[h.name] = h.name in on
+        elif isinstance(h.domain, Steps):  # (a warmup: None when off, a whole number on)
+            hp[h.name] = int(round(draw(h.typical, rng))) if h.name in on else None
         elif h.switch and h.name not in on:
             hp[h.name] = 0.0
         elif isinstance(h.typical, tuple):
@@ -128,6 +130,8 @@ def bad_hyperparameters(name: str) -> list[tuple[dict[str, Any], tuple[str, ...]
         domain = h.domain
         if isinstance(domain, Flag):
             cases += [({h.name: bad}, (h.name,)) for bad in ("yes", None, 0.5, [True])]
+        elif isinstance(domain, Steps):
+            cases += [({h.name: bad}, (h.name,)) for bad in (0, -3, 2.5, "10", True)]
         elif isinstance(domain, Parts):
             good = tuple(h.default)
             cases += [({h.name: bad}, (h.name,)) for bad in (good[0], good + good[:1], "ab")]

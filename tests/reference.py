@@ -20,7 +20,8 @@ import numpy as np
 
 __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
-    "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "ASGDRef", "REFERENCES", "nadam_mu",
+    "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "ASGDRef", "LionRef", "ADOPTRef",
+    "AdEMAMixRef", "AdanRef", "REFERENCES", "nadam_mu",
 ]
 
 
@@ -345,9 +346,121 @@ class ASGDRef(Reference):
         return p
 
 
+class LionRef(Reference):
+    """Lion (lucidrains/lion-pytorch's ``update_fn``; optax.lion up to rounding): decoupled
+    weight decay, the sign of the interpolated momentum (``jnp.sign``: 0 at 0, NaN at NaN),
+    then the momentum update."""
+
+    defaults = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        lr, wd = hp["lr"], hp["weight_decay"]
+        beta1, beta2 = hp["betas"]
+        exp_avg = self._zeros(p, "exp_avg")
+        p = p * (1.0 - lr * wd)
+        p = p - lr * np.sign(exp_avg * beta1 + (1.0 - beta1) * g)
+        self.state["exp_avg"] = exp_avg * beta2 + (1.0 - beta2) * g
+        return p
+
+
+class ADOPTRef(Reference):
+    """ADOPT (iShohei220/adopt, the single-tensor path): the first step only sets
+    ``exp_avg_sq = g^2``; later steps normalize by the previous second moment, clip at
+    ``(t - 1) ** 0.25``, then update the momentum and ``exp_avg_sq``."""
+
+    defaults = dict(lr=1e-3, betas=(0.9, 0.9999), eps=1e-6, weight_decay=0.0, decouple=False,
+                    maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        lr, wd, eps = hp["lr"], hp["weight_decay"], hp["eps"]
+        beta1, beta2 = hp["betas"]
+        exp_avg = self._zeros(p, "exp_avg")
+        exp_avg_sq = self._zeros(p, "exp_avg_sq")
+        if wd != 0 and not hp["decouple"]:
+            g = g + wd * p
+        if self.t == 1:
+            self.state["exp_avg_sq"] = exp_avg_sq + g * g
+            return p
+        if wd != 0 and hp["decouple"]:
+            p = p - lr * wd * p
+        clip = (self.t - 1) ** 0.25
+        normed = np.clip(g / np.maximum(np.sqrt(exp_avg_sq), eps), -clip, clip)
+        exp_avg = exp_avg + (1.0 - beta1) * (normed - exp_avg)
+        self.state["exp_avg"] = exp_avg
+        self.state["exp_avg_sq"] = beta2 * exp_avg_sq + (1.0 - beta2) * g * g
+        return p - lr * exp_avg
+
+
+def ademamix_alpha(step: int, alpha: float, warmup: int | None) -> float:
+    """apple/ml-ademamix's ``linear_warmup_scheduler(step, alpha, 0, warmup)``."""
+    if warmup is None or step >= warmup:
+        return alpha
+    return step / warmup * alpha
+
+
+def ademamix_beta3(step: int, beta3: float, beta1: float, warmup: int | None) -> float:
+    """apple/ml-ademamix's ``linear_hl_warmup_scheduler(step, beta3, beta1, warmup)``: the
+    half-life ``ln(0.5) / ln(beta + 1e-8) - 1`` moves linearly from beta1's to beta3's."""
+    if warmup is None or step >= warmup:
+        return beta3
+    a = step / warmup
+    half = [math.log(0.5) / math.log(b + 1e-8) - 1.0 for b in (beta1, beta3)]
+    return 0.5 ** (1.0 / ((1.0 - a) * half[0] + a * half[1] + 1.0))
+
+
+class AdEMAMixRef(Reference):
+    """AdEMAMix (apple/ml-ademamix ``pytorch/ademamix.py``): bias-corrected fast EMA and
+    second moment, an uncorrected slow EMA weighted by ``alpha``, decoupled decay times lr."""
+
+    defaults = dict(lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=2.0, beta3_warmup=None,
+                    alpha_warmup=None, eps=1e-8, weight_decay=0.0, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        lr, t = hp["lr"], self.t
+        beta1, beta2, beta3 = hp["betas"]
+        alpha = ademamix_alpha(t, hp["alpha"], hp["alpha_warmup"])
+        beta3 = ademamix_beta3(t, beta3, beta1, hp["beta3_warmup"])
+        fast = beta1 * self._zeros(p, "exp_avg_fast") + (1.0 - beta1) * g
+        slow = beta3 * self._zeros(p, "exp_avg_slow") + (1.0 - beta3) * g
+        sq = beta2 * self._zeros(p, "exp_avg_sq") + (1.0 - beta2) * g * g
+        self.state.update(exp_avg_fast=fast, exp_avg_slow=slow, exp_avg_sq=sq)
+        denom = np.sqrt(sq) / math.sqrt(1.0 - beta2**t) + hp["eps"]
+        update = (fast / (1.0 - beta1**t) + alpha * slow) / denom + hp["weight_decay"] * p
+        return p - lr * update
+
+
+class AdanRef(Reference):
+    """Adan (sail-sg/Adan, ``_single_tensor_adan``): the gradient's change ``d`` (0 on the
+    first step), three bias-corrected moments, proximal (``p / (1 + lr wd)`` after the
+    step) or plain (``no_prox``: ``p (1 - lr wd)`` before it) weight decay."""
+
+    defaults = dict(lr=1e-3, betas=(0.98, 0.92, 0.99), eps=1e-8, weight_decay=0.0,
+                    no_prox=False, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        lr, wd, t = hp["lr"], hp["weight_decay"], self.t
+        beta1, beta2, beta3 = hp["betas"]
+        previous = -self.state["neg_pre_grad"] if t > 1 else g
+        d = g - previous
+        m = beta1 * self._zeros(p, "exp_avg") + (1.0 - beta1) * g
+        m_d = beta2 * self._zeros(p, "exp_avg_diff") + (1.0 - beta2) * d
+        n = beta3 * self._zeros(p, "exp_avg_sq") + (1.0 - beta3) * (g + beta2 * d) ** 2
+        self.state.update(exp_avg=m, exp_avg_diff=m_d, exp_avg_sq=n, neg_pre_grad=-g)
+        denom = np.sqrt(n) / math.sqrt(1.0 - beta3**t) + hp["eps"]
+        if hp["no_prox"]:
+            p = p * (1.0 - lr * wd)
+        p = p - lr / (1.0 - beta1**t) * m / denom - lr * beta2 / (1.0 - beta2**t) * m_d / denom
+        return p if hp["no_prox"] else p / (1.0 + lr * wd)
+
+
 #: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
     "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
-    "RAdam": RAdamRef, "Rprop": RpropRef, "ASGD": ASGDRef,
+    "RAdam": RAdamRef, "Rprop": RpropRef, "ASGD": ASGDRef, "Lion": LionRef, "ADOPT": ADOPTRef,
+    "AdEMAMix": AdEMAMixRef, "Adan": AdanRef,
 }
