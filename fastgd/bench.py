@@ -240,6 +240,56 @@ def _bnb_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
     return opt.step
 
 
+def _optax_transforms() -> dict[str, Callable[[Any, dict[str, Any]], Any]]:
+    """optax's transformation of a row, by row name, from the row's (checked) options."""
+    return {
+        "lion": lambda optax, o: optax.lion(o["lr"], b1=o["betas"][0], b2=o["betas"][1],
+                                            weight_decay=o["weight_decay"]),
+        "adopt": lambda optax, o: optax.contrib.adopt(o["lr"], b1=o["betas"][0],
+                                                      b2=o["betas"][1], eps=o["eps"]),
+        "ademamix": lambda optax, o: optax.contrib.ademamix(
+            o["lr"], b1=o["betas"][0], b2=o["betas"][1], b3=o["betas"][2], alpha=o["alpha"],
+            eps=o["eps"], weight_decay=o["weight_decay"]),
+        "adan": lambda optax, o: optax.adan(o["lr"], b1=o["betas"][0], b2=o["betas"][1],
+                                            b3=o["betas"][2], eps=o["eps"], eps_root=0.0,
+                                            weight_decay=o["weight_decay"]),
+        "adam": lambda optax, o: optax.adam(o["lr"], b1=o["betas"][0], b2=o["betas"][1],
+                                            eps=o["eps"]),
+        "adamw": lambda optax, o: optax.adamw(o["lr"], b1=o["betas"][0], b2=o["betas"][1],
+                                              eps=o["eps"], weight_decay=o["weight_decay"]),
+    }
+
+
+def _optax_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
+                   ) -> Callable[[], Any]:
+    """optax's step of ``case`` under ``jax.jit`` with the parameters and optimizer state
+    donated (updated in place, as fastgd's), float32 only; ImportError without optax,
+    RuntimeError when it has no such optimizer or dtype."""
+    import jax
+    import optax
+
+    make = _optax_transforms().get(case.name)
+    if make is None or params[0].dtype != np.float32:
+        raise RuntimeError(f"no optax baseline for {case.name} in {params[0].dtype}")
+    transform = make(optax, case.algorithm.check({**case.algorithm.defaults,
+                                                  **case.options}))
+
+    def update(p: Any, state: Any, g: Any) -> tuple[Any, Any]:
+        updates, state = transform.update(g, state, p)
+        return optax.apply_updates(p, updates), state
+
+    step = jax.jit(update, donate_argnums=(0, 1))
+    arrays = [jax.numpy.asarray(p) for p in params]
+    held = [arrays, transform.init(arrays), [jax.numpy.asarray(g) for g in grads]]
+
+    def run() -> None:
+        held[0], held[1] = step(held[0], held[1], held[2])
+        jax.block_until_ready(held[0])
+
+    run()  # (compiles)
+    return run
+
+
 #: torchao's 8-bit optimizer of a row, by row name
 TORCHAO_8BIT = {"adam": "Adam8bit", "adamw": "AdamW8bit"}
 
@@ -345,6 +395,8 @@ class Result:
     #: step, which compiles it (8-bit Adam and AdamW rows, when installed)
     torchao_speedup: float | None = None
     torchao_compile_seconds: float | None = None
+    #: optax's step time (``jax.jit``, donated buffers) over this one's (rows optax has)
+    optax_speedup: float | None = None
 
 
 def _timed(fn: Callable[[], Any], number: int = 1) -> float:
@@ -420,6 +472,11 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
             fns["bnb"] = _bnb_stepper(case, params, grads)
         except (ImportError, RuntimeError):  # no bitsandbytes, or no such optimizer
             pass
+    if baselines and precision == "full":
+        try:
+            fns["optax"] = _optax_stepper(case, params, grads)
+        except (ImportError, RuntimeError):  # no optax, or no such optimizer here
+            pass
     compile_seconds = None
     if baselines and precision == "8bit":
         try:
@@ -445,7 +502,8 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         pct_roofline=100.0 * ratio("roofline"), numpy_speedup=ratio("numpy"),
         torch_speedup=ratio("torch"), torch_impl=torch_impl,
         functional_ratio=ratio("functional"), bnb_speedup=ratio("bnb"),
-        torchao_speedup=ratio("torchao"), torchao_compile_seconds=compile_seconds)
+        torchao_speedup=ratio("torchao"), torchao_compile_seconds=compile_seconds,
+        optax_speedup=ratio("optax"))
 
 
 def _interleaved_times(fns: dict[str, Callable[[], Any]], repeat: int
@@ -513,7 +571,7 @@ def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], 
 def format_table(results: list[Result]) -> str:
     """A plain-text table of results (the algorithm column names the GPU of GPU rows)."""
     header = ("algorithm", "dtype", "size", "time/step", "GB/s", "% roofline", "vs numpy",
-              "vs torch", "functional", "vs bnb 8-bit", "vs torchao 8-bit")
+              "vs torch", "vs optax", "functional", "vs bnb 8-bit", "vs torchao 8-bit")
     rows = [header]
     for r in results:
         size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors}"
@@ -521,7 +579,8 @@ def format_table(results: list[Result]) -> str:
         rows.append((name, r.dtype, size, _fmt_time(r.seconds), f"{r.gbps:.1f}",
                      f"{r.pct_roofline:.0f}%", _ratio(r.numpy_speedup),
                      _ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else ""),
-                     _ratio(r.functional_ratio), _ratio(r.bnb_speedup), _torchao(r)))
+                     _ratio(r.optax_speedup), _ratio(r.functional_ratio),
+                     _ratio(r.bnb_speedup), _torchao(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
                        enumerate(zip(row, widths, strict=True))) for row in rows]
@@ -537,14 +596,16 @@ def format_markdown(results: list[Result], machine: dict[str, Any],
              f"{machine.get('threads')} threads; numba {machine.get('numba')}, "
              f"numpy {machine.get('numpy')}, Python {machine.get('python')}.", "",
              "| device | algorithm | dtype | size | time/step | GB/s | % roofline | vs NumPy "
-             "| vs torch | functional | vs bnb 8-bit | vs torchao 8-bit |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| vs torch | vs optax | functional | vs bnb 8-bit | vs torchao 8-bit |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+             "| ---: |"]
     for r in results:
         size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors} tensors"
         torch = _ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else "")
         lines.append(f"| {r.device} | {_label(r)} | {r.dtype} | {size} | "
                      f"{_fmt_time(r.seconds)} | {r.gbps:.1f} | {r.pct_roofline:.0f}% | "
-                     f"{_ratio(r.numpy_speedup)} | {torch} | {_ratio(r.functional_ratio)} | "
+                     f"{_ratio(r.numpy_speedup)} | {torch} | {_ratio(r.optax_speedup)} | "
+                     f"{_ratio(r.functional_ratio)} | "
                      f"{_ratio(r.bnb_speedup)} | {_torchao(r)} |")
     lines += ["", "(functional: the functional API's step time over the class step's; "
               "torchao: its step, and in brackets the seconds its first step took to "
@@ -567,6 +628,10 @@ def _verdict(ok: bool) -> str:
 
 def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
+
+
+#: the speed-up over optax's jit-compiled step each row must reach (2**24 float32)
+OPTAX_TARGETS = {"lion": 2.5, "adopt": 2.5, "adan": 2.5, "ademamix": 1.0}
 
 
 def _torchao(r: Result) -> str:
@@ -593,7 +658,12 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
                      f"({_verdict(ok_torch)} >= {least}x)"
                      + (f", {_ratio(r.bnb_speedup)} bitsandbytes 8-bit "
                         f"({_verdict(r.bnb_speedup >= 20)} >= 20x)"
-                        if r.bnb_speedup is not None and r.algorithm == "adamw" else ""))
+                        if r.bnb_speedup is not None and r.algorithm == "adamw" else "")
+                     + (f", {_ratio(r.optax_speedup)} optax "
+                        f"({_verdict(r.optax_speedup >= OPTAX_TARGETS[r.algorithm])} >= "
+                        f"{OPTAX_TARGETS[r.algorithm]}x)"
+                        if r.optax_speedup is not None and r.algorithm in OPTAX_TARGETS
+                        else ""))
     full = {(r.algorithm, r.dtype, r.size, r.tensors): r for r in results
             if r.state_precision == "full"}
     for r in (r for r in results if r.state_precision == "8bit" and r.algorithm in (
