@@ -78,8 +78,10 @@ def _state_like(param: np.ndarray, precision: str, fill: float = 0.0) -> np.ndar
 
 @cache
 def _copy_kernels() -> Any:
+    """The roofline kernels ``copy{k}``: param, grad and ``k`` states, for every ``k`` an
+    algorithm has."""
     sources = []
-    for k in range(4):
+    for k in range(1 + max(len(a.spec.states) for a in ALGORITHMS.values())):
         states = [f"s{j}" for j in range(k)]
         body = "; ".join(["g = grad[i]", "param[i] = param[i] + g",
                           *(f"{s}[i] = {s}[i] + g" for s in states)])
