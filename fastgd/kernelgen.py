@@ -38,7 +38,8 @@ LOCAL_NAMES = frozenset({
 
 def check_names(spec: RuleSpec) -> None:
     """Refuse a rule whose argument names would shadow a kernel's own variables."""
-    taken = LOCAL_NAMES & {*spec.coefficients, *spec.flags, *spec.states}
+    reserved = LOCAL_NAMES.union(*EIGHT_BIT_NAMES.values())  # (with the 8-bit tables)
+    taken = reserved & {*spec.coefficients, *spec.flags, *spec.states}
     if taken:
         raise AssertionError(f"{spec.name}: {sorted(taken)} are names of the kernels' own "
                              "variables; rename them in the rule")
