@@ -196,15 +196,24 @@ NUMPY_STEPS: dict[str, Callable[[np.ndarray, np.ndarray, list[np.ndarray], int],
 }
 
 
+def _torch_parameters(params: list[np.ndarray], grads: list[np.ndarray],
+                      device: str = "cpu") -> list[Any]:
+    """Copies of the arrays as torch parameters on ``device``, each with its ``.grad``."""
+    import torch
+
+    tensors = [torch.nn.Parameter(torch.tensor(p, device=device)) for p in params]
+    for t, g in zip(tensors, grads, strict=True):
+        t.grad = torch.tensor(g, device=device)
+    return tensors
+
+
 def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray],
                    device: str = "cpu") -> tuple[Callable[[], Any], str]:
     """torch.optim's fastest step of ``case`` on copies of the arrays on ``device`` (fused
     where torch has it, else foreach), and which of the two it is."""
     import torch
 
-    tensors = [torch.nn.Parameter(torch.tensor(p, device=device)) for p in params]
-    for t, g in zip(tensors, grads, strict=True):
-        t.grad = torch.tensor(g, device=device)
+    tensors = _torch_parameters(params, grads, device)
     cls = getattr(torch.optim, case.torch_name, None)
     if cls is None:
         raise RuntimeError(f"torch.optim has no {case.torch_name}")
@@ -229,15 +238,11 @@ def _bnb_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
     on copies of the arrays as torch CPU tensors; ImportError without bitsandbytes,
     RuntimeError when it has no such optimizer."""
     import bitsandbytes as bnb  # noqa: F401 - (ImportError: no baseline)
-    import torch
 
     name = BNB_8BIT.get(case.name)
     if name is None:
         raise RuntimeError(f"bitsandbytes has no 8-bit {case.name}")
-    tensors = [torch.nn.Parameter(torch.tensor(p)) for p in params]
-    for t, g in zip(tensors, grads, strict=True):
-        t.grad = torch.tensor(g)
-    opt = getattr(bnb.optim, name)(tensors, **case.options)
+    opt = getattr(bnb.optim, name)(_torch_parameters(params, grads), **case.options)
     opt.step()
     return opt.step
 
@@ -304,7 +309,6 @@ def _torchao_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarra
     when it has no such optimizer."""
     import inspect
 
-    import torch
     import torchao.optim  # (ImportError: no baseline)
 
     name = TORCHAO_8BIT.get(case.name)
@@ -312,10 +316,8 @@ def _torchao_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarra
         raise RuntimeError(f"torchao has no 8-bit {case.name}")
     cls = getattr(torchao.optim, name)
     accepted = inspect.signature(cls).parameters
-    tensors = [torch.nn.Parameter(torch.tensor(p)) for p in params]
-    for t, g in zip(tensors, grads, strict=True):
-        t.grad = torch.tensor(g)
-    opt = cls(tensors, **{k: v for k, v in case.options.items() if k in accepted})
+    opt = cls(_torch_parameters(params, grads),
+              **{k: v for k, v in case.options.items() if k in accepted})
     return opt.step, _timed(opt.step)
 
 

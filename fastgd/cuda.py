@@ -499,16 +499,24 @@ class TableCache:
         return self.device
 
 
+def kernel_likes(spec: RuleSpec, present: tuple[str, ...], storage: str,
+                 arrays: list[Any]) -> list[Any]:
+    """The ``like*`` arguments of a multi-tensor kernel, taken from ``arrays``, the flat
+    arrays (in kernel order) of any one of its tensors."""
+    by_like = dict(zip(array_likes(spec, present, storage), arrays, strict=True))
+    return [by_like[name] for name in likes(spec, present, storage)]
+
+
 def launch_table(spec: RuleSpec, present: tuple[str, ...], addresses: np.ndarray,
-                 sizes: np.ndarray, arrays: list[Any], scalars: tuple[Any, ...],
+                 sizes: np.ndarray, like: list[Any], scalars: tuple[Any, ...],
                  stream: Any = None, tables: TableCache | None = None, storage: str = ""
                  ) -> None:
     """One step of one variant and storage format over many tensors of one dtype with one
     kernel launch (asynchronously): ``addresses[k, j]`` is the device address of array
     ``j`` (in kernel order) of tensor ``k``, which has ``sizes[k]`` elements (a last
-    column: its stochastic-rounding key, where the state rounds so); ``arrays`` are the
-    flat arrays of any one tensor (their dtypes are those of every tensor's); ``tables``
-    keeps the table's device copy from step to step."""
+    column: its stochastic-rounding key, where the state rounds so); ``like`` are the
+    kernel's ``like*`` arguments (:func:`kernel_likes`); ``tables`` keeps the table's device
+    copy from step to step."""
     nonempty = sizes > 0
     if not nonempty.any():
         return
@@ -516,10 +524,8 @@ def launch_table(spec: RuleSpec, present: tuple[str, ...], addresses: np.ndarray
     table = tensor_table(addresses[nonempty], sizes[nonempty], chunk)
     stream = as_stream(stream)
     blocks = max(1, min(int(table[-1, -1]), _max_blocks()))
-    by_like = dict(zip(array_likes(spec, present, storage), arrays, strict=True))
     kernel(spec, present, many=True, storage=storage)[blocks, THREADS, stream](
-        (tables or TableCache()).upload(table, stream),
-        *(by_like[name] for name in likes(spec, present, storage)), *scalars)
+        (tables or TableCache()).upload(table, stream), *like, *scalars)
 
 
 def compile_ptx(spec: RuleSpec, present: tuple[str, ...], dtype: Any,

@@ -582,7 +582,8 @@ class _Unit:
     arrays are the same objects, with the same layout."""
 
     __slots__ = ("spec", "group", "indices", "params", "names", "states", "fmt", "present",
-                 "rounding", "addresses", "sizes", "table", "device_table", "members")
+                 "rounding", "addresses", "sizes", "table", "device_table", "device_likes",
+                 "members")
 
     def __init__(self, spec: Any, group: int, start: int, params: list[tuple[int, Param]],
                  names: tuple[str, ...], state: Mapping[int, Mapping[str, Any]], fmt: str,
@@ -608,6 +609,7 @@ class _Unit:
         self.table = (cpu.Table(spec, present, fmt, first.dtype, self.addresses, self.sizes)
                       if first.gpu is None else None)
         self.device_table: Any = None  # (GPU: the table's device copy, kept across steps)
+        self.device_likes: Any = None  # (GPU: the kernel's arrays of each dtype)
 
     def holds(self, state: Mapping[int, Mapping[str, Any]]) -> bool:
         """Whether the tensors' state arrays are still those of the table, unchanged."""
@@ -632,12 +634,15 @@ class _Unit:
             return
         from fastgd import cuda
 
+        first = self.params[0]
         if self.device_table is None:
             self.device_table = cuda.TableCache()
-        first = self.params[0]
+            self.device_likes = cuda.kernel_likes(
+                self.spec, self.present, self.fmt,
+                [first.flat, first.flat, *(s.flat for s in self.states[0])])
         with on_gpu(first.gpu):
             cuda.launch_table(self.spec, self.present, self.addresses, self.sizes,
-                              [first.flat, first.flat, *(s.flat for s in self.states[0])],
+                              self.device_likes,
                               scalars.kernel_scalars(compute_dtype(first.flat, self.fmt)),
                               stream, self.device_table, self.fmt)
 
