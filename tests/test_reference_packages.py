@@ -15,7 +15,6 @@ weights the gradient change by ``1 - b2`` where sail-sg and the paper use ``b2``
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ import cases
 import numpy as np
 import pytest
 from reference import REFERENCES, ademamix_alpha, ademamix_beta3
-from test_reference import assert_close
+from test_reference import assert_close, seeded_rng
 
 import fastgd
 
@@ -38,10 +37,6 @@ def optax() -> Any:
     optax = pytest.importorskip("optax")
     jax.config.update("jax_enable_x64", True)
     return optax
-
-
-def rng_for(request: pytest.FixtureRequest) -> np.random.Generator:
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
 def run_both(name: str, options: dict[str, Any], dtype: Any, rng: np.random.Generator,
@@ -103,19 +98,14 @@ def torch_stepper(cls: Any, **options: Any) -> Callable[[list[np.ndarray]], Any]
     return start
 
 
-def options_for(name: str, rng: np.random.Generator, on: tuple[str, ...] = ()
-                ) -> dict[str, Any]:
-    return cases.random_hyperparameters(name, on, rng)
-
-
 DTYPES = [np.float64, np.float32]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("decay", [False, True])
 def test_lion_equals_optax(optax, dtype, decay, request):
-    rng = rng_for(request)
-    hp = options_for("Lion", rng, ("weight_decay",) if decay else ())
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("Lion", ("weight_decay",) if decay else (), rng)
     b1, b2 = hp["betas"]
     run_both("Lion", hp, dtype, rng, optax_stepper(optax, optax.lion(
         hp["lr"], b1=b1, b2=b2, weight_decay=hp["weight_decay"])))
@@ -125,8 +115,8 @@ def test_lion_equals_optax(optax, dtype, decay, request):
 def test_lion_equals_lion_pytorch(dtype, request):
     pytest.importorskip("torch")
     lion_pytorch = pytest.importorskip("lion_pytorch")
-    rng = rng_for(request)
-    hp = options_for("Lion", rng, ("weight_decay",))
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("Lion", ("weight_decay",), rng)
     run_both("Lion", hp, dtype, rng, torch_stepper(
         lion_pytorch.Lion, lr=hp["lr"], betas=hp["betas"], weight_decay=hp["weight_decay"]))
 
@@ -137,8 +127,8 @@ def test_lion_equals_lion_pytorch(dtype, request):
 def test_adopt_equals_the_official_implementation(dtype, on, request):
     pytest.importorskip("torch")
     adopt = pytest.importorskip("adopt")
-    rng = rng_for(request)
-    hp = options_for("ADOPT", rng, on)
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("ADOPT", on, rng)
     # (its single-tensor path: the foreach one rounds the clip value to float32)
     run_both("ADOPT", hp, dtype, rng, torch_stepper(
         adopt.ADOPT, lr=hp["lr"], betas=hp["betas"], eps=hp["eps"],
@@ -147,8 +137,8 @@ def test_adopt_equals_the_official_implementation(dtype, on, request):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_adopt_equals_optax_without_weight_decay(optax, dtype, request):
-    rng = rng_for(request)
-    hp = options_for("ADOPT", rng)
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("ADOPT", (), rng)
     b1, b2 = hp["betas"]
     run_both("ADOPT", hp, dtype, rng, optax_stepper(optax, optax.contrib.adopt(
         hp["lr"], b1=b1, b2=b2, eps=hp["eps"])))
@@ -158,8 +148,8 @@ def test_adopt_equals_optax_without_weight_decay(optax, dtype, request):
 @pytest.mark.parametrize("on", [(), ("weight_decay", "beta3_warmup", "alpha_warmup")],
                          ids=["plain", "warmups"])
 def test_ademamix_equals_optax(optax, dtype, on, request):
-    rng = rng_for(request)
-    hp = options_for("AdEMAMix", rng, on)
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("AdEMAMix", on, rng)
     b1, b2, b3 = hp["betas"]
     # optax's schedules get its 0-based count (a concrete one: the update is not jitted
     # here); apple's warmups the 1-based step
@@ -175,8 +165,8 @@ def test_ademamix_equals_optax(optax, dtype, on, request):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("no_prox", [False, True])
 def test_adan_first_step_equals_optax(optax, dtype, no_prox, request):
-    rng = rng_for(request)
-    hp = options_for("Adan", rng, ("no_prox",) if no_prox else ())
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("Adan", ("no_prox",) if no_prox else (), rng)
     b1, b2, b3 = hp["betas"]
     run_both("Adan", hp, dtype, rng, optax_stepper(optax, optax.adan(
         hp["lr"], b1=b1, b2=b2, b3=b3, eps=hp["eps"], eps_root=0.0)), steps=1)
@@ -185,8 +175,8 @@ def test_adan_first_step_equals_optax(optax, dtype, no_prox, request):
 @pytest.mark.xfail(strict=True, reason="optax 0.2.8's adan weights the gradient change by "
                    "1 - b2 where sail-sg/Adan and the paper use b2 (optax PR #1715)")
 def test_adan_later_steps_equal_optax(optax, request):
-    rng = rng_for(request)
-    hp = options_for("Adan", rng)
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("Adan", (), rng)
     b1, b2, b3 = hp["betas"]
     run_both("Adan", hp, np.float64, rng, optax_stepper(optax, optax.adan(
         hp["lr"], b1=b1, b2=b2, b3=b3, eps=hp["eps"], eps_root=0.0)), steps=3)
