@@ -7,7 +7,7 @@ the table in :mod:`fastgd.algorithms`.
 
 from fastgd import functional, optim, schedules
 from fastgd.checkpoint import load, save
-from fastgd.optim import Optimizer, StepInfo
+from fastgd.optim import Optimizer, ScheduleFreeOptimizer, StepInfo
 
 __version__ = "0.1.0"
 
@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 CLASSES = {name: getattr(optim, name) for name in optim.__all__ if name not in optim.BASES}
 globals().update(CLASSES)
 
-__all__ = ["functional", "schedules", "save", "load", "Optimizer", "StepInfo", "__version__",
-           *CLASSES]
+__all__ = ["functional", "schedules", "save", "load", "Optimizer", "ScheduleFreeOptimizer",
+           "StepInfo", "__version__", *CLASSES]
 
 
 def __getattr__(name: str) -> object:

@@ -65,18 +65,25 @@ class Hyper:
     keyword_only: bool = False
 
 
+#: ``State.fill`` of a state that starts as a copy of its parameter
+COPY_OF_PARAM = "param"
+
+
 @dataclass(frozen=True)
 class State:
     """A state array, one element per parameter element. An optional one exists when the
     hyperparameter ``when`` passes ``test`` (``momentum_buffer`` when ``momentum != 0``); the
     functional API then requires it, unless ``implied``: there the array's presence sets
     the (boolean) hyperparameter (Adam's ``max_exp_avg_sq`` and ``amsgrad``). New arrays are
-    filled with 0, or with the value of the hyperparameter ``fill``.
+    filled with 0, or with the value of the hyperparameter ``fill``, or (``fill="param"``,
+    :data:`COPY_OF_PARAM`) are a copy of the parameter (Schedule-Free's ``z``).
 
     ``eight_bit`` says what the state is with ``state_precision="8bit"`` (every state
     declares it): ``"signed"`` or ``"unsigned"``, blockwise 8-bit codes of bitsandbytes'
     signed or unsigned dynamic map (:mod:`fastgd.quantization`), or ``"full"``: kept at
-    full precision, for a reason given in ``why``."""
+    full precision, for a reason given in ``why``. ``bf16=False``: also kept at full
+    precision with ``state_precision="bf16"`` (a point of the parameter sequence, such as
+    Schedule-Free's ``z``, which is as precise as the parameter or useless)."""
 
     name: str
     when: str | None = None
@@ -85,6 +92,7 @@ class State:
     implied: bool = False
     eight_bit: str = ""
     why: str = ""
+    bf16: bool = True
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,18 @@ class RuleSpec:
     optional: tuple[str, ...] = ()
     #: per state, its 8-bit form: "signed", "unsigned" or "full" (see :class:`State`)
     eight_bit: tuple[str, ...] = ()
+    #: per state, whether it is kept in bfloat16 with bfloat16 state (see :class:`State`)
+    bf16: tuple[bool, ...] = ()
+
+    def form(self, state: str, precision: str) -> str:
+        """The form of ``state`` at an (effective) state precision: ``"full"``, ``"bf16"``
+        or ``"8bit"`` (a state that is not quantized stays at full precision under
+        ``"8bit"``, one declared ``bf16=False`` under both)."""
+        i = self.states.index(state)
+        if (self.bf16 and not self.bf16[i]) or (precision == "8bit"
+                                                 and self.eight_bit[i] == "full"):
+            return "full"
+        return precision
 
     def quantized(self, state: str) -> str:
         """``"signed"`` or ``"unsigned"``: the map of ``state`` with 8-bit state; ``""``:
@@ -144,6 +164,9 @@ class Algorithm:
     hyperparameters; ``math`` is the update in plain notation, shown in the docstrings;
     ``bench`` the options of the benchmark row; ``demo`` the entries of ``fastgd demo``
     (name -> options and learning rate) and ``shown`` the hyperparameters their labels show.
+    ``schedule_free``: for Schedule-Free methods, the ``beta`` of their points (from checked
+    options): the parameter holds ``y = beta x + (1 - beta) z`` while training and ``x``
+    after ``.eval()`` (the class gets ``train()`` and ``eval()``).
     """
 
     name: str
@@ -160,6 +183,7 @@ class Algorithm:
     bench: Mapping[str, Any] = field(default_factory=dict)
     demo: Mapping[str, tuple[Mapping[str, Any], float]] = field(default_factory=dict)
     shown: tuple[str, ...] = ()
+    schedule_free: Callable[[Mapping[str, Any]], float] | None = None
 
     def __post_init__(self) -> None:
         self.spec  # noqa: B018 - derive (and so check) the kernel signature at import
@@ -229,6 +253,14 @@ class Algorithm:
             self.constraint(checked)
         return checked
 
+    def initial_value(self, state: str, options: Mapping[str, Any]) -> float | None:
+        """What a new array of ``state`` holds with these (checked) options: a number, or
+        None: a copy of its parameter."""
+        fill = next(s.fill for s in self.states if s.name == state)
+        if fill == COPY_OF_PARAM:
+            return None
+        return float(options[fill]) if fill else 0.0
+
     def initial_scalars(self, options: Mapping[str, Any]) -> dict[str, float]:
         """The per-parameter scalars of a parameter's first step (checked ``options``)."""
         return {s.name: float(options[s.initial]) if isinstance(s.initial, str)
@@ -261,6 +293,8 @@ def _rule_spec(algorithm: Algorithm) -> RuleSpec:
     for s in algorithm.states:
         if s.when is not None and s.when not in algorithm.hyper:
             raise AssertionError(f"{name}: state {s.name} depends on unknown {s.when!r}")
+        if s.fill not in (None, COPY_OF_PARAM) and s.fill not in algorithm.hyper:
+            raise AssertionError(f"{name}: state {s.name} is filled with unknown {s.fill!r}")
     unknown = set(algorithm.reads) - set(algorithm.defaults)
     inputs = set(algorithm.inputs) - set(STEP_INPUTS) - {s.name for s in algorithm.scalars}
     if unknown or inputs:
@@ -284,7 +318,8 @@ def _rule_spec(algorithm: Algorithm) -> RuleSpec:
                     tuple(b for b in body if not isinstance(sample[b], bool)),
                     tuple(b for b in body if isinstance(sample[b], bool)),
                     tuple(s.name for s in algorithm.optional),
-                    tuple(s.eight_bit for s in algorithm.states))
+                    tuple(s.eight_bit for s in algorithm.states),
+                    tuple(s.bf16 for s in algorithm.states))
 
 
 def example_update(algorithm: Algorithm) -> dict[str, Any]:
@@ -780,11 +815,108 @@ before (no_prox); neg_pre_grad = -g""",
     update=_adan_update, demo={"adan": ({}, 0.05)}, shown=("betas",),
 )
 
+def _schedule_free_update(lr, beta, weight_decay, warmup_steps, r, weight_lr_power, *,
+                          step, lr_max, weight_sum):
+    """The coefficients of a Schedule-Free step (``schedulefree``'s ``step``, ``k = t - 1``),
+    without AdamW's second moment."""
+    k = step - 1
+    lr = lr * ((k + 1) / warmup_steps) if k < warmup_steps else lr
+    lr_max = max(lr, lr_max)
+    weight = (k + 1) ** r * lr_max ** weight_lr_power
+    weight_sum = weight_sum + weight
+    ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
+    return dict(lr=lr, y_coef=lr * (beta * (1.0 - ckp1) - 1.0), weight_decay=weight_decay,
+                ckp1=ckp1, ckp1_rest=1.0 - ckp1, l2=weight_decay != 0,
+                ckp1_low=abs(ckp1) < 0.5, lr_max=lr_max, weight_sum=weight_sum)
+
+
+def _schedule_free_sgd_update(lr, momentum, weight_decay, warmup_steps, r, weight_lr_power,
+                              *, step, lr_max, weight_sum):
+    return _schedule_free_update(lr, momentum, weight_decay, warmup_steps, r,
+                                 weight_lr_power, step=step, lr_max=lr_max,
+                                 weight_sum=weight_sum)
+
+
+def _schedule_free_adamw_update(lr, betas, eps, weight_decay, warmup_steps, r,
+                                weight_lr_power, *, step, lr_max, weight_sum):
+    beta1, beta2 = betas
+    shared = _schedule_free_update(lr, beta1, weight_decay, warmup_steps, r, weight_lr_power,
+                                   step=step, lr_max=lr_max, weight_sum=weight_sum)
+    l2, low = shared.pop("l2"), shared.pop("ckp1_low")
+    return dict(shared, beta2=beta2, one_minus_beta2=1.0 - beta2, bc2=1.0 - beta2**step,
+                eps=eps, l2=l2, ckp1_low=low)
+
+
+_SCHEDULE_FREE_MATH = """\
+lr_t = lr * min(1, t / warmup_steps);  lr_max = max(lr_max, lr_t)
+c = w_t / sum of w_1..w_t with w_t = t**r * lr_max**weight_lr_power
+g += weight_decay * y
+y = (1 - c) y + c z;  y += lr_t * (beta * (1 - c) - 1) * g;  z -= lr_t * g
+(y: the parameter while training, the point gradients are taken at; .eval() puts
+x = (y - (1 - beta) z) / beta there, the average the method returns, and .train() y again;
+a step in eval mode is an error; z starts as a copy of the parameter)"""
+
+_SCHEDULE_FREE_HYPER = (
+    WEIGHT_DECAY,
+    Hyper("warmup_steps", 0, Steps(low=0, optional=False), Uniform(2, 20), switch=True),
+    Hyper("r", 0.0, NON_NEGATIVE, Uniform(0.0, 2.0)),
+    Hyper("weight_lr_power", 2.0, NON_NEGATIVE, Uniform(0.0, 3.0)),
+    MAXIMIZE)
+_SCHEDULE_FREE_SCALARS = (Scalar("lr_max", -1.0, FINITE), Scalar("weight_sum", 0.0,
+                                                                   NON_NEGATIVE))
+_Z = State("z", fill=COPY_OF_PARAM, eight_bit="full", bf16=False,
+           why="z is a point of the parameter sequence (x and y are averages of it): "
+           "rounding it to bfloat16 or 8 bits would add noise of the parameter's own size")
+_SCHEDULE_FREE_SOURCE = "facebookresearch/schedule_free (the schedulefree package)"
+
+
+#: Schedule-Free's beta: x = y / beta - ..., so 0 is excluded
+_POSITIVE_BETA = Real(0.0, 1.0, low_open=True)
+
+
+SCHEDULE_FREE_SGD = Algorithm(
+    "ScheduleFreeSGD", "Schedule-Free SGD: momentum as an average of the iterates, no "
+    "learning-rate schedule needed.",
+    _SCHEDULE_FREE_MATH.replace("beta", "momentum"), _SCHEDULE_FREE_SOURCE,
+    rules.schedule_free_sgd_rule, states=(_Z,),
+    hyperparameters=(_lr(1.0, 0.05, 0.5),
+                     Hyper("momentum", 0.9, _POSITIVE_BETA, Uniform(0.5, 0.95)),
+                     *_SCHEDULE_FREE_HYPER),
+    update=_schedule_free_sgd_update, scalars=_SCHEDULE_FREE_SCALARS,
+    schedule_free=lambda options: options["momentum"],
+    bench={"lr": 1e-3}, demo={"schedulefree-sgd": ({}, 0.05)}, shown=("momentum",),
+)
+
+SCHEDULE_FREE_ADAMW = Algorithm(
+    "ScheduleFreeAdamW", "Schedule-Free AdamW: Adam's normalized gradient in Schedule-Free's "
+    "averaged iterates, no learning-rate schedule needed.",
+    """\
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+g = g / (sqrt(exp_avg_sq / (1 - beta2**t)) + eps), then with beta = beta1:
+""" + _SCHEDULE_FREE_MATH, _SCHEDULE_FREE_SOURCE, rules.schedule_free_adamw_rule,
+    states=(_Z, State("exp_avg_sq", eight_bit="unsigned")),
+    hyperparameters=(_lr(0.0025, 1e-3, 3e-2),
+                     Hyper("betas", (0.9, 0.999), Parts((_POSITIVE_BETA, BETA),
+                                                        ("beta1", "beta2")),
+                           (Uniform(0.5, 0.95), Uniform(0.9, 0.9999))),
+                     _eps(1e-8), *_SCHEDULE_FREE_HYPER),
+    update=_schedule_free_adamw_update, scalars=_SCHEDULE_FREE_SCALARS,
+    schedule_free=lambda options: options["betas"][0],
+    bench={"lr": 1e-3}, demo={"schedulefree-adamw": ({}, 0.2)}, shown=("betas",),
+)
+
+
 #: Every algorithm, by class name.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM, RPROP, ASGD,
-    LION, ADOPT, ADEMAMIX, ADAN,
+    LION, ADOPT, ADEMAMIX, ADAN, SCHEDULE_FREE_SGD, SCHEDULE_FREE_ADAMW,
 )}
+
+#: The kernel that moves a Schedule-Free parameter between its points (``.train()``,
+#: ``.eval()``): ``p = lerp(p, z, weight)``, reading the parameter as its ``g``.
+SCHEDULE_FREE_MODE = RuleSpec("schedule_free_mode", rules.schedule_free_mode_rule, ("z",),
+                              ("weight", "rest"), ("low",), (), ("full",), (False,))
 
 #: Every rule's kernel signature, by rule name (algorithms may share a rule).
 SPECS: dict[str, RuleSpec] = {a.spec.name: a.spec for a in ALGORITHMS.values()}
+SPECS[SCHEDULE_FREE_MODE.name] = SCHEDULE_FREE_MODE

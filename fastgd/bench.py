@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from fastgd import cpu, functional, lowbit, optim
+from fastgd import cpu, functional, optim
 from fastgd.algorithms import ALGORITHMS, Algorithm
-from fastgd.arrays import kernel_view, state_dtype, zeros_like
+from fastgd.arrays import convert_state, kernel_view, state_dtype, zeros_like
 from fastgd.codegen import load_generated
 
 
@@ -71,9 +71,21 @@ def bytes_per_step(case: Case, size: int, dtype: np.dtype, precision: str = "ful
     return int(per_element * size)
 
 
-def _state_like(param: np.ndarray, precision: str, fill: float = 0.0) -> np.ndarray:
-    """A state array of ``param`` at ``precision``."""
+def _state_like(param: np.ndarray, precision: str, fill: float | None = 0.0) -> np.ndarray:
+    """A state array of ``param`` at ``precision``, filled with ``fill`` (None: a copy of
+    ``param``)."""
+    if fill is None:
+        return convert_state(param, param, state_dtype(param, precision))
     return zeros_like(param, fill=fill, dtype=state_dtype(param, precision))
+
+
+def training_optimizer(case: Case, params: list[Any], **options: Any) -> Any:
+    """The optimizer class of ``case`` over ``params`` with its options, ready to train
+    (a Schedule-Free one put in train mode)."""
+    opt = case.cls(params, **case.options, **options)
+    if isinstance(opt, optim.ScheduleFreeOptimizer):
+        opt.train()
+    return opt
 
 
 @cache
@@ -207,13 +219,31 @@ def _torch_parameters(params: list[np.ndarray], grads: list[np.ndarray],
     return tensors
 
 
+#: the torch optimizer of a row outside torch.optim: its package and class, by row name
+TORCH_PACKAGES = {"schedulefreeadamw": ("schedulefree", "AdamWScheduleFree"),
+                  "schedulefreesgd": ("schedulefree", "SGDScheduleFree")}
+#: the least speed-up over the package's step of a row of :data:`TORCH_PACKAGES` (2**24
+#: float32; the others: at least as fast)
+TORCH_PACKAGE_TARGETS = {"schedulefreeadamw": 3.0}
+
+
 def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray],
                    device: str = "cpu") -> tuple[Callable[[], Any], str]:
     """torch.optim's fastest step of ``case`` on copies of the arrays on ``device`` (fused
-    where torch has it, else foreach), and which of the two it is."""
+    where torch has it, else foreach), and which of the two it is; for a row of
+    :data:`TORCH_PACKAGES`, its package's foreach step (ImportError without it)."""
+    import importlib
+
     import torch
 
     tensors = _torch_parameters(params, grads, device)
+    if case.name in TORCH_PACKAGES:
+        package, name = TORCH_PACKAGES[case.name]
+        opt = getattr(importlib.import_module(package), name)(tensors, **case.options,
+                                                               foreach=True)
+        opt.train()
+        opt.step()
+        return opt.step, f"{package} foreach"
     cls = getattr(torch.optim, case.torch_name, None)
     if cls is None:
         raise RuntimeError(f"torch.optim has no {case.torch_name}")
@@ -328,7 +358,7 @@ def _functional_stepper(case: Case, param: np.ndarray, grad: np.ndarray,
     step number by keyword, the options of the case."""
     algorithm = case.algorithm
     options = algorithm.check({**algorithm.defaults, **case.options})
-    fills = {s.name: options[s.fill] if s.fill else 0.0 for s in algorithm.states}
+    fills = {s.name: algorithm.initial_value(s.name, options) for s in algorithm.states}
     arrays: list[Any] = [param, grad, *(_state_like(param, precision, fills[s.name])
                                         if s.name in case.states else None
                                         for s in algorithm.states)]
@@ -437,12 +467,12 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
     shapes = tensors or [size]
     params = [rng.standard_normal(n).astype(dtype) for n in shapes]
     grads = [rng.standard_normal(n).astype(dtype) for n in shapes]
-    opt = case.cls(params, **case.options, state_precision=precision)
+    opt = training_optimizer(case, params, state_precision=precision)
     opt.step(grads)  # compiles (or loads from cache) and allocates state
     if tensors:
         whole = rng.standard_normal(sum(shapes)).astype(dtype)
         spec = case.algorithm.spec
-        states = [_state_like(whole, lowbit.form(precision, spec.quantized(s)))
+        states = [_state_like(whole, spec.form(s, precision))
                   for s in case.states]
         copy_arrays = [whole, zeros_like(whole)] + [kernel_view(s, "C") for s in states]
     else:
@@ -652,13 +682,15 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
         # least 1.3x torch's fused float32 step; full precision: >= 90%, at least torch's
         low = r.state_precision != "full"
         least = 1.3 if low and r.algorithm in ("adam", "adamw") else 1.0
+        least = TORCH_PACKAGE_TARGETS.get(r.algorithm, least)
+        baseline = TORCH_PACKAGES.get(r.algorithm, ("torch",))[0]
         ok_torch = r.torch_speedup is None or r.torch_speedup >= least
         if r.state_precision == "8bit":  # (8-bit AdamW: 1.5x torch's fused, 20x bnb's)
             least = 1.5 if r.algorithm == "adamw" else 1.0
             ok_torch = r.torch_speedup is None or r.torch_speedup >= least
         lines.append(f"- {_label(r)} {r.dtype} 2**24: {r.pct_roofline:.0f}% of roofline "
                      f"({_verdict(r.pct_roofline >= (85 if low else 90))} >= "
-                     f"{85 if low else 90}%), {_ratio(r.torch_speedup)} torch "
+                     f"{85 if low else 90}%), {_ratio(r.torch_speedup)} {baseline} "
                      f"({_verdict(ok_torch)} >= {least}x)"
                      + (f", {_ratio(r.bnb_speedup)} bitsandbytes 8-bit "
                         f"({_verdict(r.bnb_speedup >= 20)} >= 20x)"
@@ -678,7 +710,7 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
             lines.append(f"- {_label(r)} {r.dtype} 2**24: {base.seconds / r.seconds:.2f}x "
                          f"fastgd's full-precision step ({_verdict(ok)} >= 1.3x)")
     for r in (r for r in results if r.size <= 1000 and r.tensors == 1):
-        if r.torch_speedup is not None:
+        if r.torch_speedup is not None and r.algorithm not in TORCH_PACKAGES:
             lines.append(f"- {r.algorithm} {r.dtype} {r.size}: class step "
                          f"{1 / r.torch_speedup:.2f} of torch's "
                          f"({_verdict(r.torch_speedup >= 4)} <= 0.25)")

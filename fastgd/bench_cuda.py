@@ -23,6 +23,7 @@ from fastgd.bench import (
     _torch_stepper,
     bytes_per_step,
     combinations,
+    training_optimizer,
 )
 
 
@@ -78,7 +79,7 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
     shapes = tuple(tensors or [size])
     host_p, host_g = _host_arrays(shapes, dtype.name)
     params, grads = [cuda.to_device(p) for p in host_p], [cuda.to_device(g) for g in host_g]
-    opt = case.cls(params, **case.options, state_precision=precision)
+    opt = training_optimizer(case, params, state_precision=precision)
     total = sum(shapes)
     moved = bytes_per_step(case, total, dtype, precision)
     src = cuda.device_array(max(1, moved // 2 // dtype.itemsize), dtype=dtype)
@@ -117,7 +118,8 @@ def _torch_step(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
         return None
     try:
         return _torch_stepper(case, params, grads, device="cuda")
-    except RuntimeError:  # no such class, or neither fused nor foreach on this GPU
+    except (ImportError, RuntimeError):  # no such class (or package), or neither fused nor
+        # foreach on this GPU
         return None
 
 

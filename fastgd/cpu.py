@@ -389,8 +389,8 @@ def likes(spec: RuleSpec, present: tuple[str, ...], storage: str, dtype: Any
             result.append(empty[name])
         elif name.endswith(ABSMAX):
             result.append(np.empty(0, np.float32))
-        elif state == "8bit" and spec.quantized(name):
-            result.append(np.empty(0, np.uint8))
         else:
-            result.append(np.empty(0, np.uint16) if state == "bf16" else compute)
+            form = spec.form(name, state or "full")
+            result.append(np.empty(0, np.uint8) if form == "8bit" else
+                          np.empty(0, np.uint16) if form == "bf16" else compute)
     return tuple(result)

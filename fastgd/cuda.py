@@ -209,14 +209,14 @@ def {name}__multi(table, {likes}, {scalars}):
 #: the ``like`` argument (an array of its dtype) through which a multi-tensor kernel views
 #: an array, by the array's form: the compute dtype (parameters, gradients, absmax,
 #: full-precision states), uint16 (bfloat16 state), uint8 (8-bit codes)
-_LIKES = {"": "like", "bf16": "like_bits", "8bit": "like_codes"}
+_LIKES = {"full": "like", "bf16": "like_bits", "8bit": "like_codes"}
 
 
 def array_likes(spec: RuleSpec, present: tuple[str, ...], storage: str) -> list[str]:
     """The ``like`` argument of each array of a kernel (see :data:`_LIKES`)."""
-    state = split_storage(storage)[2]
-    return [_LIKES[state] if name in spec.states and (state == "bf16" or spec.quantized(name))
-            else "like" for name in array_args(spec, present, storage)]
+    state = split_storage(storage)[2] or "full"
+    return [_LIKES[spec.form(name, state)] if name in spec.states else "like"
+            for name in array_args(spec, present, storage)]
 
 
 def likes(spec: RuleSpec, present: tuple[str, ...], storage: str) -> list[str]:

@@ -40,7 +40,7 @@ import numpy as np
 import fastgd
 from fastgd import schedules
 from fastgd.algorithms import ALGORITHMS
-from fastgd.optim import Optimizer
+from fastgd.optim import Optimizer, ScheduleFreeOptimizer
 
 __all__ = ["Objective", "Surface", "LinearRegression", "Parabola", "OptimizerConfig", "Trace",
            "DemoResult", "OPTIMIZERS", "DEFAULT_LR", "SCHEDULES", "SURFACES", "REGRESSION",
@@ -177,7 +177,8 @@ SURFACES: dict[str, Surface] = {s.name: s for s in (
             ylim=(-0.7, 2.0), steps=500,
             lrs={"sgd": 1.5e-3, "momentum": 1e-3, "nesterov": 1e-3, "adagrad": 1.0,
                  "adadelta": 1.0, "rmsprop": 0.03, "adam": 0.1, "adamw": 0.1, "adamax": 0.3,
-                 "nadam": 0.1, "radam": 3e-3, "rprop": 0.01, "asgd": 3e-3},
+                 "nadam": 0.1, "radam": 3e-3, "rprop": 0.01, "asgd": 3e-3,
+                 "schedulefree-sgd": 5e-3},
             note="a curved, nearly flat valley floor: who crawls?"),
     Surface("saddle", "Saddle", r"$x^2 + (y^2-1)^2/4$", saddle_value, saddle_gradient,
             start=(-2.0, 1e-5), minima=((0.0, -1.0), (0.0, 1.0)), xlim=(-2.3, 1.0),
@@ -286,7 +287,10 @@ class OptimizerConfig:
     def build(self, param: Array, steps: int) -> Optimizer:
         """The optimizer over ``param`` (its learning-rate schedule spans ``steps``)."""
         lr = SCHEDULES[self.schedule][0](self.lr, steps)
-        return self.cls(param, lr=lr, **self.options)
+        opt = self.cls(param, lr=lr, **self.options)
+        if isinstance(opt, ScheduleFreeOptimizer):
+            opt.train()  # (the path shown is that of y, where the gradients are taken)
+        return opt
 
     @property
     def label(self) -> str:

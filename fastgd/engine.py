@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastgd import cpu, lowbit
-from fastgd.algorithms import Algorithm
+from fastgd.algorithms import SCHEDULE_FREE_MODE, Algorithm, RuleSpec
 from fastgd.arrays import (
     address,
     as_array,
@@ -179,10 +179,10 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
     p = arrays["param"]
     order = memory_order(p, "param")
     names = [name for name in arrays if name not in ("param", "grad")]
+    low = [n for n in names if storage(arrays[n]) == "bf16"]
     precision = "8bit" if eight_bit else (
-        "bf16" if names and storage(arrays[names[0]]) == "bf16"
-        and state_dtype(p) == np.float32 else "full")
-    check_state_precision(precision, p, names[0] if names else "param")
+        "bf16" if low and state_dtype(p) == np.float32 else "full")
+    check_state_precision(precision, p, (low or names or ["param"])[0])
     for name, arr in arrays.items():
         if name.endswith(lowbit.ABSMAX):
             blocks = lowbit.blocks(p.size)
@@ -190,7 +190,7 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
                 raise TypeError(f"{name} must be float32 of shape ({blocks},) (one per "
                                 f"block of 256 elements), got {arr.dtype} {arr.shape}")
         elif name != "param":
-            form = lowbit.form(precision, spec.quantized(name) if name != "grad" else "")
+            form = spec.form(name, precision) if name != "grad" else "full"
             check_like(arr, p, order, name,
                        dtype=None if name == "grad" else state_dtype(p, form))
     if device and storage(p):
@@ -318,7 +318,7 @@ class Functional:
         if stream is not None:
             check_stream(stream, views)
         with on_gpu(gpu_of(views[0])):
-            launch(self.algorithm, views, scalars, stream, fmt)
+            launch(self.algorithm.spec, views, scalars, stream, fmt)
         eight_bit = split_storage(fmt)[2] == "8bit"  # ((codes, absmax): checked every call)
         if stream is None and isinstance(views[0], np.ndarray) and not eight_bit:
             self._keep(param, arrays, used, fmt, scalars.present)
@@ -390,18 +390,46 @@ def compute_dtype(param: Any, fmt: str) -> np.dtype:
     return np.dtype(np.float32) if computes_in_float32(fmt) else np.dtype(param.dtype)
 
 
-def launch(algorithm: Algorithm, arrays: list[Any], scalars: StepScalars, stream: Any = None,
+def launch(spec: RuleSpec, arrays: list[Any], scalars: StepScalars, stream: Any = None,
            fmt: str = "") -> None:
-    """Run a step on checked flat kernel views (param, grad, [master], states in rule
+    """Run a rule on checked flat kernel views (param, grad, [master], states in rule
     order) of storage format ``fmt``: NumPy arrays on the CPU, device arrays on the GPU
     (queued on ``stream``, which the caller has checked)."""
     if isinstance(arrays[0], np.ndarray):
-        cpu.launch(algorithm.spec, scalars.present, arrays, scalars.packed(), fmt)
+        cpu.launch(spec, scalars.present, arrays, scalars.packed(), fmt)
     else:
         from fastgd import cuda
 
-        cuda.launch(algorithm.spec, scalars.present, arrays,
+        cuda.launch(spec, scalars.present, arrays,
                     scalars.kernel_scalars(compute_dtype(arrays[0], fmt)), stream, fmt)
+
+
+# -- Schedule-Free's points ---------------------------------------------------------------------
+
+def move_point(param: Param, master: Param | None, z: Param, weight: float,
+               stream: Any = None) -> None:
+    """``p = lerp(p, z, weight)`` in place, torch's ``lerp`` (Schedule-Free's ``.eval()``
+    and ``.train()``), for checked arrays: the parameter, its float32 master copy if it has
+    one (then the master copy is interpolated and the parameter receives its rounded value)
+    and its ``z`` (always at full precision). The kernel reads the parameter in the place
+    of a gradient."""
+    fmt = join_storage(param.storage, "master" if master is not None else "")
+    arrays = [param.flat, param.flat, *([master.flat] if master is not None else []), z.flat]
+    scalars = StepScalars((weight, 1.0 - weight), (abs(weight) < 0.5,))
+    with on_gpu(param.gpu):
+        launch(SCHEDULE_FREE_MODE, arrays, scalars, stream, fmt)
+
+
+def schedule_free_point(param: Any, z: Any, weight: float, stream: Any = None) -> None:
+    """:func:`move_point` for the functional API: ``param`` and its ``z`` (of
+    :func:`~fastgd.arrays.state_dtype`), checked first."""
+    checked, z_checked = Param(param, "param"), Param(z, "z", state=True)
+    check_like(z_checked.view, checked, checked.order, "z", dtype=state_dtype(checked.view))
+    if z_checked.nbytes and checked.overlaps(z_checked.address, z_checked.nbytes):
+        raise ValueError("z shares memory with param")
+    if stream is not None:
+        check_stream(stream, [checked.view, z_checked.view])
+    move_point(checked, None, z_checked, weight, stream)
 
 
 # -- arrays checked once ------------------------------------------------------------------------
@@ -542,8 +570,7 @@ def state_kind(spec: Any, fmt: str, name: str, param: Param) -> tuple[np.dtype, 
         return np.dtype(np.float32), False
     if name.endswith(lowbit.ABSMAX):
         return np.dtype(np.float32), True
-    quantized = spec.quantized(name) if state_format == "8bit" else ""
-    return state_dtype(param.view, lowbit.form(state_format or "full", quantized)), False
+    return state_dtype(param.view, spec.form(name, state_format or "full")), False
 
 
 def state_array(param: Param, array: Any, name: str, kind: tuple[np.dtype, bool]) -> Param:
@@ -681,6 +708,8 @@ class Stepper:
                              f"{options['state_precision']!r}")
         options["rounding_seed"] = integer("rounding_seed", group["rounding_seed"],
                                            high=2**63)
+        if self.algorithm.schedule_free:
+            options["train_mode"] = Flag().check("train_mode", group["train_mode"])
         return options
 
     @staticmethod
@@ -901,11 +930,12 @@ class Stepper:
             precision = self.precision(param, w.options)
             for name in spec.present_states(w.scalars.present):
                 quantized = spec.quantized(name)
-                target = lowbit.form(precision, quantized)
+                target = spec.form(name, precision)
                 if name not in entry:
-                    fill = next(s.fill for s in self.algorithm.states if s.name == name)
-                    entry.update(lowbit.make(param.view, name, w.options[fill] if fill else 0.0,
-                                             target, quantized))
+                    value = self.algorithm.initial_value(name, w.options)
+                    if value is None:  # (a copy of the parameter, or of its master copy)
+                        value = entry.get("master_param", param.view)
+                    entry.update(lowbit.make(param.view, name, value, target, quantized))
                 elif lowbit.form_of(entry, name, param.view) not in (None, target):
                     lowbit.convert(entry, name, param.view, target, quantized)  # (changed)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)

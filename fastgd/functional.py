@@ -25,6 +25,10 @@ Host arrays run on the CPU. GPU arrays (anything with ``__cuda_array_interface__
 device arrays, CuPy, torch CUDA tensors) run on the GPU, in place, queued on ``stream``
 (default: the legacy default stream, see :mod:`fastgd.cuda`); mixing host and GPU arrays is
 refused.
+
+Schedule-Free's parameter holds ``y`` while training; :func:`schedule_free_eval` and
+:func:`schedule_free_train` move it to ``x`` and back (the classes' ``.eval()`` and
+``.train()``). Its ``z`` state array starts as a copy of the parameter.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 
 from fastgd import engine
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
-from fastgd.hyperparams import Parts
+from fastgd.hyperparams import Parts, Real
 
 ArrayLike = Any  # NumPy array, torch tensor, CUDA array, or anything NumPy views without copying
 
@@ -150,5 +154,26 @@ def make_function(algorithm: Algorithm) -> Any:
     return function
 
 
-__all__ = [a.function_name for a in ALGORITHMS.values()]
+def _schedule_free_beta(beta: float) -> float:
+    return Real(0.0, 1.0, low_open=True).check("beta", beta)
+
+
+def schedule_free_eval(param: ArrayLike, z: ArrayLike, *, beta: float,
+                       stream: Any = None) -> None:
+    """Move a Schedule-Free parameter from ``y`` (where gradients are taken) to ``x`` (the
+    average the method returns) in place: ``param = lerp(param, z, 1 - 1 / beta)``
+    (``schedulefree``'s ``.eval()``; ``beta``: ``beta1`` or ``momentum``). One fused pass;
+    ``z`` is the state array of :func:`schedulefreeadamw` / :func:`schedulefreesgd`."""
+    engine.schedule_free_point(param, z, 1.0 - 1.0 / _schedule_free_beta(beta), stream)
+
+
+def schedule_free_train(param: ArrayLike, z: ArrayLike, *, beta: float,
+                        stream: Any = None) -> None:
+    """Move a Schedule-Free parameter from ``x`` back to ``y`` in place:
+    ``param = lerp(param, z, 1 - beta)`` (``schedulefree``'s ``.train()``)."""
+    engine.schedule_free_point(param, z, 1.0 - _schedule_free_beta(beta), stream)
+
+
+__all__ = [a.function_name for a in ALGORITHMS.values()] + ["schedule_free_eval",
+                                                            "schedule_free_train"]
 globals().update({a.function_name: make_function(a) for a in ALGORITHMS.values()})

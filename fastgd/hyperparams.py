@@ -89,14 +89,24 @@ class Parts:
 
 @dataclass(frozen=True)
 class Steps:
-    """A number of steps (an ``int`` of at least 1), or ``None`` (a warmup left out)."""
+    """A number of steps: an ``int`` of at least ``low``, or (``optional``) ``None`` (a
+    warmup left out). Off, a switch of this domain is None, or ``low`` if not optional."""
 
-    annotation = "int | None"
+    low: int = 1
+    optional: bool = True
+
+    @property
+    def annotation(self) -> str:
+        return "int | None" if self.optional else "int"
+
+    @property
+    def off(self) -> int | None:
+        return None if self.optional else self.low
 
     def check(self, name: str, value: Any) -> int | None:
-        if value is None:
+        if value is None and self.optional:
             return None
-        return integer(name, value, low=1)
+        return integer(name, value, low=self.low)
 
 
 Domain = Real | Flag | Parts | Steps

@@ -166,13 +166,14 @@ def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
         value = f"{state}_{u}"
         inputs.append(value)
         outputs.append(value)
-        quantized = spec.quantized(state) if state_low == "8bit" else ""
+        form = spec.form(state, state_low or "full")
+        quantized = spec.quantized(state) if form == "8bit" else ""
         if quantized:
             decode, encode = EIGHT_BIT_NAMES[quantized]
             loads.append(f"{value} = {decode}[{state}[{i}]] * {state}_scale")
             stores.append(f"{state}[{i}] = quantization.encode_with(({value} * {state}_pre)"
                           f" * {state}_inv, {encode}, {quantized == 'signed'})")
-        elif state_low == "bf16":
+        elif form == "bf16":
             loads.append(f"{value} = {read(f'{state}[{i}]', 'bf16')}")
             stores.append(
                 f"{state}[{i}] = halfprec.float32_to_bfloat16_stochastic({value}, "

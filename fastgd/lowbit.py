@@ -46,12 +46,6 @@ def effective(precision: str, size: int, min_8bit_size: int) -> str:
     return "full" if precision == "8bit" and size < min_8bit_size else precision
 
 
-def form(precision: str, quantized: str) -> str:
-    """The form of one state at an (effective) ``precision``: a state that is not quantized
-    (``quantized == ""``) stays at full precision under ``"8bit"``."""
-    return "full" if precision == "8bit" and not quantized else precision
-
-
 def form_of(entry: Mapping[str, Any], name: str, param: Any) -> str | None:
     """The form of ``entry[name]``, a state of ``param`` (a view; the state a host or
     device array), or None when it is none of them (not an array shaped like ``param``;

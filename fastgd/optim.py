@@ -52,7 +52,7 @@ from fastgd.arrays import (
     storage,
     to_host,
 )
-from fastgd.engine import Param, StepInfo, Stepper
+from fastgd.engine import Param, StepInfo, Stepper, move_point, state_array
 from fastgd.hyperparams import number
 
 #: Options of torch.optim's state dicts that choose an implementation, not the math.
@@ -412,7 +412,7 @@ class Optimizer:
                     + f", shape {view.shape})")
             # (any form converts to this optimizer's precision)
             result.update(lowbit.make(view, key, lowbit.values(loaded, key, quantized),
-                                      lowbit.form(precision, quantized), quantized)
+                                      algorithm.spec.form(key, precision), quantized)
                           if current != "8bit" or precision != "8bit" else
                           {key: convert_state(loaded[key], view, np.dtype(np.uint8)),
                            key + lowbit.ABSMAX: on_device_of(loaded[key + lowbit.ABSMAX],
@@ -435,6 +435,92 @@ class Optimizer:
             lines += [f"    {k}: {v}" for k, v in sorted(group.items())
                       if k not in ("params", "param_names")]
         return "\n".join(lines) + "\n)"
+
+
+class ScheduleFreeOptimizer(Optimizer):
+    """Base class of the Schedule-Free optimizers (``schedulefree``'s semantics).
+
+    The parameter holds ``y``, the point where gradients are taken, while training, and
+    ``x``, the average the method returns, for evaluation: :meth:`eval` moves it to ``x``
+    and :meth:`train` back to ``y`` (each a fused pass ``p = lerp(p, z, w)``, torch's
+    ``lerp``, as the package computes it). The mode is the group option ``train_mode``; an
+    optimizer starts in eval mode, as the package does, and a step in eval mode is an error:
+    call ``train()`` before training and ``eval()`` before evaluating or saving the model
+    to use. State dicts hold the mode with the parameter groups, and checkpoints the
+    parameter as it is (``x`` or ``y``): a resumed optimizer is in the mode it was saved in,
+    so the same calls continue the run exactly. :meth:`load_state_dict` also takes the
+    ``schedulefree`` package's state dicts (its per-group ``k``, ``lr_max`` and
+    ``weight_sum`` become each parameter's ``step``, ``lr_max`` and ``weight_sum``).
+    """
+
+    #: the ``schedulefree`` package's group entries that fastgd keeps per parameter
+    PACKAGE_COUNTERS = {"k": "step", "lr_max": "lr_max", "weight_sum": "weight_sum"}
+
+    def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
+        super().__init__(params, {**defaults, "train_mode": False})
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
+        if isinstance(groups, list) and groups and all(
+                isinstance(g, Mapping) and set(self.PACKAGE_COUNTERS) <= set(g) for g in groups):
+            state_dict = self._from_package(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _from_package(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """A ``schedulefree`` state dict in fastgd's layout."""
+        state = dict(state_dict["state"]) if isinstance(state_dict["state"], Mapping) else {}
+        groups = []
+        for group in state_dict["param_groups"]:
+            counters = {ours: group[theirs] for theirs, ours in self.PACKAGE_COUNTERS.items()}
+            for index in group.get("params", ()):
+                if index in state and isinstance(state[index], Mapping):
+                    state[index] = {**state[index], **counters}
+            groups.append({"maximize": False, **{
+                k: v for k, v in group.items()
+                if k not in self.PACKAGE_COUNTERS and k != "scheduled_lr"}})
+        return {"state": state, "param_groups": groups}
+
+    def step(self, grads: Any = None, **options: Any) -> StepInfo | Any:
+        """One step (see :meth:`Optimizer.step`); refused in eval mode."""
+        if not all(group["train_mode"] for group in self.param_groups):
+            raise RuntimeError(f"{type(self).__name__}.step() in eval mode: call .train() "
+                               "before training steps (and .eval() before evaluating)")
+        return super().step(grads, **options)
+
+    def train(self) -> None:
+        """Put every parameter at ``y = beta x + (1 - beta) z`` (training mode)."""
+        self._move(train=True)
+
+    def eval(self) -> None:
+        """Put every parameter at ``x = (y - (1 - beta) z) / beta`` (eval mode)."""
+        self._move(train=False)
+
+    def _move(self, train: bool) -> None:
+        params, start, moves = self._engine.params, 0, []
+        for group in self.param_groups:  # (every group checked before any is moved)
+            count = len(group["params"])
+            if group["train_mode"] != train:
+                beta = self.algorithm.schedule_free(self._engine.check_options(group))
+                weight = 1.0 - beta if train else 1.0 - 1.0 / beta
+                for i in range(start, start + count):
+                    entry = self.state.get(i, {})
+                    if "z" in entry:
+                        moves.append((params[i], *self._points(i, entry), weight))
+            start += count
+        for param, master, z, weight in moves:
+            move_point(param, master, z, weight)
+        for group in self.param_groups:
+            group["train_mode"] = train
+
+    def _points(self, index: int, entry: Mapping[str, Any]) -> tuple[Param | None, Param]:
+        """The checked master copy (if any) and ``z`` of parameter ``index``."""
+        param = self._engine.params[index]
+        master = entry.get("master_param") if param.storage else None
+        return (None if master is None else state_array(
+                    param, master, f"state[{index}]['master_param']",
+                    (np.dtype(np.float32), False)),
+                state_array(param, entry["z"], f"state[{index}]['z']",
+                            (state_dtype(param.view), False)))
 
 
 def _state_index(key: Any, count: int) -> int:
@@ -498,20 +584,21 @@ from __future__ import annotations
 
 
 def __init__(self, params: Any, {", ".join(positional)}, *, {", ".join(keyword)}) -> None:
-    Optimizer.__init__(self, params, {{{options}}})
+    _BASE.__init__(self, params, {{{options}}})
 '''
-    namespace: dict[str, Any] = {"Any": Any, "Optimizer": Optimizer,
+    base = ScheduleFreeOptimizer if algorithm.schedule_free else Optimizer
+    namespace: dict[str, Any] = {"Any": Any, "_BASE": base,
                                  "_DEFAULTS": {h.name: h.default for h in hypers},
                                  "_FIXED": dict(algorithm.fixed)}
     exec(source, namespace)  # noqa: S102 - a signature generated from the table
     init = namespace["__init__"]
     init.__qualname__ = f"{algorithm.name}.__init__"
-    return type(algorithm.name, (Optimizer,), {
+    return type(algorithm.name, (base,), {
         "algorithm": algorithm, "__init__": init, "__doc__": _class_doc(algorithm),
         "__module__": __name__})
 
 
 #: What every optimizer class shares (exported with the classes).
-BASES = ("Optimizer", "StepInfo")
+BASES = ("Optimizer", "ScheduleFreeOptimizer", "StepInfo")
 __all__ = [*BASES, *ALGORITHMS]
 globals().update({name: make_class(algorithm) for name, algorithm in ALGORITHMS.items()})

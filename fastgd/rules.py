@@ -281,6 +281,15 @@ def lion_rule(p, g, exp_avg, lr, decay_factor, beta1, one_minus_beta1, beta2,
 
 
 @rule
+def lerp(start, end, weight, rest, low):
+    """torch's ``lerp(start, end, weight)``: ``start + weight (end - start)`` when ``low``
+    (``|weight| < 0.5``), else ``end - (end - start) rest`` (``rest = 1 - weight``)."""
+    if low:
+        return start + weight * (end - start)
+    return end - (end - start) * rest
+
+
+@rule
 def adopt_rule(p, g, exp_avg, exp_avg_sq, lr, weight_decay, neg_lr_wd, lerp_weight,
                lerp_rest, one_minus_beta2, beta2, eps, clip, l2, decoupled, first, lerp_low):
     """ADOPT (Adam with the gradient normalized by the second moment of the *previous*
@@ -300,10 +309,7 @@ def adopt_rule(p, g, exp_avg, exp_avg_sq, lr, weight_decay, neg_lr_wd, lerp_weig
         p = p + neg_lr_wd * p
     n = g / nan_max(math.sqrt(exp_avg_sq), eps)
     n = nan_min(nan_max(n, -clip), clip)
-    if lerp_low:
-        exp_avg = exp_avg + lerp_weight * (n - exp_avg)
-    else:
-        exp_avg = n - (n - exp_avg) * lerp_rest
+    exp_avg = lerp(exp_avg, n, lerp_weight, lerp_rest, lerp_low)
     p = p - lr * exp_avg
     exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * (g * g)
     return p, exp_avg, exp_avg_sq
@@ -358,3 +364,45 @@ def adan_rule(p, g, exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad, step_size,
     if not no_prox:
         p = p / prox_factor
     return p, exp_avg, exp_avg_sq, exp_avg_diff, -g
+
+
+@rule
+def schedule_free_step(p, gn, z, lr, y_coef, weight_decay, ckp1, ckp1_rest, l2, ckp1_low):
+    """The step Schedule-Free SGD and AdamW share, with ``p`` holding ``y`` (the point the
+    gradient is taken at) and ``gn`` the (normalized) gradient: ``gn += wd y``;
+    ``y = lerp(y, z, c)``; ``y += lr (beta (1 - c) - 1) gn`` (``y_coef``);
+    ``z -= lr gn``. Returns ``(y, z)``."""
+    if l2:
+        gn = gn + weight_decay * p
+    p = lerp(p, z, ckp1, ckp1_rest, ckp1_low)
+    p = p + y_coef * gn
+    z = z - lr * gn
+    return p, z
+
+
+@rule
+def schedule_free_sgd_rule(p, g, z, lr, y_coef, weight_decay, ckp1, ckp1_rest, l2,
+                           ckp1_low):
+    """Schedule-Free SGD: :func:`schedule_free_step` with the gradient itself."""
+    return schedule_free_step(p, g, z, lr, y_coef, weight_decay, ckp1, ckp1_rest, l2,
+                              ckp1_low)
+
+
+@rule
+def schedule_free_adamw_rule(p, g, z, exp_avg_sq, lr, y_coef, weight_decay, ckp1, ckp1_rest,
+                             beta2, one_minus_beta2, bc2, eps, l2, ckp1_low):
+    """Schedule-Free AdamW: ``v = beta2 v + (1 - beta2) g^2``, then
+    :func:`schedule_free_step` with ``g / (sqrt(v / (1 - beta2^t)) + eps)``."""
+    exp_avg_sq = exp_avg_sq * beta2 + one_minus_beta2 * (g * g)
+    gn = g / (math.sqrt(exp_avg_sq / bc2) + eps)
+    p, z = schedule_free_step(p, gn, z, lr, y_coef, weight_decay, ckp1, ckp1_rest, l2,
+                              ckp1_low)
+    return p, z, exp_avg_sq
+
+
+@rule
+def schedule_free_mode_rule(p, g, z, weight, rest, low):
+    """Schedule-Free's switch between its points, ``p = lerp(p, z, weight)``: from ``y`` to
+    ``x`` (``.eval()``, ``weight = 1 - 1/beta``) and back (``.train()``,
+    ``weight = 1 - beta``). ``g`` is unused (its kernels read the parameter there)."""
+    return lerp(p, z, weight, rest, low), z

@@ -12,6 +12,7 @@ added to the registry is covered by every test that iterates :data:`NAMES`;
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Any
@@ -34,7 +35,20 @@ def algorithm(name: str) -> Algorithm:
 
 
 def optimizer_class(name: str) -> type[fastgd.Optimizer]:
-    return getattr(fastgd, name)
+    """``name``'s class; for Schedule-Free ones (which start in eval mode, where a step is
+    an error) a subclass whose new optimizers are put in train mode, so that every test
+    that trains can make it the same way."""
+    cls = getattr(fastgd, name)
+    return _in_train_mode(cls) if issubclass(cls, fastgd.ScheduleFreeOptimizer) else cls
+
+
+@functools.cache
+def _in_train_mode(cls: type[fastgd.ScheduleFreeOptimizer]) -> type[fastgd.Optimizer]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        cls.__init__(self, *args, **kwargs)
+        self.train()
+
+    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
 
 
 def functional(name: str) -> Any:
@@ -88,8 +102,8 @@ def random_hyperparameters(name: str, on: tuple[str, ...] | set[str],
     for h in constructor_hypers(name):
         if isinstance(h.domain, Flag):
             hp[h.name] = h.name in on
-        elif isinstance(h.domain, Steps):  # (a warmup: None when off, a whole number on)
-            hp[h.name] = int(round(draw(h.typical, rng))) if h.name in on else None
+        elif isinstance(h.domain, Steps):  # (a warmup: None or 0 when off, a number on)
+            hp[h.name] = int(round(draw(h.typical, rng))) if h.name in on else h.domain.off
         elif h.switch and h.name not in on:
             hp[h.name] = 0.0
         elif isinstance(h.typical, tuple):
@@ -131,7 +145,8 @@ def bad_hyperparameters(name: str) -> list[tuple[dict[str, Any], tuple[str, ...]
         if isinstance(domain, Flag):
             cases += [({h.name: bad}, (h.name,)) for bad in ("yes", None, 0.5, [True])]
         elif isinstance(domain, Steps):
-            cases += [({h.name: bad}, (h.name,)) for bad in (0, -3, 2.5, "10", True)]
+            cases += [({h.name: bad}, (h.name,)) for bad in (
+                domain.low - 1, -3, 2.5, "10", True, *(() if domain.optional else (None,)))]
         elif isinstance(domain, Parts):
             good = tuple(h.default)
             cases += [({h.name: bad}, (h.name,)) for bad in (good[0], good + good[:1], "ab")]
@@ -165,11 +180,11 @@ def state_names(name: str, hp: dict[str, Any]) -> list[str]:
     return list(a.spec.present_states(a.present(options)))
 
 
-def state_fill(name: str, state: str, hp: dict[str, Any]) -> float:
-    """The value a new state array starts with."""
+def state_fill(name: str, state: str, hp: dict[str, Any], param: np.ndarray) -> Any:
+    """The value a new state array starts with (a number, or a copy of ``param``)."""
     a = ALGORITHMS[name]
-    fill = next(s.fill for s in a.states if s.name == state)
-    return float({**a.defaults, **hp}[fill]) if fill else 0.0
+    value = a.initial_value(state, a.check({**a.defaults, **hp}))
+    return param.copy() if value is None else value
 
 
 def initial_scalars(name: str, hp: dict[str, Any]) -> dict[str, float]:
@@ -202,7 +217,7 @@ class FunctionalRunner:
             start = int(rng.integers(4)) if offset else 0
             buffer = np.empty(param.size + start, dtype=param.dtype)
             arr = buffer[start:].reshape(param.shape, order=order)
-            arr[...] = state_fill(name, state, hp)
+            arr[...] = state_fill(name, state, hp, param)
             self.states[state] = arr
 
     def step(self, grad: Any, **overrides: Any) -> None:

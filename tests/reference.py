@@ -21,7 +21,8 @@ import numpy as np
 __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
     "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "ASGDRef", "LionRef", "ADOPTRef",
-    "AdEMAMixRef", "AdanRef", "REFERENCES", "nadam_mu",
+    "AdEMAMixRef", "AdanRef", "ScheduleFreeSGDRef", "ScheduleFreeAdamWRef", "REFERENCES",
+    "nadam_mu",
 ]
 
 
@@ -467,10 +468,67 @@ class AdanRef(Reference):
         return p if hp["no_prox"] else p / (1.0 + lr * wd)
 
 
+class ScheduleFreeSGDRef(Reference):
+    """Schedule-Free SGD (facebookresearch/schedule_free, ``SGDScheduleFree``): with ``y``
+    the parameter, ``c_t = w_t / sum(w_1..w_t)``, ``w_t = t^r lr_max^weight_lr_power``
+    (``lr_max`` the largest warmed-up learning rate so far),
+    ``y <- (1 - c) y + c z + lr (beta (1 - c) - 1) g``, ``z <- z - lr g``, the gradient
+    with ``weight_decay * y`` added; ``z`` starts as the parameter. :meth:`x` is the point
+    ``.eval()`` shows."""
+
+    defaults = dict(lr=1.0, momentum=0.9, weight_decay=0.0, warmup_steps=0, r=0.0,
+                    weight_lr_power=2.0, maximize=False)
+    scalar_state = ("lr_max", "weight_sum")
+
+    def beta(self) -> float:
+        return self.hp["momentum"]
+
+    def _normalized(self, g: np.ndarray) -> np.ndarray:
+        return g
+
+    def x(self, y: np.ndarray) -> np.ndarray:
+        """The average ``x`` (what ``.eval()`` puts in the parameter) of the point ``y``."""
+        beta = self.beta()
+        return (y - (1.0 - beta) * self.state["z"]) / beta
+
+    def _update(self, p, g):
+        hp, t = self.hp, self.t
+        warmup = hp["warmup_steps"]
+        lr = hp["lr"] * min(1.0, t / warmup) if warmup else hp["lr"]
+        lr_max = max(lr, self.state.get("lr_max", -1.0))
+        weight = t ** hp["r"] * lr_max ** hp["weight_lr_power"]
+        weight_sum = self.state.get("weight_sum", 0.0) + weight
+        c = weight / weight_sum if weight_sum else 0.0
+        z = self.state.get("z", p)
+        gn = self._normalized(g) + hp["weight_decay"] * p
+        y = (1.0 - c) * p + c * z + lr * (self.beta() * (1.0 - c) - 1.0) * gn
+        self.state.update(z=z - lr * gn, lr_max=lr_max, weight_sum=weight_sum)
+        return y
+
+
+class ScheduleFreeAdamWRef(ScheduleFreeSGDRef):
+    """Schedule-Free AdamW (``AdamWScheduleFree``): Schedule-Free SGD with ``beta1`` for
+    ``beta`` and the gradient divided by ``sqrt(v / (1 - beta2^t)) + eps``,
+    ``v = beta2 v + (1 - beta2) g^2`` (no first moment)."""
+
+    defaults = dict(lr=0.0025, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                    warmup_steps=0, r=0.0, weight_lr_power=2.0, maximize=False)
+
+    def beta(self) -> float:
+        return self.hp["betas"][0]
+
+    def _normalized(self, g):
+        beta2 = self.hp["betas"][1]
+        v = beta2 * self._zeros(g, "exp_avg_sq") + (1.0 - beta2) * g * g
+        self.state["exp_avg_sq"] = v
+        return g / (np.sqrt(v / (1.0 - beta2**self.t)) + self.hp["eps"])
+
+
 #: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
     "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
     "RAdam": RAdamRef, "Rprop": RpropRef, "ASGD": ASGDRef, "Lion": LionRef, "ADOPT": ADOPTRef,
-    "AdEMAMix": AdEMAMixRef, "Adan": AdanRef,
+    "AdEMAMix": AdEMAMixRef, "Adan": AdanRef, "ScheduleFreeSGD": ScheduleFreeSGDRef,
+    "ScheduleFreeAdamW": ScheduleFreeAdamWRef,
 }

@@ -20,6 +20,7 @@ from cases import (
     NAMES,
     FunctionalRunner,
     full_case,
+    optimizer_class,
     option_cases,
     random_hyperparameters,
     switches,
@@ -183,7 +184,7 @@ def run_classes_vs_reference(name: str, hp0: dict[str, Any], hp1: dict[str, Any]
     refs = [REFERENCES[name](**hp) for _, _, hp in specs]
     n0 = len(GROUP0)
     # Group 0 takes the constructor's options, group 1 overrides all of them.
-    opt = getattr(fastgd, name)([{"params": params[:n0]}, {"params": params[n0:], **hp1}],
+    opt = optimizer_class(name)([{"params": params[:n0]}, {"params": params[n0:], **hp1}],
                                 **hp0)
     for t in range(1, steps + 1):
         grads: list[Any] = []
@@ -233,7 +234,7 @@ def test_mixed_dtypes_and_lr_schedule(name: str, kernel: str) -> None:
               ((300, np.float32), (300, np.float64), (5, np.float64))]
     expected = [p.astype(np.float64) for p in params]
     refs = [REFERENCES[name](**hp) for _ in params]
-    opt = getattr(fastgd, name)([{"params": params[:2]}, {"params": params[2:]}], **hp)
+    opt = optimizer_class(name)([{"params": params[:2]}, {"params": params[2:]}], **hp)
     for t in range(1, STEPS + 1):
         grads = [like(p, rng.standard_normal(p.shape)) for p in params]
         opt.step(grads)
@@ -289,7 +290,7 @@ def test_class_and_functional_agree_bitwise(name: str, kernel: str) -> None:
     hp = random_hyperparameters(name, full_case(name), rng)
     p1 = rng.standard_normal(300)
     p2 = p1.copy()
-    opt = getattr(fastgd, name)([p1], **hp)
+    opt = optimizer_class(name)([p1], **hp)
     runner = FunctionalRunner(name, hp, p2, rng)
     for _ in range(10):
         g = rng.standard_normal(300)
@@ -312,7 +313,7 @@ def test_serial_and_parallel_kernels_agree(name: str, dtype: Any) -> None:
     for threshold in (SERIAL_ONLY, 1):
         with parallel_threshold(threshold):
             p = base.copy()
-            opt = getattr(fastgd, name)(p, **hp)
+            opt = optimizer_class(name)(p, **hp)
             for g in grads:
                 opt.step(g)
             results.append(p)
@@ -369,7 +370,7 @@ def test_property_sgd_adam_match_reference(case, dtype, shape, fortran, threshol
     ref = REFERENCES[name](**hp)
     expected = p0.astype(np.float64)
     with parallel_threshold(threshold):
-        opt = getattr(fastgd, name)(param, **hp)
+        opt = optimizer_class(name)(param, **hp)
         for g in grads:
             opt.step(g)
             expected = ref.step(expected, g)
@@ -405,7 +406,7 @@ def test_property_nan_in_gradient_poisons_exactly_its_elements(case, size, thres
     expected = param.astype(np.float64)
     ref = REFERENCES[name](**hp)
     with parallel_threshold(threshold):
-        opt = getattr(fastgd, name)(param, **hp)
+        opt = optimizer_class(name)(param, **hp)
         for t in range(1, 7):
             g = rng.standard_normal(size).astype(dtype)
             if t == nan_step:
@@ -555,8 +556,8 @@ def test_every_optimizer_maximizes_a_concave_function(name: str) -> None:
     lr = next(iter(algorithm.demo.values()))[1]
     extra = {"weight_decay": 0.0} if "weight_decay" in algorithm.hyper else {}
     up, down = np.zeros(3), np.zeros(3)
-    opt_up = getattr(fastgd, name)(up, lr=lr, maximize=True, **extra)
-    opt_down = getattr(fastgd, name)(down, lr=lr, **extra)
+    opt_up = optimizer_class(name)(up, lr=lr, maximize=True, **extra)
+    opt_down = optimizer_class(name)(down, lr=lr, **extra)
     for _ in range(400):
         opt_up.step(-2 * (up - 2))
         opt_down.step(2 * (down - 2))

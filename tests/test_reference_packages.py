@@ -1,11 +1,11 @@
 """fastgd's optimizers beyond torch.optim against the packages that define them (the
 ``refs`` extra; each test is skipped without its package): optax with JAX's float64
 (``jax_enable_x64``), the paper's own torch implementations where they are on PyPI
-(``torch-adopt``, ``lion-pytorch``). 40+ steps, random hyperparameters and shapes, float64
-within 1e-8 and float32 within 1e-4 relative (to the largest magnitude the value took), each
-reference running in the same dtype (a float32 Lion step and a float64 one take different
-signs where the interpolated momentum is within rounding of zero, about once in 10**7
-elements: compared like with like, both round alike).
+(``torch-adopt``, ``lion-pytorch``) and the ``schedulefree`` package. 40+ steps, random
+hyperparameters and shapes, float64 within 1e-8 and float32 within 1e-4 relative (to the
+largest magnitude the value took), each reference running in the same dtype (a float32 Lion
+step and a float64 one take different signs where the interpolated momentum is within
+rounding of zero, about once in 10**7 elements: compared like with like, both round alike).
 
 apple/ml-ademamix and sail-sg/Adan are not packaged: their formulas are in
 ``reference.py`` (``AdEMAMixRef``, ``AdanRef``), which ``test_reference.py`` runs against
@@ -180,3 +180,90 @@ def test_adan_later_steps_equal_optax(optax, request):
     b1, b2, b3 = hp["betas"]
     run_both("Adan", hp, np.float64, rng, optax_stepper(optax, optax.adan(
         hp["lr"], b1=b1, b2=b2, b3=b3, eps=hp["eps"], eps_root=0.0)), steps=3)
+
+
+#: fastgd's Schedule-Free classes and the ``schedulefree`` package's
+SCHEDULE_FREE = {"ScheduleFreeAdamW": "AdamWScheduleFree", "ScheduleFreeSGD": "SGDScheduleFree"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("on", [(), ("weight_decay", "warmup_steps")], ids=["plain", "decay"])
+@pytest.mark.parametrize("name", list(SCHEDULE_FREE))
+def test_schedule_free_equals_the_package(name, on, dtype, request):
+    """Steps, ``eval()`` (x compared) and ``train()`` again every 15 steps, the state (z,
+    exp_avg_sq) and the step's scalars against ``schedulefree``'s single-tensor path."""
+    torch = pytest.importorskip("torch")
+    schedulefree = pytest.importorskip("schedulefree")
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters(name, on, rng)
+    params = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+    mine = [p.copy() for p in params]
+    opt = getattr(fastgd, name)(mine, **hp)
+    tensors = [torch.nn.Parameter(torch.tensor(p)) for p in params]
+    ref = getattr(schedulefree, SCHEDULE_FREE[name])(
+        tensors, foreach=False, **{k: v for k, v in hp.items() if k != "maximize"})
+    opt.train()
+    ref.train()
+    peak = {}
+
+    def compare(what: str, ours: Any, theirs: Any) -> None:
+        theirs = theirs.detach().numpy().astype(np.float64)
+        peak[what] = max(peak.get(what, 0.0), float(np.abs(theirs).max(initial=0.0)))
+        assert_close(ours, theirs, RTOL[dtype], what, peak[what])
+
+    for t in range(1, STEPS + 6):
+        grads = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
+        opt.step(grads)
+        for tensor, g in zip(tensors, grads, strict=True):
+            tensor.grad = torch.tensor(g)  # (the package overwrites it)
+        ref.step()
+        moved = t % 15 == 0
+        if moved:
+            opt.eval()
+            ref.eval()
+        for i, tensor in enumerate(tensors):
+            compare(f"step {t}{' eval' if moved else ''}, params[{i}]", mine[i], tensor)
+            for key, value in ref.state[tensor].items():
+                compare(f"step {t}, state[{i}][{key!r}]", opt.state[i][key], value)
+            assert opt.state[i]["step"] == ref.param_groups[0]["k"] == t
+            assert opt.state[i]["lr_max"] == ref.param_groups[0]["lr_max"]
+            np.testing.assert_allclose(opt.state[i]["weight_sum"],
+                                       ref.param_groups[0]["weight_sum"], rtol=1e-15)
+        if moved:
+            opt.train()
+            ref.train()
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", list(SCHEDULE_FREE))
+def test_schedule_free_loads_the_packages_state_dict(name, mode, request):
+    """A run of the package, saved in either mode, continues in fastgd as in the package."""
+    torch = pytest.importorskip("torch")
+    schedulefree = pytest.importorskip("schedulefree")
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters(name, ("weight_decay", "warmup_steps"), rng)
+    options = {k: v for k, v in hp.items() if k != "maximize"}
+    tensors = [torch.nn.Parameter(torch.tensor(rng.standard_normal(s))) for s in SHAPES]
+    ref = getattr(schedulefree, SCHEDULE_FREE[name])(tensors, foreach=False, **options)
+    ref.train()
+    for _ in range(8):
+        for tensor in tensors:
+            tensor.grad = torch.tensor(rng.standard_normal(tensor.shape))
+        ref.step()
+    getattr(ref, mode)()
+    mine = [t.detach().numpy().copy() for t in tensors]
+    opt = getattr(fastgd, name)(mine, **options)
+    opt.load_state_dict(ref.state_dict())
+    assert opt.param_groups[0]["train_mode"] == (mode == "train")
+    ref.train()
+    opt.train()
+    for _ in range(8):
+        grads = [rng.standard_normal(s) for s in SHAPES]
+        for tensor, g in zip(tensors, grads, strict=True):
+            tensor.grad = torch.tensor(g)
+        ref.step()
+        opt.step(grads)
+    ref.eval()
+    opt.eval()
+    for i, tensor in enumerate(tensors):
+        assert_close(mine[i], tensor.detach().numpy(), RTOL[np.float64], f"params[{i}]")

@@ -29,12 +29,18 @@ def make(values: np.ndarray, dtype: Any, order: str = "C") -> np.ndarray:
     return np.require(np.asarray(values).astype(dtype), requirements=order)
 
 
+def in_bf16(name: str, key: str) -> bool:
+    """Whether ``name``'s state entry ``key`` is kept in bfloat16 with bfloat16 state."""
+    spec = cases.algorithm(name).spec
+    return key in spec.states and spec.form(key, "bf16") == "bf16"
+
+
 def round_state(opt: fastgd.Optimizer) -> None:
     """Round the algorithm's state arrays of a full-precision optimizer to bfloat16 (nearest
     even) in place: what bfloat16 state keeps of them."""
     for entry in opt.state.values():
         for key, value in entry.items():
-            if key != "master_param" and isinstance(value, np.ndarray):
+            if in_bf16(opt.algorithm.name, key) and isinstance(value, np.ndarray):
                 value[...] = value.astype(BF16).astype(value.dtype)
 
 
@@ -97,7 +103,7 @@ def test_bf16_state_is_float32_state_rounded_each_step(name, on, fmt):
                 assert opt_low.state[i][key] == value, key
                 continue
             ours = opt_low.state[i][key]
-            assert ours.dtype == (np.float32 if key == "master_param" else BF16), key
+            assert ours.dtype == (BF16 if in_bf16(name, key) else np.float32), key
             np.testing.assert_array_equal(ours.astype(np.float32), value, err_msg=key)
 
 
@@ -119,7 +125,7 @@ def test_bf16_state_follows_the_float64_reference(name):
         for i, (ref, g) in enumerate(zip(refs, grads, strict=True)):
             expected[i] = ref.step(expected[i], g.astype(np.float64))
             for key, value in ref.state.items():
-                if isinstance(value, np.ndarray):
+                if isinstance(value, np.ndarray) and in_bf16(name, key):
                     ref.state[key] = value.astype(BF16).astype(np.float64)
     for i, (p, e, ref) in enumerate(zip(params, expected, refs, strict=True)):
         # bfloat16 keeps 8 bits: one rounding of the state moves a step by up to 2**-8 of
@@ -477,7 +483,7 @@ def round_state_stochastically(opt: fastgd.Optimizer, name: str, stepped: list[i
         key = int(rounding_keys(SEED, entry["step"], [index])[0])
         for key_offset, state in enumerate(states):
             value = entry.get(state)
-            if value is None:
+            if value is None or not in_bf16(name, state):
                 continue
             order = "F" if value.flags.f_contiguous and not value.flags.c_contiguous else "C"
             flat = value.reshape(-1, order=order)

@@ -19,7 +19,7 @@ from reference import REFERENCES
 import fastgd
 from fastgd import bench, demo, rules
 from fastgd import functional as F
-from fastgd.algorithms import ALGORITHMS, SPECS, Algorithm, State
+from fastgd.algorithms import ALGORITHMS, SCHEDULE_FREE_MODE, SPECS, Algorithm, State
 from fastgd.hyperparams import Flag
 
 #: Options of the classes that are fastgd's own (not hyperparameters of an algorithm).
@@ -104,7 +104,8 @@ def test_the_original_functions_keep_their_signatures() -> None:
         positional = [p for p in signature.parameters.values()
                       if p.kind is p.POSITIONAL_OR_KEYWORD]
         assert [p.name for p in positional][:2] == ["param", "grad"]
-    assert set(F.__all__) == {a.function_name for a in ALGORITHMS.values()}
+    assert set(F.__all__) == {a.function_name for a in ALGORITHMS.values()} | {
+        "schedule_free_eval", "schedule_free_train"}
 
 
 def test_a_declaration_that_does_not_fit_its_rule_fails() -> None:
@@ -150,5 +151,6 @@ def test_a_rule_whose_names_shadow_a_kernels_variables_is_refused() -> None:
 
 
 def test_every_rule_is_declared_once() -> None:
-    assert {spec.rule for spec in SPECS.values()} == {a.rule for a in ALGORITHMS.values()}
+    assert {spec.rule for spec in SPECS.values()} == {a.rule for a in ALGORITHMS.values()} | {
+        SCHEDULE_FREE_MODE.rule}  # (with the kernel of Schedule-Free's .train()/.eval())
     assert all(isinstance(a, Algorithm) for a in ALGORITHMS.values())

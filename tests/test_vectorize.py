@@ -18,7 +18,7 @@ from numba import types
 
 from fastgd import cpu
 from fastgd.algorithms import SPECS
-from fastgd.kernelgen import n_arrays
+from fastgd.kernelgen import array_args
 
 VARIANTS = [(spec, present) for spec in SPECS.values() for present in spec.variants()]
 
@@ -37,10 +37,11 @@ def any_arithmetic(precision: str) -> re.Pattern[str]:
 
 def serial_asm(spec, present, dtype, storage: str = "") -> str:
     """Machine code of the serial loop; ``storage="sbf16"``: with bfloat16 state (uint16
-    arrays after param and grad)."""
+    arrays after param and grad, for the states kept in bfloat16)."""
     scalar = numba.from_dtype(np.dtype(dtype))
-    states = n_arrays(spec, present) - 2
-    arrays = (scalar[::1],) * 2 + ((types.uint16 if storage else scalar)[::1],) * states
+    arrays = (scalar[::1],) * 2 + tuple(
+        (types.uint16 if storage and spec.form(name, "bf16") == "bf16" else scalar)[::1]
+        for name in array_args(spec, present)[2:])
     signature = (arrays + (types.UniTuple(types.float64, len(spec.coefficients) + 1),)
                  + (types.boolean,) * len(spec.flags))
     serial = cpu.kernel(spec, present, "serial", storage)

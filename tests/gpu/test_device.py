@@ -242,3 +242,29 @@ def test_a_gradient_seen_before_is_checked_again_for_layout():
         with pytest.raises((TypeError, ValueError), match="grads\\[0\\]"):
             opt.step(bad)
     np.testing.assert_allclose(param.host, -0.2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeAdamW", "ScheduleFreeSGD"])
+def test_schedule_free_points_move_on_the_gpu_as_on_the_host(name):
+    """Steps, ``eval()`` and ``train()`` of GPU parameters (z made on the GPU from the
+    parameter), and the functional points, against the host path."""
+    rng = np.random.default_rng(5)
+    hosts = [rng.standard_normal(n).astype(np.float32) for n in (7, 1100)]
+    devices = [cuda.to_device(h) for h in hosts]
+    opts = [getattr(fastgd, name)(ps, lr=0.05, weight_decay=0.01) for ps in (hosts, devices)]
+    for opt in opts:
+        opt.train()
+    for _ in range(4):
+        grads = [rng.standard_normal(h.size).astype(np.float32) for h in hosts]
+        opts[0].step(grads)
+        opts[1].step([cuda.to_device(g) for g in grads])
+    assert is_device(opts[1].state[0]["z"])
+    for move in ("eval", "train", "eval"):
+        for opt in opts:
+            getattr(opt, move)()
+        for h, d in zip(hosts, devices, strict=True):
+            np.testing.assert_allclose(d.copy_to_host(), h, **TOL[np.float32])
+    z = opts[1].state[1]["z"]
+    F.schedule_free_train(devices[1], z, beta=0.9)
+    F.schedule_free_train(hosts[1], opts[0].state[1]["z"], beta=0.9)
+    np.testing.assert_allclose(devices[1].copy_to_host(), hosts[1], **TOL[np.float32])
