@@ -106,7 +106,7 @@ def fastgd_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.ndar
     options, state at ``precision``) over ``params``, warmed up: kernels compiled or loaded
     from the disk cache, state allocated."""
     case = bench.CASES[algorithm]
-    opt = case.cls(params, **case.options, state_precision=precision)
+    opt = bench.training_optimizer(case, params, state_precision=precision)
     opt.step(grads)
 
     def step() -> None:
@@ -158,7 +158,7 @@ def torch_stepper(algorithm: str, params: list[np.ndarray], grads: list[np.ndarr
     NotImplementedError (asv skips the benchmark) where torch.optim has no such class."""
     try:
         return bench._torch_stepper(bench.CASES[algorithm], params, grads)[0]
-    except RuntimeError as exc:
+    except (ImportError, RuntimeError) as exc:
         raise NotImplementedError(str(exc)) from exc
 
 
