@@ -122,6 +122,14 @@ class RuleSpec:
     eight_bit: tuple[str, ...] = ()
     #: per state, whether it is kept in bfloat16 with bfloat16 state (see :class:`State`)
     bf16: tuple[bool, ...] = ()
+    #: states the rule reads but does not write, and states it does not touch (its kernels
+    #: take no array for them: the rule gets a placeholder, its result is dropped)
+    read_only: tuple[str, ...] = ()
+    unused: tuple[str, ...] = ()
+    #: per-element values the rule returns after its states, each summed over the tensor
+    #: by the kernels (a two-phase step's first pass, :class:`TwoPhase`, which leaves the
+    #: parameter as it is: its kernels do not store it)
+    sums: tuple[str, ...] = ()
 
     def form(self, state: str, precision: str) -> str:
         """The form of ``state`` at an (effective) state precision: ``"full"``, ``"bf16"``
@@ -148,11 +156,32 @@ class RuleSpec:
 
     def present_states(self, present_optional: tuple[str, ...]) -> tuple[str, ...]:
         """The state arrays a variant takes, in rule order."""
-        return tuple(s for s in self.states
-                     if s not in self.optional or s in present_optional)
+        return tuple(s for s in self.states if (s not in self.optional or s in present_optional)
+                     and s not in self.unused)
 
     def kernel_name(self, present_optional: tuple[str, ...], target: str) -> str:
         return "_".join((self.name, *present_optional, target))
+
+
+@dataclass(frozen=True)
+class TwoPhase:
+    """A step in two passes over each tensor, for rules that need per-tensor reductions
+    (LAMB's and LARS's trust ratios). Both passes' rules take and return every state, like
+    any rule. The algorithm's ``rule`` is the first pass: it leaves the states of
+    ``first_unused`` alone (its kernel has no array for them) and returns, after the
+    states, one value per element for each name of ``sums``, which the kernel sums over the
+    tensor in the same pass. ``scale(sums, values)`` turns a tensor's sums (by name) and the
+    step's values (what ``update`` returned) into the per-tensor coefficients of ``rule``,
+    the second pass, which only reads the states of ``second_reads``; ``reads_grad``:
+    whether it uses ``g`` (if not, its kernel reads the parameter in its place, which adds
+    no memory traffic)."""
+
+    sums: tuple[str, ...]
+    rule: Any
+    scale: Callable[[Mapping[str, float], Mapping[str, Any]], dict[str, float]]
+    first_unused: tuple[str, ...] = ()
+    second_reads: tuple[str, ...] = ()
+    reads_grad: bool = True
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,9 +213,11 @@ class Algorithm:
     demo: Mapping[str, tuple[Mapping[str, Any], float]] = field(default_factory=dict)
     shown: tuple[str, ...] = ()
     schedule_free: Callable[[Mapping[str, Any]], float] | None = None
+    two_phase: TwoPhase | None = None
 
     def __post_init__(self) -> None:
         self.spec  # noqa: B018 - derive (and so check) the kernel signature at import
+        self.second_spec  # noqa: B018
 
     # -- derived facts ----------------------------------------------------------------------
     @property
@@ -230,8 +261,24 @@ class Algorithm:
 
     @cached_property
     def spec(self) -> RuleSpec:
-        """The rule's kernel signature, checked against this declaration."""
+        """The rule's kernel signature, checked against this declaration (of a two-phase
+        step: its first pass)."""
+        if self.two_phase is not None:
+            return _phase_spec(self, self.rule, (), self.two_phase.first_unused,
+                               self.two_phase.sums)
         return _rule_spec(self)
+
+    @cached_property
+    def second_spec(self) -> RuleSpec | None:
+        """The kernel signature of a two-phase step's second pass (None: one pass)."""
+        phase = self.two_phase
+        if phase is None:
+            return None
+        return _phase_spec(self, phase.rule, phase.second_reads, (), ())
+
+    def arrays(self, present: tuple[str, ...]) -> tuple[str, ...]:
+        """The state arrays of a parameter with these optional states in use."""
+        return tuple(s.name for s in self.states if s.when is None or s.name in present)
 
     def present(self, options: Mapping[str, Any]) -> tuple[str, ...]:
         """The optional states that the (checked) options use."""
@@ -320,6 +367,34 @@ def _rule_spec(algorithm: Algorithm) -> RuleSpec:
                     tuple(s.name for s in algorithm.optional),
                     tuple(s.eight_bit for s in algorithm.states),
                     tuple(s.bf16 for s in algorithm.states))
+
+
+def _phase_spec(algorithm: Algorithm, rule: Any, read_only: tuple[str, ...],
+                unused: tuple[str, ...], sums: tuple[str, ...]) -> RuleSpec:
+    """The kernel signature of one pass of a two-phase step, checked: ``p, g``, the states,
+    then values of the step (``update``'s, and the second pass's per-tensor ones)."""
+    name = algorithm.name
+    params = tuple(inspect.signature(rule.py_func).parameters)
+    states = tuple(s.name for s in algorithm.states)
+    head = ("p", "g", *states)
+    if params[:len(head)] != head or algorithm.optional:
+        raise AssertionError(f"{name}: {rule.__name__} must start with {head} (and two-phase "
+                             "steps have no optional state)")
+    values = example_update(algorithm)
+    if not sums:
+        values.update(algorithm.two_phase.scale(dict.fromkeys(algorithm.two_phase.sums, 1.0),
+                                                values))
+    body = params[len(head):]
+    missing = [b for b in body if b not in values]
+    kinds = [isinstance(values.get(b), bool) for b in body]
+    if missing or kinds != sorted(kinds):
+        raise AssertionError(f"{name}: {rule.__name__} takes {missing or body}: not given "
+                             "by update (or flags before coefficients)")
+    return RuleSpec(rule.__name__.removesuffix("_rule"), rule, states,
+                    tuple(b for b in body if not isinstance(values[b], bool)),
+                    tuple(b for b in body if isinstance(values[b], bool)), (),
+                    tuple(s.eight_bit for s in algorithm.states),
+                    tuple(s.bf16 for s in algorithm.states), read_only, unused, sums)
 
 
 def example_update(algorithm: Algorithm) -> dict[str, Any]:
@@ -906,10 +981,89 @@ g = g / (sqrt(exp_avg_sq / (1 - beta2**t)) + eps), then with beta = beta1:
 )
 
 
+def trust_ratio(param_norm: float, update_norm: float, coefficient: float = 1.0,
+                eps: float = 0.0) -> float:
+    """``coefficient * |p| / (|u| + eps)``, or 1 when either norm is 0 (optax's
+    ``scale_by_trust_ratio``; NaN norms give NaN)."""
+    if param_norm == 0.0 or update_norm == 0.0:
+        return 1.0
+    return coefficient * param_norm / (update_norm + eps)
+
+
+def _lamb_update(lr, betas, eps, weight_decay, *, step):
+    beta1, beta2 = betas
+    return dict(lr=lr, beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
+                one_minus_beta2=1.0 - beta2, inv_bc1=1.0 / (1.0 - beta1**step),
+                inv_bc2=1.0 / (1.0 - beta2**step), eps=eps, weight_decay=weight_decay)
+
+
+def _lamb_scale(sums, values):
+    ratio = trust_ratio(math.sqrt(sums["param_sq"]), math.sqrt(sums["update_sq"]))
+    return {"step_size": values["lr"] * ratio}
+
+
+_NORMS = ("param_sq", "update_sq")
+
+LAMB = Algorithm(
+    "LAMB", "LAMB: Adam's step plus weight decay, scaled per tensor by the trust ratio "
+    "|p| / |u| (layer-wise adaptive moments, for large batches).",
+    """\
+exp_avg = beta1 * exp_avg + (1 - beta1) * g
+exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g
+u = exp_avg / (1 - beta1**t) / (sqrt(exp_avg_sq / (1 - beta2**t)) + eps) + weight_decay * p
+p -= lr * |p| / |u| * u   (norms over the tensor; the ratio is 1 if either is 0)
+(two passes: the moments and both norms, then the update)""",
+    "optax.lamb", rules.lamb_rule,
+    states=(State("exp_avg", eight_bit="signed"), State("exp_avg_sq", eight_bit="unsigned")),
+    hyperparameters=(_lr(1e-3, 1e-3, 3e-2), _betas(), _eps(1e-6, 1e-8, 1e-5), WEIGHT_DECAY,
+                     MAXIMIZE),
+    update=_lamb_update,
+    two_phase=TwoPhase(_NORMS, rules.lamb_apply_rule, _lamb_scale,
+                       second_reads=("exp_avg", "exp_avg_sq"), reads_grad=False),
+    demo={"lamb": ({}, 0.05)}, shown=("betas",),
+)
+
+
+def _lars_update(lr, momentum, weight_decay, trust_coefficient, eps, nesterov):
+    return dict(lr=lr, trust_coefficient=trust_coefficient, eps=eps,
+                weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
+
+
+def _lars_scale(sums, values):
+    ratio = trust_ratio(math.sqrt(sums["param_sq"]), math.sqrt(sums["update_sq"]),
+                        values["trust_coefficient"], values["eps"])
+    return {"step_size": -values["lr"] * ratio}
+
+
+LARS = Algorithm(
+    "LARS", "LARS: SGD with momentum whose step is scaled per tensor by the trust ratio "
+    "trust_coefficient |p| / (|u| + eps) (layer-wise adaptive rate scaling).",
+    """\
+u = g + weight_decay * p
+u *= trust_coefficient * |p| / (|u| + eps)   (norms over the tensor; 1 if either is 0)
+momentum_buffer = -lr * u + momentum * momentum_buffer
+p += momentum_buffer   (nesterov: p += -lr * u + momentum * momentum_buffer)
+(two passes: both norms, then the update)""",
+    "optax.lars", rules.lars_rule,
+    states=(State("momentum_buffer", eight_bit="signed"),),
+    hyperparameters=(
+        _lr(1.0, 0.5, 5.0),
+        Hyper("momentum", 0.9, NON_NEGATIVE, Uniform(0.3, 0.95)),
+        WEIGHT_DECAY,
+        Hyper("trust_coefficient", 0.001, NON_NEGATIVE, Uniform(1e-3, 1e-1, log=True)),
+        Hyper("eps", 0.0, NON_NEGATIVE, Uniform(1e-9, 1e-6, log=True), switch=True),
+        _flag("nesterov"), MAXIMIZE),
+    update=_lars_update,
+    two_phase=TwoPhase(_NORMS, rules.lars_apply_rule, _lars_scale,
+                       first_unused=("momentum_buffer",)),
+    bench={"lr": 1.0}, demo={"lars": ({}, 20.0)}, shown=("momentum",),
+)
+
+
 #: Every algorithm, by class name.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM, RPROP, ASGD,
-    LION, ADOPT, ADEMAMIX, ADAN, SCHEDULE_FREE_SGD, SCHEDULE_FREE_ADAMW,
+    LION, ADOPT, ADEMAMIX, ADAN, SCHEDULE_FREE_SGD, SCHEDULE_FREE_ADAMW, LAMB, LARS,
 )}
 
 #: The kernel that moves a Schedule-Free parameter between its points (``.train()``,
@@ -919,4 +1073,6 @@ SCHEDULE_FREE_MODE = RuleSpec("schedule_free_mode", rules.schedule_free_mode_rul
 
 #: Every rule's kernel signature, by rule name (algorithms may share a rule).
 SPECS: dict[str, RuleSpec] = {a.spec.name: a.spec for a in ALGORITHMS.values()}
+SPECS.update({a.second_spec.name: a.second_spec for a in ALGORITHMS.values()
+              if a.second_spec is not None})
 SPECS[SCHEDULE_FREE_MODE.name] = SCHEDULE_FREE_MODE

@@ -39,7 +39,7 @@ from fastgd.codegen import load_generated
 from fastgd.kernelgen import (
     ABSMAX,
     ROUNDING_ARGS,
-    STORAGES,
+    accumulator,
     array_args,
     check_names,
     computes_in_float32,
@@ -48,6 +48,7 @@ from fastgd.kernelgen import (
     scalar_args,
     split_storage,
     stochastic,
+    storages,
 )
 
 #: Work of at least this many elements uses the multi-threaded kernels.
@@ -102,6 +103,57 @@ def {name}__multi(addresses, sizes, table, likes, {scalars}):
             {multi_views}
             {name}__serial({sliced})
 '''
+
+
+_REDUCE_TEMPLATE = '''
+
+@numba.njit(cache=True, error_model="numpy", nogil=True, fastmath={{"reassoc"}})
+def {serial}({args}):
+    {prologue}
+    {zeros}
+    for i in range(param.size):
+        {body}
+    return ({accumulators},)
+
+
+@numba.njit(cache=True, error_model="numpy", nogil=True)
+def {blocks}({args}, partials):
+    n = param.size
+    for b in range((n + {block} - 1) // {block}):
+        lo, hi = b * {block}, min(n, (b + 1) * {block})
+        sums = {serial}({sliced})
+        for j in range({count}):
+            partials[b, j] = sums[j]
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True)
+def {parallel}({args}, partials):
+    n = param.size
+    for b in numba.prange((n + {block} - 1) // {block}):
+        lo, hi = b * {block}, min(n, (b + 1) * {block})
+        sums = {serial}({sliced})
+        for j in range({count}):
+            partials[b, j] = sums[j]
+'''
+
+
+def reduce_source(spec: RuleSpec, name: str, args: list[str], n_arrays: int, body: str,
+                  prologue: str) -> str:
+    """Source of the kernels of a rule with sums (:attr:`RuleSpec.sums`): ``__serial``
+    returns the sums of its elements, in the loop's dtype; ``__blocks`` (one thread) and
+    ``__parallel`` write those of elements ``[b * BLOCK, (b + 1) * BLOCK)`` into row ``b``
+    of ``partials`` (float64, one row per block: :func:`reduce`). The blocks depend on the
+    element indices only, so the sums do not depend on where the arrays lie in memory or
+    on the number of threads."""
+    sliced = [f"{a}[lo:hi]" for a in args[:n_arrays]] + [
+        "rounding_base + lo" if a == "rounding_base" else a for a in args[n_arrays:]]
+    accumulators = [accumulator(s) for s in spec.sums]
+    return _REDUCE_TEMPLATE.format(
+        serial=f"{name}__serial", parallel=f"{name}__parallel", blocks=f"{name}__blocks",
+        args=", ".join(args), sliced=", ".join(sliced), block=BLOCK, body=body,
+        prologue=prologue,
+        zeros="\n    ".join(f"{a} = dtype(0)" for a in accumulators),
+        accumulators=", ".join(accumulators), count=len(accumulators))
 
 
 def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str,
@@ -239,6 +291,9 @@ def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "")
     scalars = ["coefficients", *spec.flags]
     rounding = list(ROUNDING_ARGS) if stochastic(storage) else []
     body = rule_call(spec, present, "i", storage).replace("\n", "\n        ")
+    if spec.sums:
+        return _HEADER + reduce_source(spec, name, arrays + scalars + rounding, len(arrays),
+                                       body, unpack_source(spec, storage))
     return "".join([_HEADER, kernel_pair_source(name, arrays + scalars + rounding, len(arrays),
                                                 body, unpack_source(spec, storage)),
                     table_source(name, arrays, scalars, bool(rounding))])
@@ -247,7 +302,7 @@ def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "")
 def all_variants() -> list[tuple[RuleSpec, tuple[str, ...], str]]:
     """Every (rule, present optional states, storage format) a CPU kernel exists for."""
     return [(spec, present, storage) for spec in SPECS.values()
-            for present in spec.variants() for storage in STORAGES]
+            for present in spec.variants() for storage in storages(spec)]
 
 
 @cache
@@ -334,6 +389,21 @@ def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
     """Run one variant over flat, validated arrays (param, grad, states...) in place."""
     serial, parallel, _, _ = _kernels(spec, present, storage)
     _run(serial, parallel, arrays, scalars)
+
+
+def reduce(spec: RuleSpec, arrays: list[Any], scalars: tuple[Any, ...], storage: str = ""
+           ) -> np.ndarray:
+    """Run a rule with sums over flat, validated arrays; returns its sums (float64): those
+    of its blocks (:func:`reduce_source`; on one thread below :data:`PARALLEL_THRESHOLD`
+    elements), added in order."""
+    size = arrays[0].size
+    partials = np.zeros((-(-size // BLOCK), len(spec.sums)))
+    if size >= PARALLEL_THRESHOLD:
+        with parallel_guard():
+            kernel(spec, (), "parallel", storage)(*arrays, *scalars, partials)
+    elif size:
+        kernel(spec, (), "blocks", storage)(*arrays, *scalars, partials)
+    return partials.sum(axis=0)
 
 
 class Table:

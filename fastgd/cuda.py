@@ -33,8 +33,11 @@ from fastgd.kernelgen import (
     ABSMAX,
     EIGHT_BIT_NAMES,
     ROUNDING_ARGS,
+    accumulator,
     array_args,
     check_names,
+    computes_in_float32,
+    eight_bit_kernels,
     element_code,
     kernel_args,
     n_arrays,
@@ -61,7 +64,7 @@ import numpy as np
 from numba import cuda
 from fastgd import halfprec, quantization, rules
 from fastgd.device_pointers import address_as_pointer
-from fastgd.warps import warp_max
+from fastgd.warps import warp_max, warp_sum
 '''
 
 #: The storage formats of CUDA kernels (:mod:`fastgd.kernelgen`): float32/float64
@@ -252,6 +255,39 @@ def _prologue(spec: RuleSpec, present: tuple[str, ...], storage: str) -> str:
     return _indent(eight_bit_prologue(spec, present), "    ")
 
 
+_REDUCE_TEMPLATE = """
+
+@cuda.jit(cache={cache})
+def {name}({args}, sums):
+    {zeros}
+    stop = param.size
+    {loop}
+    {scratch}
+    {reduce}
+"""
+
+
+def reduce_source(spec: RuleSpec, storage: str) -> str:
+    """Source of the kernel of a rule with sums (:attr:`RuleSpec.sums`) over one tensor:
+    each thread sums its elements' values in the kernel's dtype, each warp sums its
+    threads' (:func:`fastgd.warps.warp_sum`) and its first lane adds that to ``sums`` (an
+    array of the kernel's dtype, one entry per sum, zero before the launch)."""
+    args = kernel_args(spec, (), storage) + (list(ROUNDING_ARGS) if stochastic(storage)
+                                             else [])
+    accumulators = [accumulator(s) for s in spec.sums]
+    reduce = []
+    for j, a in enumerate(accumulators):
+        reduce += [f"{a} = warp_sum({a}, scratch)",
+                   f"if cuda.threadIdx.x % {WARP} == 0:",
+                   f"    cuda.atomic.add(sums, {j}, {a})"]
+    return _REDUCE_TEMPLATE.format(
+        cache=not SIMULATOR, name=kernel_name(spec, (), storage), args=", ".join(args),
+        zeros="\n    ".join(f"{a} = grad_scale - grad_scale" for a in accumulators),
+        loop=strided_loop(spec, (), storage, "    "),
+        scratch=f"scratch = cuda.shared.array({THREADS}, np.float64)" if SIMULATOR
+        else "scratch = 0", reduce="\n    ".join(reduce))
+
+
 def kernel_source(spec: RuleSpec, present: tuple[str, ...], storage: str) -> str:
     """Source of the kernel of one variant and storage format over one tensor's flat
     arrays (with stochastic rounding, :data:`~fastgd.kernelgen.ROUNDING_ARGS` last)."""
@@ -325,6 +361,11 @@ def generate_source() -> str:
         check_names(spec)
         for present in spec.variants():
             for storage in STORAGES:
+                if storage == "s8" and not eight_bit_kernels(spec):
+                    continue
+                if spec.sums:
+                    parts.append(reduce_source(spec, storage))
+                    continue
                 parts += [kernel_source(spec, present, storage),
                           multi_source(spec, present, storage)]
     return "".join(parts)
@@ -467,6 +508,19 @@ def to_device(values: np.ndarray, like: Any = None, dtype: Any = None) -> Any:
     return arr
 
 
+def reduce(spec: RuleSpec, arrays: list[Any], scalars: tuple[Any, ...], stream: Any = None,
+           storage: str = "") -> np.ndarray:
+    """Run a rule with sums over flat, checked device arrays (queued on ``stream``); returns
+    its sums (float64, on the host: this waits for the kernel)."""
+    dtype = np.float32 if computes_in_float32(storage) else arrays[0].dtype
+    sums = cuda.to_device(np.zeros(len(spec.sums), dtype), stream=as_stream(stream))
+    if arrays[0].size:
+        blocks, threads = launch_config(arrays[0].size)
+        kernel(spec, (), storage=storage)[blocks, threads, as_stream(stream)](
+            *arrays, *scalars, sums)
+    return sums.copy_to_host(stream=as_stream(stream)).astype(np.float64)
+
+
 def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],
            scalars: tuple[Any, ...], stream: Any = None, storage: str = "") -> None:
     """Run one variant over flat, checked device arrays (in kernel order; bfloat16 state
@@ -545,5 +599,7 @@ def compile_ptx(spec: RuleSpec, present: tuple[str, ...], dtype: Any,
                  + (types.boolean,) * len(spec.flags))
     if stochastic(storage) and not many:
         signature += (types.int64, types.int64)
+    if spec.sums:
+        signature += (scalar[::1],)
     ptx, _ = cuda.compile_ptx(kernel(spec, present, many, storage).py_func, signature, cc=cc)
     return ptx

@@ -88,6 +88,8 @@ class StepScalars(NamedTuple):
     flags: tuple[bool, ...]
     present: tuple[str, ...] = ()
     grad_scale: float = 1.0
+    #: everything ``update`` returned, by name (two-phase steps: both passes take from it)
+    values: Mapping[str, Any] | None = None
 
     def kernel_scalars(self, dtype: Any) -> tuple[Any, ...]:
         """A CUDA kernel's scalar arguments: coefficients and ``grad_scale`` in ``dtype``,
@@ -131,7 +133,8 @@ def step_scalars(algorithm: Algorithm, options: Mapping[str, Any],
     out = algorithm.update(*reads(options), **inputs)
     return (StepScalars(coefficients(out), flags(out),
                         algorithm.present(options) if present is None else present,
-                        -1.0 if options.get("maximize") else 1.0),
+                        -1.0 if options.get("maximize") else 1.0,
+                        out if algorithm.two_phase is not None else None),
             {n: out[n] for n in scalars} if scalars else {})
 
 
@@ -270,7 +273,7 @@ class Functional:
             i += width
         options = algorithm.check(raw)
         present = algorithm.present(options)
-        used = algorithm.spec.present_states(present)
+        used = algorithm.arrays(present)
         pick = _getter([self._states.index(n) for n in used])
         self._last = (values, (options, present, used, pick))
         return options, present, used, pick
@@ -315,9 +318,16 @@ class Functional:
                 raise ValueError(f"{name} is required with these hyperparameters (got None)")
         views, fmt = prepare(param, grad, dict(zip(used, arrays, strict=True)),
                              self.algorithm.spec)
+        if self.algorithm.two_phase is not None and split_storage(fmt)[2] == "8bit":
+            raise TypeError(f"{self.algorithm.name} has no 8-bit state (its two passes read "
+                            "the state twice); use bfloat16 state")
         if stream is not None:
             check_stream(stream, views)
         with on_gpu(gpu_of(views[0])):
+            if self.algorithm.two_phase is not None:
+                run_two_phase(self.algorithm, dict(zip(("param", "grad", *used), views,
+                                                       strict=True)), scalars, stream, fmt)
+                return
             launch(self.algorithm.spec, views, scalars, stream, fmt)
         eight_bit = split_storage(fmt)[2] == "8bit"  # ((codes, absmax): checked every call)
         if stream is None and isinstance(views[0], np.ndarray) and not eight_bit:
@@ -391,17 +401,55 @@ def compute_dtype(param: Any, fmt: str) -> np.dtype:
 
 
 def launch(spec: RuleSpec, arrays: list[Any], scalars: StepScalars, stream: Any = None,
-           fmt: str = "") -> None:
+           fmt: str = "", rounding: tuple[int, ...] = ()) -> None:
     """Run a rule on checked flat kernel views (param, grad, [master], states in rule
     order) of storage format ``fmt``: NumPy arrays on the CPU, device arrays on the GPU
-    (queued on ``stream``, which the caller has checked)."""
+    (queued on ``stream``, which the caller has checked); ``rounding``: the
+    ``(rounding_key, rounding_base)`` of stochastic rounding."""
     if isinstance(arrays[0], np.ndarray):
-        cpu.launch(spec, scalars.present, arrays, scalars.packed(), fmt)
+        cpu.launch(spec, scalars.present, arrays, scalars.packed() + rounding, fmt)
     else:
         from fastgd import cuda
 
         cuda.launch(spec, scalars.present, arrays,
-                    scalars.kernel_scalars(compute_dtype(arrays[0], fmt)), stream, fmt)
+                    scalars.kernel_scalars(compute_dtype(arrays[0], fmt)) + rounding, stream,
+                    fmt)
+
+
+def _pass_scalars(spec: RuleSpec, values: Mapping[str, Any], grad_scale: float
+                  ) -> StepScalars:
+    return StepScalars(tuple(values[c] for c in spec.coefficients),
+                       tuple(values[f] for f in spec.flags), (), grad_scale)
+
+
+def run_two_phase(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: StepScalars,
+                  stream: Any = None, fmt: str = "", rounding: tuple[int, ...] = ()) -> None:
+    """Both passes of a two-phase step (:class:`~fastgd.algorithms.TwoPhase`) over one
+    tensor's checked flat kernel views, by name (``param``, ``grad``, ``master``, the
+    states): the first pass updates its states and sums what the trust ratio needs, the
+    host turns the sums into the second pass's coefficients, the second pass updates the
+    parameter. ``rounding``: the ``(rounding_key, rounding_base)`` of stochastic rounding."""
+    phase, first, second = algorithm.two_phase, algorithm.spec, algorithm.second_spec
+    values = scalars.values
+    on_host = isinstance(arrays["param"], np.ndarray)
+    picked = [arrays[n] for n in array_args(first, (), fmt)]
+    one = _pass_scalars(first, values, scalars.grad_scale)
+    if on_host:
+        sums = cpu.reduce(first, picked, one.packed() + rounding, fmt)
+    else:
+        from fastgd import cuda
+
+        sums = cuda.reduce(first, picked, one.kernel_scalars(compute_dtype(picked[0], fmt))
+                           + rounding, stream, fmt)
+    values = {**values, **phase.scale(dict(zip(phase.sums, sums.tolist(), strict=True)),
+                                      values)}
+    views = arrays if phase.reads_grad else {**arrays, "grad": arrays["param"]}
+    two = _pass_scalars(second, values, scalars.grad_scale)
+    picked = [views[n] for n in array_args(second, (), fmt)]
+    if on_host:
+        cpu.launch(second, (), picked, two.packed() + rounding, fmt)
+    else:
+        launch(second, picked, two, stream, fmt, rounding)
 
 
 # -- Schedule-Free's points ---------------------------------------------------------------------
@@ -710,6 +758,9 @@ class Stepper:
                                            high=2**63)
         if self.algorithm.schedule_free:
             options["train_mode"] = Flag().check("train_mode", group["train_mode"])
+        if self.algorithm.two_phase is not None and options["state_precision"] == "8bit":
+            raise ValueError(f"{self.algorithm.name} has no 8-bit state (its two passes read "
+                             "the state twice); use state_precision='bf16'")
         return options
 
     @staticmethod
@@ -762,7 +813,7 @@ class Stepper:
         """One step of every parameter whose gradient (``grads[i]``, aligned with the
         parameters) is not None, in place; see :meth:`fastgd.Optimizer.step`."""
         if (max_norm is None and not skip_if_nonfinite and stream is None
-                and self._planned(groups, state, grads)):
+                and self.algorithm.two_phase is None and self._planned(groups, state, grads)):
             return None
         work = self._check(groups, state, grads)
         if stream is not None:
@@ -890,7 +941,7 @@ class Stepper:
                 if first is None:
                     present = self._group_options(g, group, t)[1]
                     first = not entry or not any(
-                        n in entry for n in algorithm.spec.present_states(present))
+                        n in entry for n in algorithm.arrays(present))
                 values.append(first)
             elif entry and name in entry:
                 values.append(entry[name])
@@ -928,7 +979,7 @@ class Stepper:
             if split_storage(fmt)[1] and "master_param" not in entry:
                 entry["master_param"] = from_host(param.view, param.view, np.float32)
             precision = self.precision(param, w.options)
-            for name in spec.present_states(w.scalars.present):
+            for name in self.algorithm.arrays(w.scalars.present):
                 quantized = spec.quantized(name)
                 target = spec.form(name, precision)
                 if name not in entry:
@@ -939,6 +990,10 @@ class Stepper:
                 elif lowbit.form_of(entry, name, param.view) not in (None, target):
                     lowbit.convert(entry, name, param.view, target, quantized)  # (changed)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
+        if self.algorithm.two_phase is not None:  # (two passes per tensor, no launch units)
+            for w in work:
+                self._run_two_phase(w, state[w.index], stream)
+            return []
         units = []
         for (_, _, _, fmt, _), items in batches.items():
             unit = self._unit(items, state, fmt, items[0].scalars.present)
@@ -946,6 +1001,21 @@ class Stepper:
                         (items[0].options["rounding_seed"], items[0].step))
             units.append(unit)
         return units
+
+    def _run_two_phase(self, w: _Work, entry: Mapping[str, Any], stream: Any) -> None:
+        """Both passes of a two-phase step over one parameter (its state made)."""
+        param, spec = self.params[w.index], self.algorithm.spec
+        fmt = self.storage_format(param, w.options)
+        arrays = {"param": param.flat, "grad": param.grad_view(w.grad, w.index)}
+        names = [("master", "master_param")] if split_storage(fmt)[1] else []
+        names += [(n, n) for n in self.algorithm.arrays(w.scalars.present)]
+        for name, key in names:
+            arrays[name] = state_array(param, entry[key], f"state[{w.index}][{key!r}]",
+                                       state_kind(spec, fmt, key, param)).flat
+        rounding = (int(lowbit.rounding_keys(w.options["rounding_seed"], w.step,
+                                             [w.index])[0]), 0) if stochastic(fmt) else ()
+        with on_gpu(param.gpu):
+            run_two_phase(self.algorithm, arrays, w.scalars, stream, fmt, rounding)
 
     def _unit(self, items: list[_Work], state: dict[int, dict[str, Any]], fmt: str,
               present: tuple[str, ...]) -> _Unit:

@@ -125,11 +125,30 @@ EIGHT_BIT_NAMES = {"signed": ("signed_map", "signed_table"),
 
 
 class ElementCode(NamedTuple):
-    """Statements applying a rule to one element: its loads, the rule call, its stores."""
+    """Statements applying a rule to one element: its loads, the rule call, its stores, and
+    (a rule with sums) the additions of its values to the kernel's accumulators."""
 
     loads: list[str]
     call: str
     stores: list[str]
+    sums: list[str]
+
+
+def accumulator(name: str) -> str:
+    """The kernel variable that sums the rule's value ``name`` over its elements."""
+    return f"acc_{name}"
+
+
+def eight_bit_kernels(spec: RuleSpec) -> bool:
+    """Whether kernels with 8-bit state exist for a rule: not for the passes of a two-phase
+    step (a pass that only reads a state, skips it or sums values)."""
+    return not (spec.sums or spec.read_only or spec.unused)
+
+
+def storages(spec: RuleSpec) -> tuple[str, ...]:
+    """The storage formats kernels of ``spec`` are generated for."""
+    return STORAGES if eight_bit_kernels(spec) else tuple(
+        s for s in STORAGES if split_storage(s)[2] != "8bit")
 
 
 def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
@@ -137,8 +156,9 @@ def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
     """The statements applying ``spec``'s rule to element ``i`` of every array, in
     variables suffixed ``_{u}`` (so that several elements can be in flight together).
 
-    Absent optional states get the gradient as a placeholder value and their result is
-    dropped; the structural flags are written as literals so that the compiler removes the
+    Absent optional states (and states the rule does not use) get the gradient as a
+    placeholder value and their result is dropped, as is that of a read-only state; the
+    structural flags are written as literals so that the compiler removes the
     branches they guard. Low-precision arrays are converted as they are loaded and stored;
     8-bit states (in kernels generated for whole blocks, see :data:`EIGHT_BIT_NAMES`) are
     decoded on load and encoded on store.
@@ -157,6 +177,8 @@ def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
     stores = [f"master[{i}] = {param}"] if master else []
     stores.append(f"param[{i}] = halfprec.{CONVERSIONS[low][1]}({param})" if low
                   else f"param[{i}] = {param}")
+    if spec.sums:  # (a first pass, which does not change the parameter)
+        stores.clear()
     inputs, outputs = [param, grad], [param]
     for n, state in enumerate(spec.states):
         if state not in arrays:
@@ -182,10 +204,15 @@ def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
         else:
             loads.append(f"{value} = {state}[{i}]")
             stores.append(f"{state}[{i}] = {value}")
+        if state in spec.read_only:
+            stores.pop()
+            outputs[-1] = f"_absent{n}"
     inputs += [*spec.coefficients, *spec.flags]
     inputs += [str(state in present) for state in spec.optional]
+    outputs += [f"{name}_{u}" for name in spec.sums]
     call = f"{', '.join(outputs)} = rules.{spec.rule.__name__}({', '.join(inputs)})"
-    return ElementCode(loads, call, stores)
+    return ElementCode(loads, call, stores, [f"{accumulator(name)} += {name}_{u}"
+                                             for name in spec.sums])
 
 
 def rule_calls(spec: RuleSpec, present: tuple[str, ...], indices: list[str],
@@ -195,7 +222,7 @@ def rule_calls(spec: RuleSpec, present: tuple[str, ...], indices: list[str],
     flight together (a GPU thread's memory-level parallelism)."""
     code = [element_code(spec, present, i, u, storage) for u, i in enumerate(indices)]
     return "\n".join([line for c in code for line in c.loads] + [c.call for c in code]
-                     + [line for c in code for line in c.stores])
+                     + [line for c in code for line in c.stores + c.sums])
 
 
 def rule_call(spec: RuleSpec, present: tuple[str, ...], i: str, storage: str = "") -> str:

@@ -421,7 +421,7 @@ class Optimizer:
                  and k.removesuffix(lowbit.ABSMAX) not in loaded]
         if stray:
             raise ValueError(f"{name} has {stray} without their codes")
-        required = () if "first_step" in algorithm.inputs else algorithm.spec.present_states(
+        required = () if "first_step" in algorithm.inputs else algorithm.arrays(
             algorithm.present(options))
         missing = [k for k in required if k not in result]
         if missing and result["step"] > 0:
@@ -554,10 +554,12 @@ def _class_doc(algorithm: Algorithm) -> str:
              *("    " + line for line in algorithm.math.splitlines()), "",
              f"State: {', '.join(states)}"
              + "".join(f", {s.name} (a number)" for s in algorithm.scalars) + ".",
-             "With ``state_precision='8bit'``: " + "; ".join(
+             "With ``state_precision='8bit'``: " + ("refused (a two-phase step reads "
+                                                   "the state twice)" if algorithm.two_phase
+                                                   else "; ".join(
                  f"{s.name} {s.eight_bit}" + (" map" if s.eight_bit != "full" else
                                               f" precision ({s.why})")
-                 for s in algorithm.states) + ".",
+                 for s in algorithm.states)) + ".",
              f"Hyperparameters and defaults: {options}"
              + "".join(f", {k}={v!r} (fixed)" for k, v in algorithm.fixed.items()) + ".",
              f"Formulas and defaults: ``{algorithm.source}``; see :class:`Optimizer` for "

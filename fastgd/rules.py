@@ -406,3 +406,51 @@ def schedule_free_mode_rule(p, g, z, weight, rest, low):
     ``x`` (``.eval()``, ``weight = 1 - 1/beta``) and back (``.train()``,
     ``weight = 1 - beta``). ``g`` is unused (its kernels read the parameter there)."""
     return lerp(p, z, weight, rest, low), z
+
+
+@rule
+def lamb_direction(p, exp_avg, exp_avg_sq, inv_bc1, inv_bc2, eps, weight_decay):
+    """LAMB's direction before its trust ratio: the bias-corrected Adam step plus weight
+    decay, ``m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps) + wd p`` (``inv_bc``: the
+    reciprocals of the bias corrections)."""
+    return (exp_avg * inv_bc1) / (math.sqrt(exp_avg_sq * inv_bc2) + eps) + weight_decay * p
+
+
+@rule
+def lamb_rule(p, g, exp_avg, exp_avg_sq, beta1, one_minus_beta1, beta2, one_minus_beta2,
+              inv_bc1, inv_bc2, eps, weight_decay):
+    """LAMB, first pass: Adam's moments, and the squares of ``p`` and of the direction
+    ``u`` (:func:`lamb_direction`), summed over the tensor for its trust ratio."""
+    exp_avg = one_minus_beta1 * g + beta1 * exp_avg
+    exp_avg_sq = one_minus_beta2 * (g * g) + beta2 * exp_avg_sq
+    u = lamb_direction(p, exp_avg, exp_avg_sq, inv_bc1, inv_bc2, eps, weight_decay)
+    return p, exp_avg, exp_avg_sq, p * p, u * u
+
+
+@rule
+def lamb_apply_rule(p, g, exp_avg, exp_avg_sq, inv_bc1, inv_bc2, eps, weight_decay,
+                    step_size):
+    """LAMB, second pass: ``p -= lr * ratio * u`` (``step_size``; the moments are read
+    only, ``g`` is not used)."""
+    p = p - step_size * lamb_direction(p, exp_avg, exp_avg_sq, inv_bc1, inv_bc2, eps,
+                                       weight_decay)
+    return p, exp_avg, exp_avg_sq
+
+
+@rule
+def lars_rule(p, g, momentum_buffer, weight_decay):
+    """LARS, first pass: the squares of ``p`` and of ``u = g + wd p``, summed over the
+    tensor for its trust ratio (the momentum is not touched)."""
+    u = g + weight_decay * p
+    return p, momentum_buffer, p * p, u * u
+
+
+@rule
+def lars_apply_rule(p, g, momentum_buffer, weight_decay, step_size, momentum, nesterov):
+    """LARS, second pass: ``u = -lr ratio (g + wd p)`` (``step_size = -lr ratio``);
+    ``buf = u + momentum buf``; ``p += u + momentum buf`` (``nesterov``) or ``buf``."""
+    u = step_size * (g + weight_decay * p)
+    momentum_buffer = u + momentum * momentum_buffer
+    if nesterov:
+        return p + (u + momentum * momentum_buffer), momentum_buffer
+    return p + momentum_buffer, momentum_buffer

@@ -1,4 +1,5 @@
-"""The maximum of an int32 over the lanes of a warp, inside CUDA kernels.
+"""The maximum of an int32, and the sum of a number, over the lanes of a warp, inside CUDA
+kernels.
 
 On a GPU the lanes exchange their values through registers (``shfl_xor_sync``, five
 butterfly steps; every lane of the warp must call it). Numba's CUDA simulator has no warp
@@ -27,6 +28,20 @@ if SIMULATOR:
         cuda.syncthreads()
         return top
 
+    @cuda.jit(device=True)
+    def warp_sum(value, scratch):  # pragma: no cover - simulated device code
+        """The sum of ``value`` over the 32 lanes of this thread's warp (``scratch``: a
+        float64 array of one entry per thread of the block)."""
+        t = cuda.threadIdx.x
+        scratch[t] = value
+        cuda.syncthreads()
+        first = t - t % 32
+        total = scratch[first]
+        for lane in range(first + 1, first + 32):
+            total += scratch[lane]
+        cuda.syncthreads()
+        return total
+
 else:
     @cuda.jit(device=True, inline=True)
     def warp_max(value, scratch):  # pragma: no cover - device code
@@ -37,3 +52,13 @@ else:
         value = max(value, cuda.shfl_xor_sync(mask, value, 4))
         value = max(value, cuda.shfl_xor_sync(mask, value, 2))
         return max(value, cuda.shfl_xor_sync(mask, value, 1))
+
+    @cuda.jit(device=True, inline=True)
+    def warp_sum(value, scratch):  # pragma: no cover - device code
+        """The sum of ``value`` (of its own dtype) over the 32 lanes of this thread's warp."""
+        mask = np.uint32(0xFFFFFFFF)
+        value += cuda.shfl_xor_sync(mask, value, 16)
+        value += cuda.shfl_xor_sync(mask, value, 8)
+        value += cuda.shfl_xor_sync(mask, value, 4)
+        value += cuda.shfl_xor_sync(mask, value, 2)
+        return value + cuda.shfl_xor_sync(mask, value, 1)

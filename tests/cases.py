@@ -177,7 +177,7 @@ def state_names(name: str, hp: dict[str, Any]) -> list[str]:
     """The state arrays a step of ``name`` with constructor kwargs ``hp`` uses."""
     a = ALGORITHMS[name]
     options = a.check({**a.defaults, **hp})
-    return list(a.spec.present_states(a.present(options)))
+    return list(a.arrays(a.present(options)))
 
 
 def state_fill(name: str, state: str, hp: dict[str, Any], param: np.ndarray) -> Any:

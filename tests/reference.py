@@ -21,7 +21,8 @@ import numpy as np
 __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
     "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "ASGDRef", "LionRef", "ADOPTRef",
-    "AdEMAMixRef", "AdanRef", "ScheduleFreeSGDRef", "ScheduleFreeAdamWRef", "REFERENCES",
+    "AdEMAMixRef", "AdanRef", "ScheduleFreeSGDRef", "ScheduleFreeAdamWRef", "LAMBRef",
+    "LARSRef", "REFERENCES",
     "nadam_mu",
 ]
 
@@ -524,11 +525,52 @@ class ScheduleFreeAdamWRef(ScheduleFreeSGDRef):
         return g / (np.sqrt(v / (1.0 - beta2**self.t)) + self.hp["eps"])
 
 
+def trust_ratio(p: np.ndarray, u: np.ndarray, coefficient: float = 1.0,
+                eps: float = 0.0) -> float:
+    """``coefficient * |p| / (|u| + eps)`` over the whole tensor, 1 if either norm is 0
+    (optax's ``scale_by_trust_ratio``)."""
+    pn, un = float(np.sqrt(np.sum(p * p))), float(np.sqrt(np.sum(u * u)))
+    return 1.0 if pn == 0.0 or un == 0.0 else coefficient * pn / (un + eps)
+
+
+class LAMBRef(Reference):
+    """LAMB (``optax.lamb``): Adam's bias-corrected step plus ``wd * p``, times the
+    tensor's trust ratio ``|p| / |u|``."""
+
+    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, maximize=False)
+
+    def _update(self, p, g):
+        hp, t = self.hp, self.t
+        beta1, beta2 = hp["betas"]
+        m = (1.0 - beta1) * g + beta1 * self._zeros(p, "exp_avg")
+        v = (1.0 - beta2) * g * g + beta2 * self._zeros(p, "exp_avg_sq")
+        self.state.update(exp_avg=m, exp_avg_sq=v)
+        u = (m / (1.0 - beta1**t)) / (np.sqrt(v / (1.0 - beta2**t)) + hp["eps"])
+        u = u + hp["weight_decay"] * p
+        return p - hp["lr"] * trust_ratio(p, u) * u
+
+
+class LARSRef(Reference):
+    """LARS (``optax.lars``): ``u = g + wd p`` times the tensor's trust ratio
+    ``tc |p| / (|u| + eps)``, then ``-lr``, then momentum (optax's ``trace``)."""
+
+    defaults = dict(lr=1.0, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=0.0,
+                    nesterov=False, maximize=False)
+
+    def _update(self, p, g):
+        hp = self.hp
+        u = g + hp["weight_decay"] * p
+        u = -hp["lr"] * trust_ratio(p, u, hp["trust_coefficient"], hp["eps"]) * u
+        trace = u + hp["momentum"] * self._zeros(p, "momentum_buffer")
+        self.state["momentum_buffer"] = trace
+        return p + (u + hp["momentum"] * trace if hp["nesterov"] else trace)
+
+
 #: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
     "Adam": AdamRef, "AdamW": AdamWRef, "Adamax": AdamaxRef, "NAdam": NAdamRef,
     "RAdam": RAdamRef, "Rprop": RpropRef, "ASGD": ASGDRef, "Lion": LionRef, "ADOPT": ADOPTRef,
     "AdEMAMix": AdEMAMixRef, "Adan": AdanRef, "ScheduleFreeSGD": ScheduleFreeSGDRef,
-    "ScheduleFreeAdamW": ScheduleFreeAdamWRef,
+    "ScheduleFreeAdamW": ScheduleFreeAdamWRef, "LAMB": LAMBRef, "LARS": LARSRef,
 }

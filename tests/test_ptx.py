@@ -14,11 +14,13 @@ pytest.importorskip("numba.cuda")
 
 from fastgd import cuda  # noqa: E402
 from fastgd.algorithms import SPECS  # noqa: E402
+from fastgd.kernelgen import eight_bit_kernels  # noqa: E402
 
 VARIANTS = [(spec, present) for spec in SPECS.values() for present in spec.variants()]
 #: (low-precision state: float32 parameters)
 LOW_BIT = [(spec, present, storage) for spec, present in VARIANTS
-           for storage in cuda.STORAGES if storage]
+           for storage in cuda.STORAGES if storage
+           and (storage != "s8" or eight_bit_kernels(spec))]
 F64_ARITHMETIC = re.compile(
     r"^\s*(add|sub|mul|div|fma|sqrt|rsqrt|rcp|max|min|neg|abs|cvt)[.\w]*\.f64\b", re.M)
 
@@ -28,6 +30,8 @@ F64_ARITHMETIC = re.compile(
 @pytest.mark.parametrize("spec, present", VARIANTS,
                          ids=[s.kernel_name(p, "cuda") for s, p in VARIANTS])
 def test_kernel_compiles_to_ptx(spec, present, dtype, many):
+    if many and spec.sums:
+        pytest.skip("a pass with sums runs over one tensor at a time")
     ptx = _ptx(spec, present, dtype, many)
     assert ".target sm_90" in ptx
     assert ".visible .entry" in ptx
@@ -42,6 +46,8 @@ def test_kernel_compiles_to_ptx(spec, present, dtype, many):
 @pytest.mark.parametrize("spec, present, storage", LOW_BIT,
                          ids=[f"{s.kernel_name(p, 'cuda')}-{f}" for s, p, f in LOW_BIT])
 def test_low_precision_state_kernel_compiles_to_ptx(spec, present, storage, many):
+    if many and spec.sums:
+        pytest.skip("a pass with sums runs over one tensor at a time")
     ptx = _ptx(spec, present, np.float32, many, storage)
     assert ".visible .entry" in ptx
     f64 = F64_ARITHMETIC.findall(ptx)

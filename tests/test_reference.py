@@ -304,7 +304,8 @@ def test_class_and_functional_agree_bitwise(name: str, kernel: str) -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", NAMES)
 def test_serial_and_parallel_kernels_agree(name: str, dtype: Any) -> None:
-    """The multi-threaded kernel computes exactly what the serial one does."""
+    """The multi-threaded kernel computes exactly what the serial one does (for a two-phase
+    step, up to the order in which its per-tensor sums add up)."""
     rng = np.random.default_rng(11)
     hp = random_hyperparameters(name, option_cases(name)[-1], rng)
     base = make_array(rng.standard_normal(BIG), dtype, offset=1)
@@ -317,7 +318,12 @@ def test_serial_and_parallel_kernels_agree(name: str, dtype: Any) -> None:
             for g in grads:
                 opt.step(g)
             results.append(p)
-    np.testing.assert_array_equal(results[0], results[1])
+    if ALGORITHMS[name].two_phase is None:
+        np.testing.assert_array_equal(results[0], results[1])
+    else:
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(results[0], results[1], rtol=tol,
+                                   atol=tol * np.abs(results[1]).max())
 
 
 # -- hypothesis properties -------------------------------------------------------------------
@@ -393,7 +399,8 @@ def test_property_nan_in_gradient_poisons_exactly_its_elements(case, size, thres
                                                                data) -> None:
     """A NaN in the gradient reaches exactly the elements (of the parameter and of each
     state array) that the reference says it reaches, and no others; the other elements go
-    on as in the reference."""
+    on as in the reference (a two-phase step's trust ratio takes a NaN to its whole tensor,
+    in the reference as in optax)."""
     name, options, seed = case
     rng = np.random.default_rng(seed)
     hp = random_hyperparameters(name, options, rng)
@@ -414,13 +421,14 @@ def test_property_nan_in_gradient_poisons_exactly_its_elements(case, size, thres
             opt.step(g)
             expected = ref.step(expected, g)
             np.testing.assert_array_equal(np.isnan(param), np.isnan(expected))
-            assert not np.isnan(param[~mask]).any()
+            spreads = ALGORITHMS[name].two_phase is not None
+            assert spreads or not np.isnan(param[~mask]).any()
     finite = ~np.isnan(expected)
     assert_close(param[finite], expected[finite], RTOL[dtype], f"{name} {options}",
                  ref.peak["param"])
     for key, value in state_arrays(opt.state[0]).items():
         np.testing.assert_array_equal(np.isnan(value), np.isnan(ref.state[key]), key)
-        assert not np.isnan(value[~mask]).any()
+        assert spreads or not np.isnan(value[~mask]).any()
 
 
 # -- textbook facts --------------------------------------------------------------------------

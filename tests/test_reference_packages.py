@@ -267,3 +267,41 @@ def test_schedule_free_loads_the_packages_state_dict(name, mode, request):
     opt.eval()
     for i, tensor in enumerate(tensors):
         assert_close(mine[i], tensor.detach().numpy(), RTOL[np.float64], f"params[{i}]")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("decay", [False, True])
+def test_lamb_equals_optax(optax, dtype, decay, request):
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("LAMB", ("weight_decay",) if decay else (), rng)
+    b1, b2 = hp["betas"]
+    run_both("LAMB", hp, dtype, rng, optax_stepper(optax, optax.lamb(
+        hp["lr"], b1=b1, b2=b2, eps=hp["eps"], weight_decay=hp["weight_decay"])))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("on", [(), ("weight_decay", "eps", "nesterov")], ids=["plain", "all"])
+def test_lars_equals_optax(optax, dtype, on, request):
+    rng = seeded_rng(request)
+    hp = cases.random_hyperparameters("LARS", on, rng)
+    run_both("LARS", hp, dtype, rng, optax_stepper(optax, optax.lars(
+        hp["lr"], weight_decay=hp["weight_decay"], trust_coefficient=hp["trust_coefficient"],
+        eps=hp["eps"], momentum=hp["momentum"], nesterov=hp["nesterov"])))
+
+
+@pytest.mark.parametrize("name", ["LAMB", "LARS"])
+def test_trust_ratio_is_one_for_a_zero_tensor_as_in_optax(optax, name):
+    """A zero parameter (a bias initialised to 0) or a zero update takes the plain step."""
+    import jax.numpy as jnp
+
+    params = [np.zeros(5), np.ones(4)]
+    grads = [np.arange(5.0), np.zeros(4)]
+    mine = [p.copy() for p in params]
+    getattr(fastgd, name)(mine, lr=0.1).step(grads)
+    transform = optax.lamb(0.1) if name == "LAMB" else optax.lars(0.1)
+    theirs = [jnp.asarray(p) for p in params]
+    updates, _ = transform.update([jnp.asarray(g) for g in grads], transform.init(theirs),
+                                  theirs)
+    for a, b in zip(mine, optax.apply_updates(theirs, updates), strict=True):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-12, atol=1e-15)
+    assert np.any(mine[0] != 0.0)

@@ -152,5 +152,6 @@ def test_a_rule_whose_names_shadow_a_kernels_variables_is_refused() -> None:
 
 def test_every_rule_is_declared_once() -> None:
     assert {spec.rule for spec in SPECS.values()} == {a.rule for a in ALGORITHMS.values()} | {
-        SCHEDULE_FREE_MODE.rule}  # (with the kernel of Schedule-Free's .train()/.eval())
+        SCHEDULE_FREE_MODE.rule} | {  # (Schedule-Free's .train()/.eval(), second passes)
+        a.two_phase.rule for a in ALGORITHMS.values() if a.two_phase}
     assert all(isinstance(a, Algorithm) for a in ALGORITHMS.values())

@@ -508,11 +508,25 @@ def reference_values(name: str, base: dict[str, np.ndarray], grads) -> dict[str,
     return {k: v.reshape(base[k].shape) for k, v in flat.items()}
 
 
-def assert_matches(arrays: dict[str, Any], expected: dict[str, np.ndarray]) -> None:
+def matches(name: str, got: Any, want: Any) -> bool:
+    """Whether a run of ``name`` (class or function name) in another memory layout gave
+    ``want``: bit for bit; a two-phase step (LAMB, LARS) sums each tensor in memory order,
+    so there the trust ratio, and with it the result, may differ by rounding."""
+    got, want = np.asarray(got), np.asarray(want)
+    name = name.split("-")[0]  # (a class case such as "SGD-nesterov")
+    algorithm = next(a for a in ALGORITHMS.values() if name in (a.name, a.function_name))
+    if algorithm.two_phase is None or got.shape != want.shape:
+        return got.shape == want.shape and np.array_equal(got, want)
+    tol = 1e-5 if got.dtype == np.float32 else 1e-12
+    return np.allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(initial=0.0))
+
+
+def assert_matches(name: str, arrays: dict[str, Any], expected: dict[str, np.ndarray]
+                   ) -> None:
     for key, want in expected.items():
         got = as_numpy(arrays[key])
         assert got.shape == want.shape, key
-        assert np.array_equal(got, want), f"{key} differs from the C-contiguous 1-D run"
+        assert matches(name, got, want), f"{key} differs from the C-contiguous 1-D run"
 
 
 def two_grads(shape, dtype, seed=5):
@@ -533,7 +547,7 @@ def test_fortran_order_works_in_place(name, dtype, shape):
     expected = reference_values(name, arrays, grads)
     pointers = {k: a.ctypes.data for k, a in arrays.items()}
     run_steps(name, arrays, grads)
-    assert_matches(arrays, expected)
+    assert_matches(name, arrays, expected)
     assert {k: a.ctypes.data for k, a in arrays.items()} == pointers
     assert not np.array_equal(expected["param"], make_arrays(name, shape, dtype)["param"])
 
@@ -545,7 +559,7 @@ def test_nd_c_order_works(name, dtype):
     grads = two_grads((2, 3, 4), dtype)
     expected = reference_values(name, arrays, grads)
     run_steps(name, arrays, grads)
-    assert_matches(arrays, expected)
+    assert_matches(name, arrays, expected)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -557,7 +571,7 @@ def test_zero_dim_arrays_work(name, dtype):
     expected = reference_values(name, arrays, grads)
     start = arrays["param"].copy()
     run_steps(name, arrays, grads)
-    assert_matches(arrays, expected)
+    assert_matches(name, arrays, expected)
     assert arrays["param"] != start
 
 
@@ -595,7 +609,7 @@ def test_memmap_r_plus_updated_in_file(name, order, tmp_path):
     mm.flush()
     del mm, arrays
     on_disk = np.fromfile(path, dtype=dtype).reshape(shape, order=order)
-    assert np.array_equal(on_disk, expected["param"])
+    assert matches(name, on_disk, expected["param"])
     assert not np.array_equal(on_disk, base["param"])
 
 
@@ -644,7 +658,7 @@ def test_torch_nn_parameter_and_transposed_tensor(name):
     tensors["param"] = torch.nn.Parameter(tensors["param"])
     run_steps(name, tensors, grads)
     for key, want in expected.items():
-        assert np.array_equal(tensors[key].detach().numpy(), want), key
+        assert matches(name, tensors[key].detach().numpy(), want), key
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -687,7 +701,7 @@ def test_slices_of_a_larger_buffer_touch_only_the_slice(name):
         arrays[key] = buf[1 + i: 10 + i]
         guards.append((buf, 1 + i, 10 + i))
     run_steps(name, arrays, grads)
-    assert_matches(arrays, expected)
+    assert_matches(name, arrays, expected)
     for buf, lo, hi in guards:
         assert np.all(buf[:lo] == 7.25) and np.all(buf[hi:] == 7.25)
 
@@ -705,7 +719,7 @@ def test_unaligned_arrays_work(name):
         arrays[key] = arr
     assert not arrays["param"].flags.aligned
     run_steps(name, arrays, grads)
-    assert_matches(arrays, expected)
+    assert_matches(name, arrays, expected)
 
 
 def _parallel_size() -> int:
@@ -728,7 +742,7 @@ def test_parallel_kernel_on_fortran_slice(name):
         arrays[key] = window
         guards.append((buf, 3 + i, 3 + i + value.size))
     run_steps(name, arrays, grads)
-    assert_matches(arrays, expected)
+    assert_matches(name, arrays, expected)
     for buf, lo, hi in guards:
         assert np.all(buf[:lo] == -3.5) and np.all(buf[hi:] == -3.5)
 
@@ -1106,7 +1120,7 @@ def test_class_odd_layouts_match_flat_run(cname, dtype):
     opt = run_optimizer(cname, params, seqs)
     assert [p.ctypes.data for p in params] == pointers
     for i, (p, q) in enumerate(zip(params, flat, strict=True)):
-        assert np.array_equal(np.ascontiguousarray(p).reshape(-1), q), i
+        assert matches(cname, np.ascontiguousarray(p).reshape(-1), q), i
         assert p.dtype == dtype
     assert not np.array_equal(params[0], start[0]) and params[1] != start[1]
     for i in opt.state:
@@ -1114,8 +1128,8 @@ def test_class_odd_layouts_match_flat_run(cname, dtype):
         for key, value in opt.state[i].items():
             if isinstance(value, np.ndarray):
                 assert value.shape == params[i].shape
-                assert np.array_equal(np.ascontiguousarray(value).reshape(-1),
-                                      ref.state[i][key]), (i, key)
+                assert matches(cname, np.ascontiguousarray(value).reshape(-1),
+                               ref.state[i][key]), (i, key)
 
 
 @pytest.mark.parametrize("cname", CLASS_NAMES)
@@ -1151,7 +1165,7 @@ def test_class_memmap_r_plus(cname, order, tmp_path):
     mm.flush()
     del mm
     on_disk = np.fromfile(path, dtype=np.float64).reshape(shape, order=order)
-    assert np.array_equal(np.ascontiguousarray(on_disk).reshape(-1), ref_params[0])
+    assert matches(cname, np.ascontiguousarray(on_disk).reshape(-1), ref_params[0])
     assert not np.array_equal(on_disk, start)
     assert np.array_equal(other, ref_params[1])
 
@@ -1182,7 +1196,7 @@ def test_class_torch_parameters_with_dot_grad(cname, dtype):
     assert [t.data_ptr() for t in tensors] == pointers
     for t, q in zip(tensors, flat, strict=True):
         assert t.requires_grad
-        assert np.array_equal(np.ascontiguousarray(t.detach().numpy()).reshape(-1), q)
+        assert matches(cname, np.ascontiguousarray(t.detach().numpy()).reshape(-1), q)
 
 
 @pytest.mark.parametrize("cname", CLASS_NAMES)

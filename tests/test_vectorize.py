@@ -45,9 +45,22 @@ def serial_asm(spec, present, dtype, storage: str = "") -> str:
     signature = (arrays + (types.UniTuple(types.float64, len(spec.coefficients) + 1),)
                  + (types.boolean,) * len(spec.flags))
     serial = cpu.kernel(spec, present, "serial", storage)
-    fresh = numba.njit(error_model="numpy")(serial.py_func)  # uncached: its code can be read
+    fresh = numba.njit(error_model="numpy",  # (uncached: its code can be read)
+                       fastmath=serial.targetoptions.get("fastmath", False))(serial.py_func)
     fresh.compile(signature)
-    return fresh.inspect_asm(signature)
+    return kernel_code(fresh.inspect_asm(signature))
+
+
+def kernel_code(asm: str) -> str:
+    """The kernel's own functions in ``asm``, without the Python wrapper (whose boxing of a
+    returned float32 converts it to a float64 Python float)."""
+    kept, keep = [], True
+    for line in asm.splitlines():
+        if re.match(r"^[^\s.].*:$", line):  # (a function's label)
+            keep = "cpython" not in line
+        if keep:
+            kept.append(line)
+    return "\n".join(kept)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

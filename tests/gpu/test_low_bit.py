@@ -58,6 +58,12 @@ def _values(opt: fastgd.Optimizer, index: int, key: str) -> np.ndarray:
     return np.asarray(lowbit.values(entry, key, quantized), dtype=np.float32)
 
 
+def exact(opt: fastgd.Optimizer) -> bool:
+    """Whether the GPU path must match the CPU bit for bit: under the simulator, except for
+    two-phase steps, whose per-tensor sums add up in another order on the GPU."""
+    return SIMULATOR and opt.algorithm.two_phase is None
+
+
 def assert_same_state(opt_device: fastgd.Optimizer, opt_host: fastgd.Optimizer) -> None:
     """Equal state: bit for bit under the simulator, to rounding on a GPU."""
     assert opt_device.state.keys() == opt_host.state.keys()
@@ -66,7 +72,7 @@ def assert_same_state(opt_device: fastgd.Optimizer, opt_host: fastgd.Optimizer) 
         for key, value in entry.items():
             if isinstance(value, (int, float)):
                 assert opt_device.state[index][key] == value
-            elif SIMULATOR:
+            elif exact(opt_host):
                 np.testing.assert_array_equal(bits(opt_device.state[index][key]),
                                               bits(value), err_msg=key)
             elif not key.endswith(lowbit.ABSMAX):
@@ -75,20 +81,23 @@ def assert_same_state(opt_device: fastgd.Optimizer, opt_host: fastgd.Optimizer) 
                 # one code of the map: at most 1/64 of the block's absmax (signed map, top
                 # decade); one bfloat16 unit: 1/128 relative
                 np.testing.assert_allclose(a, b, rtol=2**-7, atol=scale / 32, err_msg=key)
-                assert np.mean(np.isclose(a, b, rtol=1e-5, atol=0)) > 0.98, key
+                assert not b.size or np.mean(np.isclose(a, b, rtol=1e-5, atol=0)) > 0.98, key
 
 
-def assert_same_params(device: list[Any], host: list[np.ndarray], k: Any) -> None:
+def assert_same_params(device: list[Any], host: list[np.ndarray], k: Any,
+                       bitwise: bool = SIMULATOR) -> None:
     for d, h in zip(device, host, strict=True):
-        if SIMULATOR:
+        if bitwise:
             np.testing.assert_array_equal(k.to_host(d), h)
         else:
             np.testing.assert_allclose(k.to_host(d), h, rtol=1e-4,
                                        atol=1e-4 * (np.abs(h).max() if h.size else 0))
 
 
-@pytest.mark.parametrize("precision", list(PRECISIONS))
-@pytest.mark.parametrize("name, options", CONFIGS, ids=[n for n, _ in CONFIGS])
+@pytest.mark.parametrize("name, options, precision", [
+    (name, options, precision) for name, options in CONFIGS for precision in PRECISIONS
+    if precision != "8bit" or not cases.algorithm(name).two_phase],  # (refused: test_state_
+    ids=lambda x: x if isinstance(x, str) else "")                   # precision.py)
 @pytest.mark.parametrize("which", KINDS)
 def test_low_precision_state_matches_cpu(which, name, options, precision):
     k = kind(which)
@@ -103,7 +112,7 @@ def test_low_precision_state_matches_cpu(which, name, options, precision):
                             requirements="C" if p.flags.c_contiguous else "F") for p in host]
         opt_host.step(grads)
         opt_device.step([k.to_device(g) for g in grads])
-    assert_same_params(device, host, k)
+    assert_same_params(device, host, k, exact(opt_host))
     assert_same_state(opt_device, opt_host)
     assert opt_device.state_nbytes() == opt_host.state_nbytes()
 
