@@ -9,6 +9,8 @@ per thread of the block), and every thread of the block must call it.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 from numba import cuda
 
@@ -16,31 +18,28 @@ from fastgd.device_pointers import SIMULATOR
 
 if SIMULATOR:
     @cuda.jit(device=True)
-    def warp_max(value, scratch):  # pragma: no cover - simulated device code
-        """The maximum of ``value`` over the 32 lanes of this thread's warp."""
+    def _over_warp(value, scratch, combine):  # pragma: no cover - simulated device code
+        """``combine`` folded over the values of the 32 lanes of this thread's warp."""
         t = cuda.threadIdx.x
         scratch[t] = value
         cuda.syncthreads()
         first = t - t % 32
-        top = scratch[first]
+        result = scratch[first]
         for lane in range(first + 1, first + 32):
-            top = max(top, scratch[lane])
+            result = combine(result, scratch[lane])
         cuda.syncthreads()
-        return top
+        return result
+
+    @cuda.jit(device=True)
+    def warp_max(value, scratch):  # pragma: no cover - simulated device code
+        """The maximum of ``value`` over the 32 lanes of this thread's warp."""
+        return _over_warp(value, scratch, max)
 
     @cuda.jit(device=True)
     def warp_sum(value, scratch):  # pragma: no cover - simulated device code
         """The sum of ``value`` over the 32 lanes of this thread's warp (``scratch``: a
         float64 array of one entry per thread of the block)."""
-        t = cuda.threadIdx.x
-        scratch[t] = value
-        cuda.syncthreads()
-        first = t - t % 32
-        total = scratch[first]
-        for lane in range(first + 1, first + 32):
-            total += scratch[lane]
-        cuda.syncthreads()
-        return total
+        return _over_warp(value, scratch, operator.add)
 
 else:
     @cuda.jit(device=True, inline=True)

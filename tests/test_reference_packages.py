@@ -101,14 +101,23 @@ def torch_stepper(cls: Any, **options: Any) -> Callable[[list[np.ndarray]], Any]
 DTYPES = [np.float64, np.float32]
 
 
+#: optax's transformation of an algorithm that takes betas and weight decay, from its
+#: hyperparameters
+OPTAX_WITH_DECAY = {
+    "Lion": lambda optax, hp: optax.lion(hp["lr"], b1=hp["betas"][0], b2=hp["betas"][1],
+                                         weight_decay=hp["weight_decay"]),
+    "LAMB": lambda optax, hp: optax.lamb(hp["lr"], b1=hp["betas"][0], b2=hp["betas"][1],
+                                         eps=hp["eps"], weight_decay=hp["weight_decay"]),
+}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("decay", [False, True])
-def test_lion_equals_optax(optax, dtype, decay, request):
+@pytest.mark.parametrize("name", list(OPTAX_WITH_DECAY))
+def test_equals_optax_with_and_without_weight_decay(optax, name, dtype, decay, request):
     rng = seeded_rng(request)
-    hp = cases.random_hyperparameters("Lion", ("weight_decay",) if decay else (), rng)
-    b1, b2 = hp["betas"]
-    run_both("Lion", hp, dtype, rng, optax_stepper(optax, optax.lion(
-        hp["lr"], b1=b1, b2=b2, weight_decay=hp["weight_decay"])))
+    hp = cases.random_hyperparameters(name, ("weight_decay",) if decay else (), rng)
+    run_both(name, hp, dtype, rng, optax_stepper(optax, OPTAX_WITH_DECAY[name](optax, hp)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -267,16 +276,6 @@ def test_schedule_free_loads_the_packages_state_dict(name, mode, request):
     opt.eval()
     for i, tensor in enumerate(tensors):
         assert_close(mine[i], tensor.detach().numpy(), RTOL[np.float64], f"params[{i}]")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("decay", [False, True])
-def test_lamb_equals_optax(optax, dtype, decay, request):
-    rng = seeded_rng(request)
-    hp = cases.random_hyperparameters("LAMB", ("weight_decay",) if decay else (), rng)
-    b1, b2 = hp["betas"]
-    run_both("LAMB", hp, dtype, rng, optax_stepper(optax, optax.lamb(
-        hp["lr"], b1=b1, b2=b2, eps=hp["eps"], weight_decay=hp["weight_decay"])))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
