@@ -739,6 +739,8 @@ class Stepper:
         self.params: list[Param] = []
         self._options: dict[int, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {}
         self._units: dict[tuple[Any, ...], _Unit] = {}
+        #: two-phase steps: each parameter's checked state arrays, by its index
+        self._checked: dict[int, tuple[str, tuple[tuple[str, Param], ...], dict[str, Any]]] = {}
         self._plan: _Plan | None = None
         self._simple = algorithm.inputs == ("step",)
 
@@ -785,6 +787,7 @@ class Stepper:
         """Drop what is kept between steps (after the state was replaced)."""
         self._options.clear()
         self._units.clear()
+        self._checked.clear()
         self._plan = None
 
     def _group_options(self, index: int, group: Mapping[str, Any], t: int
@@ -1006,12 +1009,16 @@ class Stepper:
         """Both passes of a two-phase step over one parameter (its state made)."""
         param, spec = self.params[w.index], self.algorithm.spec
         fmt = self.storage_format(param, w.options)
-        arrays = {"param": param.flat, "grad": param.grad_view(w.grad, w.index)}
-        names = [("master", "master_param")] if split_storage(fmt)[1] else []
-        names += [(n, n) for n in self.algorithm.arrays(w.scalars.present)]
-        for name, key in names:
-            arrays[name] = state_array(param, entry[key], f"state[{w.index}][{key!r}]",
-                                       state_kind(spec, fmt, key, param)).flat
+        kept = self._checked.get(w.index)  # (the state arrays' checks, while they hold)
+        if kept is None or kept[0] != fmt or not holds(entry, kept[1]):
+            names = [("master", "master_param")] if split_storage(fmt)[1] else []
+            names += [(n, n) for n in self.algorithm.arrays(w.scalars.present)]
+            checked = tuple((key, state_array(param, entry[key], f"state[{w.index}][{key!r}]",
+                                              state_kind(spec, fmt, key, param)))
+                            for _, key in names)
+            kept = self._checked[w.index] = (fmt, checked, {
+                name: c.flat for (name, _), (_, c) in zip(names, checked, strict=True)})
+        arrays = {"param": param.flat, "grad": param.grad_view(w.grad, w.index), **kept[2]}
         rounding = (int(lowbit.rounding_keys(w.options["rounding_seed"], w.step,
                                              [w.index])[0]), 0) if stochastic(fmt) else ()
         with on_gpu(param.gpu):
