@@ -374,7 +374,9 @@ def _functional_stepper(case: Case, param: np.ndarray, grad: np.ndarray,
     algorithm = case.algorithm
     options = algorithm.check({**algorithm.defaults, **case.options})
     fills = {s.name: algorithm.initial_value(s.name, options) for s in algorithm.states}
-    arrays: list[Any] = [param, grad, *(_state_like(param, precision, fills[s.name])
+    arrays: list[Any] = [param, grad, *(_state_like(param, algorithm.spec.form(s.name,
+                                                                               precision),
+                                                    fills[s.name])
                                         if s.name in case.states else None
                                         for s in algorithm.states)]
     while arrays[-1] is None:  # (optional arrays left out, as a user would)
@@ -599,10 +601,12 @@ def combinations(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterab
                  ) -> list[tuple[str, int, str, list[int] | None, str]]:
     """The cases to run, ``(algorithm, size, dtype, tensors, precision)``: every
     combination (``tensors``: None, or with ``many`` the sizes of
-    :func:`many_tensor_sizes`), low-precision state with float32 parameters only."""
+    :func:`many_tensor_sizes`), low-precision state with float32 parameters only (and not
+    8-bit state for two-phase steps, which refuse it)."""
     shapes = [(s, None) for s in sizes] + ([(0, many_tensor_sizes())] if many else [])
     return [(a, s, d, tensors, p) for a in algorithms for p in precisions for d in dtypes
-            for s, tensors in shapes if p == "full" or d == "float32"]
+            for s, tensors in shapes if (p == "full" or d == "float32")
+            and not (p == "8bit" and ALGORITHMS_BY_ROW[a].two_phase)]
 
 
 def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], repeat: int,

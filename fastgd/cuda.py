@@ -518,7 +518,9 @@ def reduce(spec: RuleSpec, arrays: list[Any], scalars: tuple[Any, ...], stream: 
         blocks, threads = launch_config(arrays[0].size)
         kernel(spec, (), storage=storage)[blocks, threads, as_stream(stream)](
             *arrays, *scalars, sums)
-    return sums.copy_to_host(stream=as_stream(stream)).astype(np.float64)
+    host = sums.copy_to_host(stream=as_stream(stream))
+    as_stream(stream).synchronize()  # (the sums are read now, on the host)
+    return host.astype(np.float64)
 
 
 def launch(spec: RuleSpec, present: tuple[str, ...], arrays: list[Any],

@@ -993,9 +993,11 @@ class Stepper:
                 elif lowbit.form_of(entry, name, param.view) not in (None, target):
                     lowbit.convert(entry, name, param.view, target, quantized)  # (changed)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
-        if self.algorithm.two_phase is not None:  # (two passes per tensor, no launch units)
-            for w in work:
-                self._run_two_phase(w, state[w.index], stream)
+        if self.algorithm.two_phase is not None:  # (two passes per tensor, no launch units;
+            runs = [self._two_phase_arrays(w, state[w.index]) for w in work]  # all checked
+            for w, (arrays, fmt, rounding) in zip(work, runs, strict=True):  # first)
+                with on_gpu(self.params[w.index].gpu):
+                    run_two_phase(self.algorithm, arrays, w.scalars, stream, fmt, rounding)
             return []
         units = []
         for (_, _, _, fmt, _), items in batches.items():
@@ -1005,8 +1007,10 @@ class Stepper:
             units.append(unit)
         return units
 
-    def _run_two_phase(self, w: _Work, entry: Mapping[str, Any], stream: Any) -> None:
-        """Both passes of a two-phase step over one parameter (its state made)."""
+    def _two_phase_arrays(self, w: _Work, entry: Mapping[str, Any]
+                          ) -> tuple[dict[str, Any], str, tuple[int, ...]]:
+        """The checked flat views of a two-phase step over one parameter (its state made),
+        its storage format and its stochastic-rounding arguments."""
         param, spec = self.params[w.index], self.algorithm.spec
         fmt = self.storage_format(param, w.options)
         kept = self._checked.get(w.index)  # (the state arrays' checks, while they hold)
@@ -1021,8 +1025,7 @@ class Stepper:
         arrays = {"param": param.flat, "grad": param.grad_view(w.grad, w.index), **kept[2]}
         rounding = (int(lowbit.rounding_keys(w.options["rounding_seed"], w.step,
                                              [w.index])[0]), 0) if stochastic(fmt) else ()
-        with on_gpu(param.gpu):
-            run_two_phase(self.algorithm, arrays, w.scalars, stream, fmt, rounding)
+        return arrays, fmt, rounding
 
     def _unit(self, items: list[_Work], state: dict[int, dict[str, Any]], fmt: str,
               present: tuple[str, ...]) -> _Unit:

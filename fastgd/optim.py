@@ -43,6 +43,7 @@ from fastgd import lowbit
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
 from fastgd.arrays import (
     check_state_precision,
+    check_stream,
     convert_state,
     is_array,
     is_device,
@@ -54,6 +55,7 @@ from fastgd.arrays import (
 )
 from fastgd.engine import Param, StepInfo, Stepper, move_point, state_array
 from fastgd.hyperparams import number
+from fastgd.kernelgen import split_storage
 
 #: Options of torch.optim's state dicts that choose an implementation, not the math.
 TORCH_IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
@@ -460,7 +462,8 @@ class ScheduleFreeOptimizer(Optimizer):
         super().__init__(params, {**defaults, "train_mode": False})
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
+        groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) and set(
+            state_dict) == {"state", "param_groups"} else None
         if isinstance(groups, list) and groups and all(
                 isinstance(g, Mapping) and set(self.PACKAGE_COUNTERS) <= set(g) for g in groups):
             state_dict = self._from_package(state_dict)
@@ -487,35 +490,42 @@ class ScheduleFreeOptimizer(Optimizer):
                                "before training steps (and .eval() before evaluating)")
         return super().step(grads, **options)
 
-    def train(self) -> None:
-        """Put every parameter at ``y = beta x + (1 - beta) z`` (training mode)."""
-        self._move(train=True)
+    def train(self, stream: Any = None) -> None:
+        """Put every parameter at ``y = beta x + (1 - beta) z`` (training mode); GPU
+        parameters on ``stream`` (see :meth:`Optimizer.step`)."""
+        self._move(True, stream)
 
-    def eval(self) -> None:
+    def eval(self, stream: Any = None) -> None:
         """Put every parameter at ``x = (y - (1 - beta) z) / beta`` (eval mode)."""
-        self._move(train=False)
+        self._move(False, stream)
 
-    def _move(self, train: bool) -> None:
+    def _move(self, train: bool, stream: Any) -> None:
         params, start, moves = self._engine.params, 0, []
         for group in self.param_groups:  # (every group checked before any is moved)
             count = len(group["params"])
             if group["train_mode"] != train:
-                beta = self.algorithm.schedule_free(self._engine.check_options(group))
+                options = self._engine.check_options(group)
+                beta = self.algorithm.schedule_free(options)
                 weight = 1.0 - beta if train else 1.0 - 1.0 / beta
                 for i in range(start, start + count):
                     entry = self.state.get(i, {})
                     if "z" in entry:
-                        moves.append((params[i], *self._points(i, entry), weight))
+                        moves.append((params[i], *self._points(i, entry, options), weight))
             start += count
+        if stream is not None:
+            check_stream(stream, [param.view for param, *_ in moves])
         for param, master, z, weight in moves:
-            move_point(param, master, z, weight)
+            move_point(param, master, z, weight, stream)
         for group in self.param_groups:
             group["train_mode"] = train
 
-    def _points(self, index: int, entry: Mapping[str, Any]) -> tuple[Param | None, Param]:
-        """The checked master copy (if any) and ``z`` of parameter ``index``."""
+    def _points(self, index: int, entry: Mapping[str, Any], options: Mapping[str, Any]
+                ) -> tuple[Param | None, Param]:
+        """The checked master copy (if the group's parameters have one: it holds the
+        point) and ``z`` of parameter ``index``."""
         param = self._engine.params[index]
-        master = entry.get("master_param") if param.storage else None
+        keeps = split_storage(self._engine.storage_format(param, options))[1]
+        master = entry.get("master_param") if keeps else None
         return (None if master is None else state_array(
                     param, master, f"state[{index}]['master_param']",
                     (np.dtype(np.float32), False)),

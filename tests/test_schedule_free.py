@@ -229,3 +229,26 @@ def test_a_bad_train_mode_is_refused(bad):
     with pytest.raises(TypeError, match="train_mode"):
         opt.load_state_dict(sd)
     assert opt.param_groups[0]["train_mode"] is False
+
+
+def test_eval_moves_the_master_copy_only_while_the_group_keeps_one():
+    """With ``master_weights`` turned off, steps stop updating the master copy: the points
+    are then those of the parameter itself."""
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(300).astype(BF16)
+    opt = trained("ScheduleFreeSGD", {"lr": 0.05}, [p], rng, steps=1, master_weights=True)
+    opt.param_groups[0]["master_weights"] = False
+    for _ in range(5):
+        opt.step([grad_like(p, rng)])
+    y = p.copy()
+    opt.eval()
+    opt.train()
+    np.testing.assert_allclose(p.astype(np.float32), y.astype(np.float32), rtol=2**-7)
+
+
+def test_a_malformed_state_dict_is_refused_with_a_value_error():
+    opt = fastgd.ScheduleFreeAdamW([np.ones(3)])
+    groups = [{"params": [0], "k": 1, "lr_max": 0.1, "weight_sum": 0.01}]
+    for bad in ({"param_groups": groups}, {"param_groups": groups, "state": {}, "x": 1}):
+        with pytest.raises(ValueError, match="state_dict"):
+            opt.load_state_dict(bad)

@@ -685,3 +685,21 @@ def test_lr_changed_before_checkpoint_is_carried_by_the_dict(cname):
     new = build(cname, copies(params), lr=1.0)
     new.load_state_dict(sd)
     assert [g["lr"] for g in new.param_groups] == [g["lr"] for g in sd["param_groups"]]
+
+
+@pytest.mark.parametrize("name", [n for n in cases.NAMES if cases.algorithm(n).two_phase])
+def test_a_two_phase_step_checks_every_tensor_before_it_runs(name):
+    """A bad state array of a later tensor is refused before an earlier one is stepped."""
+    params = [np.ones(50), np.ones(60)]
+    opt = cases.optimizer_class(name)(params, lr=0.1)
+    opt.step([np.ones(50), np.ones(60)])
+    before = copy.deepcopy(opt.state)
+    snapshot = [p.copy() for p in params]
+    key = cases.state_names(name, {})[0]
+    opt.state[1][key] = np.zeros(60, np.float32)
+    with pytest.raises(TypeError, match=key):
+        opt.step([np.ones(50), np.ones(60)])
+    assert all(np.array_equal(p, s) for p, s in zip(params, snapshot, strict=True))
+    assert opt.state[0]["step"] == before[0]["step"]
+    assert all(np.array_equal(opt.state[0][k], v) for k, v in before[0].items()
+               if isinstance(v, np.ndarray))
