@@ -130,6 +130,9 @@ class RuleSpec:
     #: by the kernels (a two-phase step's first pass, :class:`TwoPhase`, which leaves the
     #: parameter as it is: its kernels do not store it)
     sums: tuple[str, ...] = ()
+    #: coefficients that differ per tensor (a two-phase step's second pass: those of
+    #: :attr:`TwoPhase.scale`); its many-tensor kernels take them per tensor
+    per_tensor: tuple[str, ...] = ()
 
     def form(self, state: str, precision: str) -> str:
         """The form of ``state`` at an (effective) state precision: ``"full"``, ``"bf16"``
@@ -381,9 +384,11 @@ def _phase_spec(algorithm: Algorithm, rule: Any, read_only: tuple[str, ...],
         raise AssertionError(f"{name}: {rule.__name__} must start with {head} (and two-phase "
                              "steps have no optional state)")
     values = example_update(algorithm)
+    per_tensor: dict[str, Any] = {}
     if not sums:
-        values.update(algorithm.two_phase.scale(dict.fromkeys(algorithm.two_phase.sums, 1.0),
-                                                values))
+        per_tensor = algorithm.two_phase.scale(dict.fromkeys(algorithm.two_phase.sums, 1.0),
+                                               values)
+        values.update(per_tensor)
     body = params[len(head):]
     missing = [b for b in body if b not in values]
     kinds = [isinstance(values.get(b), bool) for b in body]
@@ -394,7 +399,8 @@ def _phase_spec(algorithm: Algorithm, rule: Any, read_only: tuple[str, ...],
                     tuple(b for b in body if not isinstance(values[b], bool)),
                     tuple(b for b in body if isinstance(values[b], bool)), (),
                     tuple(s.eight_bit for s in algorithm.states),
-                    tuple(s.bf16 for s in algorithm.states), read_only, unused, sums)
+                    tuple(s.bf16 for s in algorithm.states), read_only, unused, sums,
+                    tuple(b for b in body if b in per_tensor))
 
 
 def example_update(algorithm: Algorithm) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import cache
 from typing import Any
 
@@ -135,6 +135,36 @@ def {parallel}({args}, partials):
         for j in range({count}):
             partials[b, j] = sums[j]
 '''
+
+
+_TABLE_CHUNKS_TEMPLATE = '''
+
+@numba.njit(parallel={parallel}, cache=True, error_model="numpy", nogil=True)
+def {name}__{kind}(addresses, sizes, table, likes, {scalars}, {extra}):
+    for w in {loop}(table[2].size - 1):
+        start, stop, k = thread_run(table, w)
+        for c in range(start, stop):
+            k, lo, hi = locate(table, sizes, c, k)
+            n = sizes[k]
+            {views}
+            {body}
+'''
+
+
+def table_chunks_source(name: str, arrays: list[str], scalars: list[str], rounding: bool,
+                        extra: str, call: str) -> str:
+    """Source of ``{name}__tserial`` (one thread) and ``{name}__tmulti`` (the threads):
+    the chunks of a :func:`chunk_table` of tensors (chunk ``c`` of tensor ``k``), each
+    running ``call``, statements in which ``{{arrays}}`` are the chunk's arrays and
+    ``{{rounding}}`` its stochastic-rounding arguments (if any), with the kernels' scalars
+    and the ``extra`` argument."""
+    return "".join(_TABLE_CHUNKS_TEMPLATE.format(
+        parallel=parallel, name=name, kind=kind, scalars=", ".join(scalars), extra=extra,
+        loop="numba.prange" if parallel else "range", views=table_views(arrays, 12),
+        body=call.format(arrays=", ".join(f"{a}[lo:hi]" for a in arrays),
+                         rounding=f", addresses[k, {len(arrays)}], lo" if rounding else "",
+                         ).replace("\n", "\n            "))
+        for kind, parallel in (("tserial", False), ("tmulti", True)))
 
 
 def reduce_source(spec: RuleSpec, name: str, args: list[str], n_arrays: int, body: str,
@@ -291,11 +321,25 @@ def generate_source(spec: RuleSpec, present: tuple[str, ...], storage: str = "")
     scalars = ["coefficients", *spec.flags]
     rounding = list(ROUNDING_ARGS) if stochastic(storage) else []
     body = rule_call(spec, present, "i", storage).replace("\n", "\n        ")
-    if spec.sums:
-        return _HEADER + reduce_source(spec, name, arrays + scalars + rounding, len(arrays),
-                                       body, unpack_source(spec, storage))
-    return "".join([_HEADER, kernel_pair_source(name, arrays + scalars + rounding, len(arrays),
-                                                body, unpack_source(spec, storage)),
+    flags = "".join(f", {f}" for f in spec.flags)
+    if spec.sums:  # (the chunks' sums into row c of partials)
+        return _HEADER + reduce_source(
+            spec, name, arrays + scalars + rounding, len(arrays), body,
+            unpack_source(spec, storage)) + table_chunks_source(
+            name, arrays, scalars, bool(rounding), "partials",
+            f"sums = {name}__serial({{arrays}}, coefficients{flags}{{rounding}})\n"
+            f"for j in range({len(spec.sums)}):\n    partials[c, j] = sums[j]")
+    per_tensor = ""
+    if spec.per_tensor:  # (some coefficients are each tensor's own: row k of scales)
+        own = {n: j for j, n in enumerate(spec.per_tensor)}
+        values = ", ".join(f"scales[k, {own[n]}]" if n in own else f"coefficients[{i}]"
+                           for i, n in enumerate(scalar_args(spec)))
+        per_tensor = table_chunks_source(
+            name, arrays, scalars, bool(rounding), "scales",
+            f"{name}__serial({{arrays}}, ({values},){flags}{{rounding}})")
+    return "".join([_HEADER, per_tensor,
+                    kernel_pair_source(name, arrays + scalars + rounding, len(arrays), body,
+                                       unpack_source(spec, storage)),
                     table_source(name, arrays, scalars, bool(rounding))])
 
 
@@ -397,13 +441,63 @@ def reduce(spec: RuleSpec, arrays: list[Any], scalars: tuple[Any, ...], storage:
     of its blocks (:func:`reduce_source`; on one thread below :data:`PARALLEL_THRESHOLD`
     elements), added in order."""
     size = arrays[0].size
-    partials = np.zeros((-(-size // BLOCK), len(spec.sums)))
+    partials = np.zeros((max(1, -(-size // BLOCK)), len(spec.sums)))
     if size >= PARALLEL_THRESHOLD:
         with parallel_guard():
             kernel(spec, (), "parallel", storage)(*arrays, *scalars, partials)
     elif size:
         kernel(spec, (), "blocks", storage)(*arrays, *scalars, partials)
-    return partials.sum(axis=0)
+    return np.add.reduceat(partials, [0], axis=0)[0]
+
+
+def reduce_table(spec: RuleSpec, storage: str, dtype: Any, addresses: np.ndarray,
+                 sizes: np.ndarray, scalars: tuple[Any, ...]) -> np.ndarray:
+    """Run a rule with sums over a table of tensors (``addresses`` as in :class:`Table`,
+    then the rounding keys if any) in one parallel region; returns each tensor's sums
+    (one row per tensor, float64). The chunks are those of :func:`reduce`, so each
+    tensor's sums are those a call over it alone gives."""
+    table = _chunks(None, sizes, 1)  # (blocks from index 0)
+    partials = np.zeros((int(table[1][-1]), len(spec.sums)))
+    parallel = int(sizes.sum()) >= PARALLEL_THRESHOLD
+    with parallel_guard() if parallel else nullcontext():
+        kernel(spec, (), "tmulti" if parallel else "tserial", storage)(
+            addresses, sizes, table, _likes(spec, storage, dtype), *scalars, partials)
+    return np.add.reduceat(partials, table[1][:-1], axis=0)
+
+
+_CHUNK_TABLES: dict[tuple[Any, ...], Any] = {}
+
+
+def _chunks(first: np.ndarray | None, sizes: np.ndarray, itemsize: int) -> Any:
+    """:func:`~fastgd.chunks.chunk_table` of tensors at ``first`` (None: from index 0),
+    kept (a training loop asks for the same tables every step)."""
+    key = (None if first is None else first.tobytes(), sizes.tobytes(), itemsize,
+           numba.get_num_threads())
+    found = _CHUNK_TABLES.get(key)
+    if found is None:
+        if len(_CHUNK_TABLES) >= 1024:
+            _CHUNK_TABLES.clear()
+        found = _CHUNK_TABLES[key] = chunk_table(
+            np.zeros(sizes.size, np.int64) if first is None else first, sizes, itemsize)
+    return found
+
+
+@cache
+def _likes(spec: RuleSpec, storage: str, dtype: Any) -> tuple[np.ndarray, ...]:
+    return likes(spec, (), storage, dtype)
+
+
+def launch_table(spec: RuleSpec, storage: str, dtype: Any, addresses: np.ndarray,
+                 sizes: np.ndarray, scalars: tuple[Any, ...], scales: np.ndarray) -> None:
+    """Run a rule whose :attr:`~fastgd.algorithms.RuleSpec.per_tensor` coefficients differ
+    per tensor (row ``k`` of ``scales``: tensor ``k``'s, in that order) over a table of
+    tensors, in place, in one parallel region."""
+    arrays = _likes(spec, storage, dtype)
+    table = _chunks(addresses[:, 0].copy(), sizes, arrays[0].itemsize)
+    parallel = int(sizes.sum()) >= PARALLEL_THRESHOLD
+    with parallel_guard() if parallel else nullcontext():
+        kernel(spec, (), "tmulti" if parallel else "tserial", storage)(
+            addresses, sizes, table, arrays, *scalars, scales)
 
 
 class Table:

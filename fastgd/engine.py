@@ -452,6 +452,31 @@ def run_two_phase(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: Step
         launch(second, picked, two, stream, fmt, rounding)
 
 
+def run_two_phase_table(algorithm: Algorithm, tensors: Sequence[Mapping[str, int]],
+                        sizes: np.ndarray, scalars: StepScalars, dtype: Any, fmt: str,
+                        keys: np.ndarray | None = None) -> None:
+    """:func:`run_two_phase` over several host tensors of one dtype, format and step (the
+    addresses of their checked arrays, by name, and their sizes): each pass in one parallel
+    region over a table of them, the per-tensor coefficients made on the host in between.
+    ``keys``: each tensor's stochastic-rounding key."""
+    phase, first, second = algorithm.two_phase, algorithm.spec, algorithm.second_spec
+    values = scalars.values
+
+    def table(spec: RuleSpec, views: Sequence[Mapping[str, int]]) -> np.ndarray:
+        names = array_args(spec, (), fmt)
+        columns = np.array([[t[n] for n in names] for t in views], np.int64)
+        return columns if keys is None else np.column_stack([columns, keys])
+
+    one = _pass_scalars(first, values, scalars.grad_scale)
+    sums = cpu.reduce_table(first, fmt, dtype, table(first, tensors), sizes, one.packed())
+    own = [phase.scale(dict(zip(phase.sums, row.tolist(), strict=True)), values)
+           for row in sums]
+    scales = np.array([[o[n] for n in second.per_tensor] for o in own], np.float64)
+    two = _pass_scalars(second, {**values, **own[0]}, scalars.grad_scale)
+    views = tensors if phase.reads_grad else [{**t, "grad": t["param"]} for t in tensors]
+    cpu.launch_table(second, fmt, dtype, table(second, views), sizes, two.packed(), scales)
+
+
 # -- Schedule-Free's points ---------------------------------------------------------------------
 
 def move_point(param: Param, master: Param | None, z: Param, weight: float,
@@ -740,7 +765,7 @@ class Stepper:
         self._options: dict[int, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {}
         self._units: dict[tuple[Any, ...], _Unit] = {}
         #: two-phase steps: each parameter's checked state arrays, by its index
-        self._checked: dict[int, tuple[str, tuple[tuple[str, Param], ...], dict[str, Any]]] = {}
+        self._checked: dict[int, tuple[Any, ...]] = {}
         self._plan: _Plan | None = None
         self._simple = algorithm.inputs == ("step",)
 
@@ -993,11 +1018,8 @@ class Stepper:
                 elif lowbit.form_of(entry, name, param.view) not in (None, target):
                     lowbit.convert(entry, name, param.view, target, quantized)  # (changed)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
-        if self.algorithm.two_phase is not None:  # (two passes per tensor, no launch units;
-            runs = [self._two_phase_arrays(w, state[w.index]) for w in work]  # all checked
-            for w, (arrays, fmt, rounding) in zip(work, runs, strict=True):  # first)
-                with on_gpu(self.params[w.index].gpu):
-                    run_two_phase(self.algorithm, arrays, w.scalars, stream, fmt, rounding)
+        if self.algorithm.two_phase is not None:
+            self._run_two_phase(work, state, batches, stream)
             return []
         units = []
         for (_, _, _, fmt, _), items in batches.items():
@@ -1007,25 +1029,52 @@ class Stepper:
             units.append(unit)
         return units
 
-    def _two_phase_arrays(self, w: _Work, entry: Mapping[str, Any]
-                          ) -> tuple[dict[str, Any], str, tuple[int, ...]]:
-        """The checked flat views of a two-phase step over one parameter (its state made),
-        its storage format and its stochastic-rounding arguments."""
+    def _run_two_phase(self, work: list[_Work], state: dict[int, dict[str, Any]],
+                       batches: Mapping[tuple[Any, ...], list[_Work]], stream: Any) -> None:
+        """A two-phase step: every tensor checked first; then host tensors batch by batch
+        (each pass one parallel region over the batch), GPU tensors and lone host tensors
+        one by one (the same sums and results: the chunks of the sums are the same)."""
+        kept = [self._two_phase_state(w, state[w.index]) for w in work]  # (all checked)
+        kept_of = {w.index: k for w, k in zip(work, kept, strict=True)}
+        for (_, dtype, gpu, fmt, _), items in batches.items():
+            if gpu is None and len(items) > 1:
+                first = items[0]
+                keys = lowbit.rounding_keys(first.options["rounding_seed"], first.step,
+                                            [w.index for w in items]) if stochastic(fmt) else None
+                tensors = [{"param": self.params[w.index].address,
+                            "grad": w.address or self.params[w.index].address,
+                            **kept_of[w.index][3]} for w in items]
+                sizes = np.array([self.params[w.index].view.size for w in items], np.int64)
+                run_two_phase_table(self.algorithm, tensors, sizes, first.scalars, dtype, fmt,
+                                    keys)
+                continue
+            for w in items:
+                param = self.params[w.index]
+                arrays = {"param": param.flat, "grad": param.grad_view(w.grad, w.index),
+                          **kept_of[w.index][2]}
+                rounding = (int(lowbit.rounding_keys(w.options["rounding_seed"], w.step,
+                                                     [w.index])[0]), 0) if stochastic(fmt) else ()
+                with on_gpu(gpu):
+                    run_two_phase(self.algorithm, arrays, w.scalars, stream, fmt, rounding)
+
+    def _two_phase_state(self, w: _Work, entry: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The checked state arrays of a two-phase step over one parameter (its state made,
+        checked once while the same arrays hold): ``(fmt, checked, flat views by kernel
+        name, addresses by kernel name)``."""
         param, spec = self.params[w.index], self.algorithm.spec
         fmt = self.storage_format(param, w.options)
-        kept = self._checked.get(w.index)  # (the state arrays' checks, while they hold)
+        kept = self._checked.get(w.index)
         if kept is None or kept[0] != fmt or not holds(entry, kept[1]):
             names = [("master", "master_param")] if split_storage(fmt)[1] else []
             names += [(n, n) for n in self.algorithm.arrays(w.scalars.present)]
             checked = tuple((key, state_array(param, entry[key], f"state[{w.index}][{key!r}]",
                                               state_kind(spec, fmt, key, param)))
                             for _, key in names)
-            kept = self._checked[w.index] = (fmt, checked, {
-                name: c.flat for (name, _), (_, c) in zip(names, checked, strict=True)})
-        arrays = {"param": param.flat, "grad": param.grad_view(w.grad, w.index), **kept[2]}
-        rounding = (int(lowbit.rounding_keys(w.options["rounding_seed"], w.step,
-                                             [w.index])[0]), 0) if stochastic(fmt) else ()
-        return arrays, fmt, rounding
+            pairs = list(zip(names, checked, strict=True))
+            kept = self._checked[w.index] = (fmt, checked,
+                                             {name: c.flat for (name, _), (_, c) in pairs},
+                                             {name: c.address for (name, _), (_, c) in pairs})
+        return kept
 
     def _unit(self, items: list[_Work], state: dict[int, dict[str, Any]], fmt: str,
               present: tuple[str, ...]) -> _Unit:
