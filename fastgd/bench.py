@@ -53,8 +53,6 @@ def case(algorithm: Algorithm) -> Case:
 
 
 CASES: dict[str, Case] = {a.function_name: case(a) for a in ALGORITHMS.values()}
-#: every algorithm, by the name of its row
-ALGORITHMS_BY_ROW = {a.function_name: a for a in ALGORITHMS.values()}
 
 
 def bytes_per_step(case: Case, size: int, dtype: np.dtype, precision: str = "full") -> int:
@@ -606,7 +604,7 @@ def combinations(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterab
     shapes = [(s, None) for s in sizes] + ([(0, many_tensor_sizes())] if many else [])
     return [(a, s, d, tensors, p) for a in algorithms for p in precisions for d in dtypes
             for s, tensors in shapes if (p == "full" or d == "float32")
-            and not (p == "8bit" and ALGORITHMS_BY_ROW[a].two_phase)]
+            and not (p == "8bit" and CASES[a].algorithm.two_phase)]
 
 
 def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], repeat: int,
@@ -713,7 +711,7 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
             least = 1.5 if r.algorithm == "adamw" else 1.0
             ok_torch = r.torch_speedup is None or r.torch_speedup >= least
         # (two passes, LAMB and LARS: >= 80% of the roofline of the bytes of both)
-        wall = 85 if low else 80 if ALGORITHMS_BY_ROW[r.algorithm].two_phase else 90
+        wall = 85 if low else 80 if CASES[r.algorithm].algorithm.two_phase else 90
         lines.append(f"- {_label(r)} {r.dtype} 2**24: {r.pct_roofline:.0f}% of roofline "
                      f"({_verdict(r.pct_roofline >= wall)} >= {wall}%), "
                      f"{_ratio(r.torch_speedup)} {baseline} "

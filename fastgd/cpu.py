@@ -114,22 +114,14 @@ def {serial}({args}):
     for i in range(param.size):
         {body}
     return ({accumulators},)
+'''
 
+_BLOCK_SUMS_TEMPLATE = '''
 
-@numba.njit(cache=True, error_model="numpy", nogil=True)
-def {blocks}({args}, partials):
+@numba.njit(parallel={parallel}, cache=True, error_model="numpy", nogil=True)
+def {name}({args}, partials):
     n = param.size
-    for b in range((n + {block} - 1) // {block}):
-        lo, hi = b * {block}, min(n, (b + 1) * {block})
-        sums = {serial}({sliced})
-        for j in range({count}):
-            partials[b, j] = sums[j]
-
-
-@numba.njit(parallel=True, cache=True, error_model="numpy", nogil=True)
-def {parallel}({args}, partials):
-    n = param.size
-    for b in numba.prange((n + {block} - 1) // {block}):
+    for b in {loop}((n + {block} - 1) // {block}):
         lo, hi = b * {block}, min(n, (b + 1) * {block})
         sums = {serial}({sliced})
         for j in range({count}):
@@ -179,11 +171,14 @@ def reduce_source(spec: RuleSpec, name: str, args: list[str], n_arrays: int, bod
         "rounding_base + lo" if a == "rounding_base" else a for a in args[n_arrays:]]
     accumulators = [accumulator(s) for s in spec.sums]
     return _REDUCE_TEMPLATE.format(
-        serial=f"{name}__serial", parallel=f"{name}__parallel", blocks=f"{name}__blocks",
-        args=", ".join(args), sliced=", ".join(sliced), block=BLOCK, body=body,
-        prologue=prologue,
+        serial=f"{name}__serial", args=", ".join(args), body=body, prologue=prologue,
         zeros="\n    ".join(f"{a} = dtype(0)" for a in accumulators),
-        accumulators=", ".join(accumulators), count=len(accumulators))
+        accumulators=", ".join(accumulators)) + "".join(_BLOCK_SUMS_TEMPLATE.format(
+            name=f"{name}__{kind}", parallel=parallel,
+            loop="numba.prange" if parallel else "range", serial=f"{name}__serial",
+            args=", ".join(args), sliced=", ".join(sliced), block=BLOCK,
+            count=len(accumulators)) for kind, parallel in (("blocks", False),
+                                                            ("parallel", True)))
 
 
 def kernel_pair_source(name: str, args: list[str], n_arrays: int, body: str,

@@ -319,8 +319,7 @@ class Functional:
         views, fmt = prepare(param, grad, dict(zip(used, arrays, strict=True)),
                              self.algorithm.spec)
         if self.algorithm.two_phase is not None and split_storage(fmt)[2] == "8bit":
-            raise TypeError(f"{self.algorithm.name} has no 8-bit state (its two passes read "
-                            "the state twice); use bfloat16 state")
+            raise TypeError(no_eight_bit(self.algorithm))
         if stream is not None:
             check_stream(stream, views)
         with on_gpu(gpu_of(views[0])):
@@ -416,6 +415,12 @@ def launch(spec: RuleSpec, arrays: list[Any], scalars: StepScalars, stream: Any 
                     fmt)
 
 
+def no_eight_bit(algorithm: Algorithm) -> str:
+    """Why a two-phase step refuses 8-bit state (both faces refuse it, before any write)."""
+    return (f"{algorithm.name} has no 8-bit state (its second pass would read what its "
+            "first encoded); use bfloat16 state")
+
+
 def _pass_scalars(spec: RuleSpec, values: Mapping[str, Any], grad_scale: float
                   ) -> StepScalars:
     return StepScalars(tuple(values[c] for c in spec.coefficients),
@@ -431,10 +436,9 @@ def run_two_phase(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: Step
     parameter. ``rounding``: the ``(rounding_key, rounding_base)`` of stochastic rounding."""
     phase, first, second = algorithm.two_phase, algorithm.spec, algorithm.second_spec
     values = scalars.values
-    on_host = isinstance(arrays["param"], np.ndarray)
     picked = [arrays[n] for n in array_args(first, (), fmt)]
     one = _pass_scalars(first, values, scalars.grad_scale)
-    if on_host:
+    if isinstance(picked[0], np.ndarray):
         sums = cpu.reduce(first, picked, one.packed() + rounding, fmt)
     else:
         from fastgd import cuda
@@ -444,12 +448,8 @@ def run_two_phase(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: Step
     values = {**values, **phase.scale(dict(zip(phase.sums, sums.tolist(), strict=True)),
                                       values)}
     views = arrays if phase.reads_grad else {**arrays, "grad": arrays["param"]}
-    two = _pass_scalars(second, values, scalars.grad_scale)
-    picked = [views[n] for n in array_args(second, (), fmt)]
-    if on_host:
-        cpu.launch(second, (), picked, two.packed() + rounding, fmt)
-    else:
-        launch(second, picked, two, stream, fmt, rounding)
+    launch(second, [views[n] for n in array_args(second, (), fmt)],
+           _pass_scalars(second, values, scalars.grad_scale), stream, fmt, rounding)
 
 
 def run_two_phase_table(algorithm: Algorithm, tensors: Sequence[Mapping[str, int]],
@@ -786,8 +786,7 @@ class Stepper:
         if self.algorithm.schedule_free:
             options["train_mode"] = Flag().check("train_mode", group["train_mode"])
         if self.algorithm.two_phase is not None and options["state_precision"] == "8bit":
-            raise ValueError(f"{self.algorithm.name} has no 8-bit state (its two passes read "
-                             "the state twice); use state_precision='bf16'")
+            raise ValueError(no_eight_bit(self.algorithm))
         return options
 
     @staticmethod
@@ -1037,10 +1036,10 @@ class Stepper:
         kept = [self._two_phase_state(w, state[w.index]) for w in work]  # (all checked)
         kept_of = {w.index: k for w, k in zip(work, kept, strict=True)}
         for (_, dtype, gpu, fmt, _), items in batches.items():
+            first = items[0]
+            keys = lowbit.rounding_keys(first.options["rounding_seed"], first.step,
+                                        [w.index for w in items]) if stochastic(fmt) else None
             if gpu is None and len(items) > 1:
-                first = items[0]
-                keys = lowbit.rounding_keys(first.options["rounding_seed"], first.step,
-                                            [w.index for w in items]) if stochastic(fmt) else None
                 tensors = [{"param": self.params[w.index].address,
                             "grad": w.address or self.params[w.index].address,
                             **kept_of[w.index][3]} for w in items]
@@ -1048,12 +1047,11 @@ class Stepper:
                 run_two_phase_table(self.algorithm, tensors, sizes, first.scalars, dtype, fmt,
                                     keys)
                 continue
-            for w in items:
+            for j, w in enumerate(items):
                 param = self.params[w.index]
                 arrays = {"param": param.flat, "grad": param.grad_view(w.grad, w.index),
                           **kept_of[w.index][2]}
-                rounding = (int(lowbit.rounding_keys(w.options["rounding_seed"], w.step,
-                                                     [w.index])[0]), 0) if stochastic(fmt) else ()
+                rounding = () if keys is None else (int(keys[j]), 0)
                 with on_gpu(gpu):
                     run_two_phase(self.algorithm, arrays, w.scalars, stream, fmt, rounding)
 
