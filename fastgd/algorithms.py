@@ -24,12 +24,13 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
-from fastgd import rules
+from fastgd import orthogonalize, rules
 from fastgd.hyperparams import (
     BETA,
     FINITE,
     NON_NEGATIVE,
     UNIT,
+    Choice,
     Domain,
     Flag,
     Parts,
@@ -169,22 +170,33 @@ class RuleSpec:
 @dataclass(frozen=True)
 class TwoPhase:
     """A step in two passes over each tensor, for rules that need per-tensor reductions
-    (LAMB's and LARS's trust ratios). Both passes' rules take and return every state, like
-    any rule. The algorithm's ``rule`` is the first pass: it leaves the states of
-    ``first_unused`` alone (its kernel has no array for them) and returns, after the
-    states, one value per element for each name of ``sums``, which the kernel sums over the
-    tensor in the same pass. ``scale(sums, values)`` turns a tensor's sums (by name) and the
-    step's values (what ``update`` returned) into the per-tensor coefficients of ``rule``,
-    the second pass, which only reads the states of ``second_reads``; ``reads_grad``:
-    whether it uses ``g`` (if not, its kernel reads the parameter in its place, which adds
-    no memory traffic)."""
+    (LAMB's and LARS's trust ratios, Muon's orthogonalised direction). Both passes' rules
+    take and return every state, like any rule. The algorithm's ``rule`` is the first pass:
+    it leaves the states of ``first_unused`` alone (its kernel has no array for them) and
+    returns, after the states, one value per element for each name of ``sums``, which the
+    kernel sums over the tensor in the same pass. ``scale(sums, values, shape)`` turns a
+    tensor's sums (by name), the step's values (what ``update`` returned) and the tensor's
+    shape into the per-tensor coefficients of ``rule``, the second pass, which only reads
+    the states of ``second_reads`` and leaves those of ``second_unused`` alone;
+    ``reads_grad``: whether it uses ``g`` (if not, its kernel reads the parameter in its
+    place, which adds no memory traffic).
+
+    ``direction``: for steps whose second pass applies a function of the whole matrix
+    (Muon), ``direction(matrices, sums, values)`` computes it between the passes with the
+    arrays' own library (:mod:`fastgd.orthogonalize`) from the parameter's matrices by name
+    (``grad`` as the kernels read it, the first pass's states) in the dtype of the
+    computation; the second pass reads it in ``g``'s place."""
 
     sums: tuple[str, ...]
     rule: Any
-    scale: Callable[[Mapping[str, float], Mapping[str, Any]], dict[str, float]]
+    scale: Callable[[Mapping[str, float], Mapping[str, Any], tuple[int, ...]],
+                    dict[str, float]]
     first_unused: tuple[str, ...] = ()
     second_reads: tuple[str, ...] = ()
+    second_unused: tuple[str, ...] = ()
     reads_grad: bool = True
+    direction: Callable[[Mapping[str, Any], Mapping[str, float], Mapping[str, Any]], Any
+                        ] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,7 +210,8 @@ class Algorithm:
     (name -> options and learning rate) and ``shown`` the hyperparameters their labels show.
     ``schedule_free``: for Schedule-Free methods, the ``beta`` of their points (from checked
     options): the parameter holds ``y = beta x + (1 - beta) z`` while training and ``x``
-    after ``.eval()`` (the class gets ``train()`` and ``eval()``).
+    after ``.eval()`` (the class gets ``train()`` and ``eval()``). ``matrices``: its
+    parameters must be 2-D (Muon).
     """
 
     name: str
@@ -217,6 +230,7 @@ class Algorithm:
     shown: tuple[str, ...] = ()
     schedule_free: Callable[[Mapping[str, Any]], float] | None = None
     two_phase: TwoPhase | None = None
+    matrices: bool = False
 
     def __post_init__(self) -> None:
         self.spec  # noqa: B018 - derive (and so check) the kernel signature at import
@@ -268,7 +282,7 @@ class Algorithm:
         step: its first pass)."""
         if self.two_phase is not None:
             return _phase_spec(self, self.rule, (), self.two_phase.first_unused,
-                               self.two_phase.sums)
+                               self.two_phase.sums, first=True)
         return _rule_spec(self)
 
     @cached_property
@@ -277,7 +291,8 @@ class Algorithm:
         phase = self.two_phase
         if phase is None:
             return None
-        return _phase_spec(self, phase.rule, phase.second_reads, (), ())
+        return _phase_spec(self, phase.rule, phase.second_reads, phase.second_unused, (),
+                           first=False)
 
     def arrays(self, present: tuple[str, ...]) -> tuple[str, ...]:
         """The state arrays of a parameter with these optional states in use."""
@@ -373,7 +388,7 @@ def _rule_spec(algorithm: Algorithm) -> RuleSpec:
 
 
 def _phase_spec(algorithm: Algorithm, rule: Any, read_only: tuple[str, ...],
-                unused: tuple[str, ...], sums: tuple[str, ...]) -> RuleSpec:
+                unused: tuple[str, ...], sums: tuple[str, ...], first: bool) -> RuleSpec:
     """The kernel signature of one pass of a two-phase step, checked: ``p, g``, the states,
     then values of the step (``update``'s, and the second pass's per-tensor ones)."""
     name = algorithm.name
@@ -385,9 +400,9 @@ def _phase_spec(algorithm: Algorithm, rule: Any, read_only: tuple[str, ...],
                              "steps have no optional state)")
     values = example_update(algorithm)
     per_tensor: dict[str, Any] = {}
-    if not sums:
+    if not first:
         per_tensor = algorithm.two_phase.scale(dict.fromkeys(algorithm.two_phase.sums, 1.0),
-                                               values)
+                                               values, (1, 1))
         values.update(per_tensor)
     body = params[len(head):]
     missing = [b for b in body if b not in values]
@@ -1003,7 +1018,7 @@ def _lamb_update(lr, betas, eps, weight_decay, *, step):
                 inv_bc2=1.0 / (1.0 - beta2**step), eps=eps, weight_decay=weight_decay)
 
 
-def _lamb_scale(sums, values):
+def _lamb_scale(sums, values, shape):
     ratio = trust_ratio(math.sqrt(sums["param_sq"]), math.sqrt(sums["update_sq"]))
     return {"step_size": values["lr"] * ratio}
 
@@ -1035,7 +1050,7 @@ def _lars_update(lr, momentum, weight_decay, trust_coefficient, eps, nesterov):
                 weight_decay=weight_decay, momentum=momentum, nesterov=nesterov)
 
 
-def _lars_scale(sums, values):
+def _lars_scale(sums, values, shape):
     ratio = trust_ratio(math.sqrt(sums["param_sq"]), math.sqrt(sums["update_sq"]),
                         values["trust_coefficient"], values["eps"])
     return {"step_size": -values["lr"] * ratio}
@@ -1066,10 +1081,58 @@ p += momentum_buffer   (nesterov: p += -lr * u + momentum * momentum_buffer)
 )
 
 
+def _muon_update(lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps,
+                 adjust_lr_fn):
+    return dict(one_minus_momentum=1.0 - momentum, momentum=momentum,
+                buffer_low=abs(1.0 - momentum) < 0.5, nesterov_low=abs(momentum) < 0.5,
+                nesterov=nesterov, decay_factor=1.0 - lr * weight_decay, lr=lr,
+                ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
+                adjust_lr_fn=adjust_lr_fn)
+
+
+def _muon_scale(sums, values, shape):
+    return {"step_size": -orthogonalize.adjusted_lr(values["lr"], shape,
+                                                    values["adjust_lr_fn"])}
+
+
+MUON = Algorithm(
+    "Muon", "Muon: momentum orthogonalised per weight matrix by Newton–Schulz iterations "
+    "(2-D parameters only).",
+    """\
+momentum_buffer = momentum * momentum_buffer + (1 - momentum) * g
+d = (1 - momentum) * g + momentum * momentum_buffer   (nesterov; else d = momentum_buffer)
+X = d / max(|d|_F, eps)   (transposed if it has more rows than columns)
+ns_steps times: A = X X^T; X = a X + (b A + c A A) X   ((a, b, c) = ns_coefficients)
+p = p * (1 - lr * weight_decay) - lr * ratio * X   (ratio = sqrt(max(1, rows / columns)),
+    or 0.2 sqrt(max(rows, columns)) with adjust_lr_fn="match_rms_adamw")
+(two passes: the momentum and |d|_F, then the update; the products between them)""",
+    "torch.optim.Muon", rules.muon_rule,
+    states=(State("momentum_buffer", eight_bit="signed"),),
+    hyperparameters=(
+        _lr(1e-3, 5e-3, 5e-2),
+        Hyper("weight_decay", 0.1, NON_NEGATIVE, Uniform(2**-7, 2**-2, log=True),
+              switch=True),
+        Hyper("momentum", 0.95, NON_NEGATIVE, Uniform(0.3, 0.99)),
+        Hyper("nesterov", True, Flag(), switch=True),
+        Hyper("ns_coefficients", (3.4445, -4.7750, 2.0315),
+              Parts((FINITE, FINITE, FINITE), ("ns_a", "ns_b", "ns_c")),
+              (Uniform(3.3, 3.5), Uniform(-4.8, -4.6), Uniform(1.9, 2.1))),
+        Hyper("eps", 1e-7, NON_NEGATIVE, Uniform(1e-9, 1e-6, log=True)),
+        Hyper("ns_steps", 5, Steps(low=0, optional=False, high=100), Uniform(3, 7)),
+        Hyper("adjust_lr_fn", None, Choice((None, "original", "match_rms_adamw"))),
+    ),
+    update=_muon_update,
+    two_phase=TwoPhase(("direction_sq",), rules.muon_apply_rule, _muon_scale,
+                       second_unused=("momentum_buffer",),
+                       direction=orthogonalize.muon_direction),
+    matrices=True, bench={"lr": 0.02}, demo={"muon": ({}, 0.05)}, shown=("momentum",),
+)
+
+
 #: Every algorithm, by class name.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM, RPROP, ASGD,
-    LION, ADOPT, ADEMAMIX, ADAN, SCHEDULE_FREE_SGD, SCHEDULE_FREE_ADAMW, LAMB, LARS,
+    LION, ADOPT, ADEMAMIX, ADAN, SCHEDULE_FREE_SGD, SCHEDULE_FREE_ADAMW, LAMB, LARS, MUON,
 )}
 
 #: The kernel that moves a Schedule-Free parameter between its points (``.train()``,

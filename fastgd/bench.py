@@ -237,7 +237,7 @@ TORCH_PACKAGE_TARGETS = {"schedulefreeadamw": 3.0}
 def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray],
                    device: str = "cpu") -> tuple[Callable[[], Any], str]:
     """torch.optim's fastest step of ``case`` on copies of the arrays on ``device`` (fused
-    where torch has it, else foreach), and which of the two it is; for a row of
+    where torch has it, else foreach, else its only one: Muon's), and which it is; for a row of
     :data:`TORCH_PACKAGES`, its package's foreach step (ImportError without it)."""
     import importlib
 
@@ -254,14 +254,15 @@ def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
     cls = getattr(torch.optim, case.torch_name, None)
     if cls is None:
         raise RuntimeError(f"torch.optim has no {case.torch_name}")
-    for flavour in ("fused", "foreach"):
+    for flavour in ("fused", "foreach", "single-tensor"):
         try:
-            opt = cls(tensors, **case.options, **{flavour: True})
+            opt = cls(tensors, **case.options,
+                      **({flavour: True} if flavour != "single-tensor" else {}))
             opt.step()
             return opt.step, flavour
         except (RuntimeError, TypeError, ValueError):
             continue
-    raise RuntimeError(f"torch.optim.{case.torch_name} has no fused or foreach step here")
+    raise RuntimeError(f"torch.optim.{case.torch_name} has no step for these arrays here")
 
 
 #: bitsandbytes' 8-bit optimizer of a row, by row name (the baseline of 8-bit state)
@@ -419,6 +420,27 @@ def many_tensor_sizes(count: int = 161, total: int = 16_000_000, largest: int = 
     return [int(n) for n in sizes]
 
 
+#: The weight matrices of a transformer block (4096 x 4096, 4096 x 11008 and 11008 x 4096)
+#: scaled by 1/4 to fit a small machine: the tensors of ``--many`` for optimizers of
+#: matrices (Muon), whose steps are bound by their matrix products.
+TRANSFORMER_BLOCK = [(1024, 1024), (1024, 2752), (2752, 1024)]
+
+
+def matrix_shape(size: int) -> tuple[int, int]:
+    """The most nearly square matrix of ``size`` elements (a row of an optimizer of
+    matrices at that size)."""
+    rows = max(1, math.isqrt(size))
+    while size % rows:
+        rows -= 1
+    return rows, size // rows
+
+
+def _shape(case: Case, size: int | tuple[int, ...]) -> int | tuple[int, ...]:
+    if isinstance(size, tuple) or not case.algorithm.matrices:
+        return size
+    return matrix_shape(size)
+
+
 @dataclass
 class Result:
     algorithm: str
@@ -479,20 +501,21 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
     the roofline is then the copy kernel over one array of the same total size."""
     rng = rng or np.random.default_rng(0)
     dtype = np.dtype(dtype)
-    shapes = tensors or [size]
+    shapes = [_shape(case, n) for n in tensors or [size]]
     params = [rng.standard_normal(n).astype(dtype) for n in shapes]
     grads = [rng.standard_normal(n).astype(dtype) for n in shapes]
+    total = sum(p.size for p in params)
     opt = training_optimizer(case, params, state_precision=precision)
     opt.step(grads)  # compiles (or loads from cache) and allocates state
     if tensors:
-        whole = rng.standard_normal(sum(shapes)).astype(dtype)
+        whole = rng.standard_normal(total).astype(dtype)
         spec = case.algorithm.spec
         states = [_state_like(whole, spec.form(s, precision))
                   for s in case.states]
         copy_arrays = [whole, zeros_like(whole)] + [kernel_view(s, "C") for s in states]
     else:
-        copy_arrays = [params[0], grads[0]] + [kernel_view(opt.state[0][s], "C")
-                                               for s in case.states]
+        copy_arrays = [params[0].reshape(-1), grads[0].reshape(-1)] + [
+            kernel_view(opt.state[0][s], "C") for s in case.states]
     fns: dict[str, Callable[[], Any]] = {
         "fastgd": lambda: opt.step(grads),
         "roofline": lambda: roofline_step(copy_arrays),
@@ -536,7 +559,6 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         fn()  # warm-up
     times = _interleaved_times(fns, repeat)
     step = times["fastgd"]
-    total = sum(shapes)
     moved = bytes_per_step(case, total, dtype, precision)
     # (the copy kernel's bandwidth over the bytes the step moves, where they differ: a
     # two-phase step's passes move more than one pass over its arrays)
@@ -599,11 +621,13 @@ def combinations(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterab
                  ) -> list[tuple[str, int, str, list[int] | None, str]]:
     """The cases to run, ``(algorithm, size, dtype, tensors, precision)``: every
     combination (``tensors``: None, or with ``many`` the sizes of
-    :func:`many_tensor_sizes`), low-precision state with float32 parameters only (and not
+    :func:`many_tensor_sizes`, or for an optimizer of matrices the shapes of
+    :data:`TRANSFORMER_BLOCK`), low-precision state with float32 parameters only (and not
     8-bit state for two-phase steps, which refuse it)."""
-    shapes = [(s, None) for s in sizes] + ([(0, many_tensor_sizes())] if many else [])
     return [(a, s, d, tensors, p) for a in algorithms for p in precisions for d in dtypes
-            for s, tensors in shapes if (p == "full" or d == "float32")
+            for s, tensors in [(s, None) for s in sizes] + ([(0, (
+                TRANSFORMER_BLOCK if CASES[a].algorithm.matrices else many_tensor_sizes()))]
+                if many else []) if (p == "full" or d == "float32")
             and not (p == "8bit" and CASES[a].algorithm.two_phase)]
 
 
@@ -699,7 +723,11 @@ def _torchao(r: Result) -> str:
 
 def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
     lines = []
-    for r in (r for r in results if r.size >= 2**24 and r.tensors == 1):
+    # (an optimizer of matrices is bound by its products, not by memory: it is held to
+    # torch's step over the matrices of a transformer block only)
+    matrices = {r.algorithm for r in results if CASES[r.algorithm].algorithm.matrices}
+    for r in (r for r in results if r.size >= 2**24 and r.tensors == 1
+              and r.algorithm not in matrices):
         # low-precision state: >= 85% of the roofline of the bytes it moves, and Adam(W) at
         # least 1.3x torch's fused float32 step; full precision: >= 90%, at least torch's
         low = r.state_precision != "full"
@@ -733,7 +761,8 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
             ok = base.seconds >= 1.3 * r.seconds
             lines.append(f"- {_label(r)} {r.dtype} 2**24: {base.seconds / r.seconds:.2f}x "
                          f"fastgd's full-precision step ({_verdict(ok)} >= 1.3x)")
-    for r in (r for r in results if r.size <= 1000 and r.tensors == 1):
+    for r in (r for r in results if r.size <= 1000 and r.tensors == 1
+              and r.algorithm not in matrices):
         if r.torch_speedup is not None and r.algorithm not in TORCH_PACKAGES:
             lines.append(f"- {r.algorithm} {r.dtype} {r.size}: class step "
                          f"{1 / r.torch_speedup:.2f} of torch's "
@@ -743,9 +772,10 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
                          f"{r.functional_ratio:.2f} of the class step's "
                          f"({_verdict(r.functional_ratio <= 1)} <= 1)")
     for r in (r for r in results if r.tensors > 1 and r.torch_speedup is not None):
+        least = 1.0 if r.algorithm in matrices else 1.2
         lines.append(f"- {r.algorithm} {r.dtype}, {r.tensors} tensors: "
-                     f"{_ratio(r.torch_speedup)} torch ({_verdict(r.torch_speedup >= 1.2)} "
-                     ">= 1.2x)")
+                     f"{_ratio(r.torch_speedup)} torch ({_verdict(r.torch_speedup >= least)} "
+                     f">= {least}x)")
     if startup is not None:
         lines.append(f"- import + first Adam step, new process, warm cache: {startup:.2f} s "
                      f"({_verdict(startup < 1)} < 1 s)")

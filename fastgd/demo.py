@@ -17,8 +17,9 @@ Three experiments, every update made by fastgd's own optimizer classes:
 loss against the step. matplotlib is imported only when pictures are drawn.
 
 A 2-D point is a float64 NumPy array of shape ``(2,)`` stepped in place by an optimizer
-(:func:`descend`); a surface's math is a pair of small functions ``value(x, y)`` and
-``gradient(x, y)`` that also work elementwise on grids (for the contour plots).
+(:func:`descend`; Muon, an optimizer of matrices, steps it as a ``(1, 2)`` view); a
+surface's math is a pair of small functions ``value(x, y)`` and ``gradient(x, y)`` that
+also work elementwise on grids (for the contour plots).
 """
 
 from __future__ import annotations
@@ -383,7 +384,9 @@ def descend(objective: Objective, start: Sequence[float] | Array, config: Optimi
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     p = np.array(start, dtype=np.float64).reshape(-1)
-    optimizer = config.build(p, max(steps, 1))
+    # (an optimizer of matrices steps the point as a 1 x dim matrix: a view of it)
+    shape = (1, p.size) if config.cls.algorithm.matrices else p.shape
+    optimizer = config.build(p.reshape(shape), max(steps, 1))
     path = np.empty((steps + 1, p.size))
     losses = np.empty(steps + 1)
     path[0] = p
@@ -397,7 +400,7 @@ def descend(objective: Objective, start: Sequence[float] | Array, config: Optimi
         while done < steps and not (stop_at_tol and reached is not None):
             end = min(done + block, steps)
             for t in range(done + 1, end + 1):
-                step(grad(p))
+                step(grad(p).reshape(shape))
                 path[t] = p
             losses[done + 1:end + 1] = objective.losses(path[done + 1:end + 1])
             gaps = losses[done + 1:end + 1] - floor

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastgd import cpu, lowbit
+from fastgd import cpu, lowbit, orthogonalize
 from fastgd.algorithms import SCHEDULE_FREE_MODE, Algorithm, RuleSpec
 from fastgd.arrays import (
     address,
@@ -157,9 +157,10 @@ def check_inputs(algorithm: Algorithm, values: Sequence[Any]) -> dict[str, Any]:
 # -- the functional face: one parameter, explicit state -----------------------------------------
 
 def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
-            ) -> tuple[list[Any], str]:
+            ) -> tuple[list[Any], str, tuple[tuple[int, ...], str]]:
     """Check ``param``, ``grad`` and the state arrays; return their flat kernel views in
-    order, and the storage format of the kernel (:mod:`fastgd.kernelgen`).
+    order, the storage format of the kernel (:mod:`fastgd.kernelgen`), and the parameter's
+    shape and memory order.
 
     Host arrays give NumPy views, GPU arrays Numba device-array views. State arrays have
     :func:`~fastgd.arrays.state_dtype`, all of them: full precision, or bfloat16 for a
@@ -203,7 +204,7 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
         check_same_gpu(arrays)
     return ([kernel_view(a, order) if not n.endswith(lowbit.ABSMAX) else a
              for n, a in arrays.items()],
-            join_storage(storage(p), STATE_STORAGE[precision]))
+            join_storage(storage(p), STATE_STORAGE[precision]), (tuple(p.shape), order))
 
 
 def _eight_bit_states(states: Mapping[str, Any], spec: Any) -> dict[str, Any]:
@@ -316,8 +317,10 @@ class Functional:
         for name, array in zip(used, arrays, strict=True):
             if array is None and name in present:
                 raise ValueError(f"{name} is required with these hyperparameters (got None)")
-        views, fmt = prepare(param, grad, dict(zip(used, arrays, strict=True)),
-                             self.algorithm.spec)
+        views, fmt, (shape, order) = prepare(param, grad, dict(zip(used, arrays, strict=True)),
+                                             self.algorithm.spec)
+        if self.algorithm.matrices:
+            check_matrix(self.algorithm, shape, "param")
         if self.algorithm.two_phase is not None and split_storage(fmt)[2] == "8bit":
             raise TypeError(no_eight_bit(self.algorithm))
         if stream is not None:
@@ -325,7 +328,8 @@ class Functional:
         with on_gpu(gpu_of(views[0])):
             if self.algorithm.two_phase is not None:
                 run_two_phase(self.algorithm, dict(zip(("param", "grad", *used), views,
-                                                       strict=True)), scalars, stream, fmt)
+                                                       strict=True)), scalars, stream, fmt,
+                              layout=(shape, order))
                 return
             launch(self.algorithm.spec, views, scalars, stream, fmt)
         eight_bit = split_storage(fmt)[2] == "8bit"  # ((codes, absmax): checked every call)
@@ -427,13 +431,23 @@ def _pass_scalars(spec: RuleSpec, values: Mapping[str, Any], grad_scale: float
                        tuple(values[f] for f in spec.flags), (), grad_scale)
 
 
+def check_matrix(algorithm: Algorithm, shape: Sequence[int], name: str) -> None:
+    """An algorithm of 2-D parameters (Muon) refuses others (torch.optim.Muon's error)."""
+    if len(shape) != 2:
+        raise ValueError(f"{algorithm.name} only supports 2D parameters whereas we found a "
+                         f"parameter with size: {tuple(shape)} ({name})")
+
+
 def run_two_phase(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: StepScalars,
-                  stream: Any = None, fmt: str = "", rounding: tuple[int, ...] = ()) -> None:
+                  stream: Any = None, fmt: str = "", rounding: tuple[int, ...] = (),
+                  layout: tuple[tuple[int, ...], str] = ((), "C")) -> None:
     """Both passes of a two-phase step (:class:`~fastgd.algorithms.TwoPhase`) over one
     tensor's checked flat kernel views, by name (``param``, ``grad``, ``master``, the
     states): the first pass updates its states and sums what the trust ratio needs, the
-    host turns the sums into the second pass's coefficients, the second pass updates the
-    parameter. ``rounding``: the ``(rounding_key, rounding_base)`` of stochastic rounding."""
+    host turns the sums into the second pass's coefficients (and computes the direction,
+    if the step has one), the second pass updates the parameter. ``rounding``: the
+    ``(rounding_key, rounding_base)`` of stochastic rounding; ``layout``: the parameter's
+    shape and memory order."""
     phase, first, second = algorithm.two_phase, algorithm.spec, algorithm.second_spec
     values = scalars.values
     picked = [arrays[n] for n in array_args(first, (), fmt)]
@@ -445,11 +459,34 @@ def run_two_phase(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: Step
 
         sums = cuda.reduce(first, picked, one.kernel_scalars(compute_dtype(picked[0], fmt))
                            + rounding, stream, fmt)
-    values = {**values, **phase.scale(dict(zip(phase.sums, sums.tolist(), strict=True)),
-                                      values)}
+    named = dict(zip(phase.sums, sums.tolist(), strict=True))
+    values = {**values, **phase.scale(named, values, layout[0])}
     views = arrays if phase.reads_grad else {**arrays, "grad": arrays["param"]}
+    grad_scale = scalars.grad_scale
+    if phase.direction is not None:
+        views = {**views, "grad": _direction(algorithm, arrays, named, values, grad_scale,
+                                             fmt, layout, stream)}
+        grad_scale = 1.0
     launch(second, [views[n] for n in array_args(second, (), fmt)],
-           _pass_scalars(second, values, scalars.grad_scale), stream, fmt, rounding)
+           _pass_scalars(second, values, grad_scale), stream, fmt, rounding)
+
+
+def _direction(algorithm: Algorithm, arrays: Mapping[str, Any], sums: Mapping[str, float],
+               values: Mapping[str, Any], grad_scale: float, fmt: str,
+               layout: tuple[tuple[int, ...], str], stream: Any) -> Any:
+    """The direction of a two-phase step between its passes (Muon's orthogonalised
+    momentum), as the flat view its second pass reads in ``g``'s place."""
+    low, _, state = split_storage(fmt)
+    shape, order = layout
+    dtype = compute_dtype(arrays["param"], fmt)
+    with orthogonalize.on_stream(stream):
+        grad = orthogonalize.as_matrix(arrays["grad"], shape, order, low, dtype)
+        matrices = {"grad": grad * dtype.type(grad_scale) if grad_scale != 1.0 else grad}
+        for name in algorithm.spec.present_states(()):
+            matrices[name] = orthogonalize.as_matrix(arrays[name], shape, order, state,
+                                                     dtype)
+        direction = algorithm.two_phase.direction(matrices, sums, values)
+        return orthogonalize.as_kernel_view(direction, arrays["param"], order, low)
 
 
 def run_two_phase_table(algorithm: Algorithm, tensors: Sequence[Mapping[str, int]],
@@ -469,7 +506,7 @@ def run_two_phase_table(algorithm: Algorithm, tensors: Sequence[Mapping[str, int
 
     one = _pass_scalars(first, values, scalars.grad_scale)
     sums = cpu.reduce_table(first, fmt, dtype, table(first, tensors), sizes, one.packed())
-    own = [phase.scale(dict(zip(phase.sums, row.tolist(), strict=True)), values)
+    own = [phase.scale(dict(zip(phase.sums, row.tolist(), strict=True)), values, ())
            for row in sums]
     scales = np.array([[o[n] for n in second.per_tensor] for o in own], np.float64)
     two = _pass_scalars(second, {**values, **own[0]}, scalars.grad_scale)
@@ -1039,7 +1076,7 @@ class Stepper:
             first = items[0]
             keys = lowbit.rounding_keys(first.options["rounding_seed"], first.step,
                                         [w.index for w in items]) if stochastic(fmt) else None
-            if gpu is None and len(items) > 1:
+            if gpu is None and len(items) > 1 and self.algorithm.two_phase.direction is None:
                 tensors = [{"param": self.params[w.index].address,
                             "grad": w.address or self.params[w.index].address,
                             **kept_of[w.index][3]} for w in items]
@@ -1053,7 +1090,8 @@ class Stepper:
                           **kept_of[w.index][2]}
                 rounding = () if keys is None else (int(keys[j]), 0)
                 with on_gpu(gpu):
-                    run_two_phase(self.algorithm, arrays, w.scalars, stream, fmt, rounding)
+                    run_two_phase(self.algorithm, arrays, w.scalars, stream, fmt, rounding,
+                                  (param.shape, param.order))
 
     def _two_phase_state(self, w: _Work, entry: Mapping[str, Any]) -> tuple[Any, ...]:
         """The checked state arrays of a two-phase step over one parameter (its state made,

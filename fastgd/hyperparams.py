@@ -89,11 +89,13 @@ class Parts:
 
 @dataclass(frozen=True)
 class Steps:
-    """A number of steps: an ``int`` of at least ``low``, or (``optional``) ``None`` (a
-    warmup left out). Off, a switch of this domain is None, or ``low`` if not optional."""
+    """A number of steps: an ``int`` of at least ``low`` (and below ``high``, if given), or
+    (``optional``) ``None`` (a warmup left out). Off, a switch of this domain is None, or
+    ``low`` if not optional."""
 
     low: int = 1
     optional: bool = True
+    high: int | None = None
 
     @property
     def annotation(self) -> str:
@@ -106,10 +108,30 @@ class Steps:
     def check(self, name: str, value: Any) -> int | None:
         if value is None and self.optional:
             return None
-        return integer(name, value, low=self.low)
+        return integer(name, value, low=self.low, high=self.high)
 
 
-Domain = Real | Flag | Parts | Steps
+@dataclass(frozen=True)
+class Choice:
+    """One of a few named values (``None`` may be one of them)."""
+
+    values: tuple[Any, ...]
+
+    @property
+    def annotation(self) -> str:
+        return "str | None" if None in self.values else "str"
+
+    def check(self, name: str, value: Any) -> Any:
+        if isinstance(value, str) or value is None:
+            if value in self.values:
+                return value
+            raise ValueError(f"invalid {name}: {value!r} (expected one of "
+                             f"{', '.join(map(repr, self.values))})")
+        raise TypeError(f"{name} must be one of {', '.join(map(repr, self.values))}, got "
+                        f"{type(value).__name__}")
+
+
+Domain = Real | Flag | Parts | Steps | Choice
 
 NON_NEGATIVE = Real()
 FINITE = Real(low=-math.inf)

@@ -53,7 +53,7 @@ from fastgd.arrays import (
     storage,
     to_host,
 )
-from fastgd.engine import Param, StepInfo, Stepper, move_point, state_array
+from fastgd.engine import Param, StepInfo, Stepper, check_matrix, move_point, state_array
 from fastgd.hyperparams import number
 from fastgd.kernelgen import split_storage
 
@@ -157,6 +157,8 @@ class Optimizer:
         params = [Param(p, f"params[{first + i}]") for i, p in enumerate(originals)]
         for i, p in enumerate(params):
             check_state_precision(group["state_precision"], p.view, f"params[{first + i}]")
+            if self.algorithm.matrices:
+                check_matrix(self.algorithm, p.shape, f"params[{first + i}]")
         _check_disjoint(self._engine.params + params)
         group["params"] = originals
         if names is not None:

@@ -454,3 +454,24 @@ def lars_apply_rule(p, g, momentum_buffer, weight_decay, step_size, momentum, ne
     if nesterov:
         return p + (u + momentum * momentum_buffer), momentum_buffer
     return p + momentum_buffer, momentum_buffer
+
+
+@rule
+def muon_rule(p, g, momentum_buffer, one_minus_momentum, momentum, buffer_low,
+              nesterov_low, nesterov):
+    """Muon, first pass: ``buf = lerp(buf, g, 1 - momentum)``; the direction to
+    orthogonalise, ``d = lerp(g, buf, momentum)`` (``nesterov``) or ``buf``, squared and
+    summed over the tensor for its Frobenius norm."""
+    momentum_buffer = lerp(momentum_buffer, g, one_minus_momentum, momentum, buffer_low)
+    d = momentum_buffer
+    if nesterov:
+        d = lerp(g, momentum_buffer, momentum, one_minus_momentum, nesterov_low)
+    return p, momentum_buffer, d * d
+
+
+@rule
+def muon_apply_rule(p, g, momentum_buffer, decay_factor, step_size):
+    """Muon, second pass: ``p = p (1 - lr wd) + step_size O`` with the orthogonalised
+    direction ``O`` in ``g``'s place (``step_size = -adjusted lr``; the momentum buffer is
+    not touched)."""
+    return p * decay_factor + step_size * g, momentum_buffer

@@ -23,10 +23,13 @@ from reference import REFERENCES
 import fastgd
 from fastgd import functional as F
 from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, Uniform
-from fastgd.hyperparams import Flag, Parts, Real, Steps
+from fastgd.hyperparams import Choice, Flag, Parts, Real, Steps
 
 #: Every algorithm (class names), in registry order.
-NAMES = list(ALGORITHMS)
+ALL_NAMES = list(ALGORITHMS)
+#: Those whose parameters may have any shape: the generic tests run them on vectors and
+#: arrays of every size and layout (Muon, for matrices only, has tests of its own).
+NAMES = [name for name in ALL_NAMES if not ALGORITHMS[name].matrices]
 NAN, INF = math.nan, math.inf
 
 
@@ -102,6 +105,8 @@ def random_hyperparameters(name: str, on: tuple[str, ...] | set[str],
     for h in constructor_hypers(name):
         if isinstance(h.domain, Flag):
             hp[h.name] = h.name in on
+        elif isinstance(h.domain, Choice):
+            hp[h.name] = h.domain.values[int(rng.integers(len(h.domain.values)))]
         elif isinstance(h.domain, Steps):  # (a warmup: None or 0 when off, a number on)
             hp[h.name] = int(round(draw(h.typical, rng))) if h.name in on else h.domain.off
         elif h.switch and h.name not in on:
@@ -144,9 +149,13 @@ def bad_hyperparameters(name: str) -> list[tuple[dict[str, Any], tuple[str, ...]
         domain = h.domain
         if isinstance(domain, Flag):
             cases += [({h.name: bad}, (h.name,)) for bad in ("yes", None, 0.5, [True])]
+        elif isinstance(domain, Choice):
+            cases += [({h.name: bad}, (h.name,)) for bad in ("other", 1, 0.5, True, ["a"])
+                      if bad not in domain.values]
         elif isinstance(domain, Steps):
             cases += [({h.name: bad}, (h.name,)) for bad in (
-                domain.low - 1, -3, 2.5, "10", True, *(() if domain.optional else (None,)))]
+                domain.low - 1, -3, 2.5, "10", True, *(() if domain.optional else (None,)),
+                *(() if domain.high is None else (domain.high,)))]
         elif isinstance(domain, Parts):
             good = tuple(h.default)
             cases += [({h.name: bad}, (h.name,)) for bad in (good[0], good + good[:1], "ab")]

@@ -22,7 +22,7 @@ __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
     "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "ASGDRef", "LionRef", "ADOPTRef",
     "AdEMAMixRef", "AdanRef", "ScheduleFreeSGDRef", "ScheduleFreeAdamWRef", "LAMBRef",
-    "LARSRef", "REFERENCES",
+    "LARSRef", "MuonRef", "REFERENCES",
     "nadam_mu",
 ]
 
@@ -566,6 +566,41 @@ class LARSRef(Reference):
         return p + (u + hp["momentum"] * trace if hp["nesterov"] else trace)
 
 
+class MuonRef(Reference):
+    """Muon (``torch.optim.Muon``, its code: the momentum as an EMA, torch's ``lerp``): the
+    Nesterov direction orthogonalised by Newton–Schulz iterations, in float64 (torch runs
+    them in bfloat16), scaled by the adjusted learning rate; decoupled weight decay."""
+
+    defaults = dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                    ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5,
+                    adjust_lr_fn=None)
+    invalid = [({"adjust_lr_fn": "arbitrary"}, ("adjust_lr_fn",))]
+
+    @staticmethod
+    def orthogonalize(d, coefficients, steps, eps):
+        a, b, c = coefficients
+        x = d.T if d.shape[0] > d.shape[1] else d
+        x = x / max(float(np.linalg.norm(x)), eps)
+        for _ in range(steps):
+            gram = x @ x.T
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        return x.T if d.shape[0] > d.shape[1] else x
+
+    def _update(self, p, g):
+        hp = self.hp
+        mu = hp["momentum"]
+        buf = mu * self._zeros(p, "momentum_buffer") + (1.0 - mu) * g
+        self.state["momentum_buffer"] = buf
+        d = (1.0 - mu) * g + mu * buf if hp["nesterov"] else buf
+        o = self.orthogonalize(d, hp["ns_coefficients"], hp["ns_steps"], hp["eps"])
+        rows, columns = p.shape
+        if hp["adjust_lr_fn"] == "match_rms_adamw":
+            lr = hp["lr"] * 0.2 * math.sqrt(max(rows, columns))
+        else:
+            lr = hp["lr"] * math.sqrt(max(1.0, rows / columns))
+        return p * (1.0 - hp["lr"] * hp["weight_decay"]) - lr * o
+
+
 #: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
@@ -573,4 +608,5 @@ REFERENCES: dict[str, type[Reference]] = {
     "RAdam": RAdamRef, "Rprop": RpropRef, "ASGD": ASGDRef, "Lion": LionRef, "ADOPT": ADOPTRef,
     "AdEMAMix": AdEMAMixRef, "Adan": AdanRef, "ScheduleFreeSGD": ScheduleFreeSGDRef,
     "ScheduleFreeAdamW": ScheduleFreeAdamWRef, "LAMB": LAMBRef, "LARS": LARSRef,
+    "Muon": MuonRef,
 }

@@ -20,7 +20,7 @@ import fastgd
 from fastgd import bench, demo, rules
 from fastgd import functional as F
 from fastgd.algorithms import ALGORITHMS, SCHEDULE_FREE_MODE, SPECS, Algorithm, State
-from fastgd.hyperparams import Flag
+from fastgd.hyperparams import Choice, Flag
 
 #: Options of the classes that are fastgd's own (not hyperparameters of an algorithm).
 CLASS_ONLY = set(fastgd.optim.CLASS_OPTIONS)
@@ -32,10 +32,10 @@ def test_every_algorithm_has_a_reference() -> None:
     assert set(REFERENCES) == set(ALGORITHMS)
 
 
-@pytest.mark.parametrize("name", cases.NAMES)
+@pytest.mark.parametrize("name", cases.ALL_NAMES)
 def test_every_algorithm_has_test_cases(name: str) -> None:
     for h in cases.constructor_hypers(name):
-        assert isinstance(h.domain, Flag) or h.typical is not None, (
+        assert isinstance(h.domain, (Flag, Choice)) or h.typical is not None, (
             f"{name}.{h.name} has no typical values to draw test cases from")
     assert cases.option_cases(name)
     bad = cases.bad_hyperparameters(name)
@@ -46,7 +46,7 @@ def test_every_algorithm_has_test_cases(name: str) -> None:
     algorithm.check({**algorithm.defaults, **hp})  # drawn values are valid
 
 
-@pytest.mark.parametrize("name", cases.NAMES)
+@pytest.mark.parametrize("name", cases.ALL_NAMES)
 def test_defaults_are_the_references(name: str) -> None:
     signature = inspect.signature(getattr(fastgd, name))
     ours = {k: p.default for k, p in signature.parameters.items()
@@ -63,7 +63,7 @@ def test_defaults_are_the_references(name: str) -> None:
     assert ours == theirs
 
 
-@pytest.mark.parametrize("name", cases.NAMES)
+@pytest.mark.parametrize("name", cases.ALL_NAMES)
 def test_every_algorithm_has_a_bench_row_and_a_demo_entry(name: str) -> None:
     algorithm = ALGORITHMS[name]
     case = bench.CASES[algorithm.function_name]
@@ -72,7 +72,7 @@ def test_every_algorithm_has_a_bench_row_and_a_demo_entry(name: str) -> None:
     assert algorithm.demo and all(demo.OPTIMIZERS[n][0] is case.cls for n in algorithm.demo)
 
 
-@pytest.mark.parametrize("name", cases.NAMES)
+@pytest.mark.parametrize("name", cases.ALL_NAMES)
 def test_classes_and_functions_show_their_math(name: str) -> None:
     algorithm = ALGORITHMS[name]
     for obj in (getattr(fastgd, name), cases.functional(name)):

@@ -268,3 +268,29 @@ def test_schedule_free_points_move_on_the_gpu_as_on_the_host(name):
     F.schedule_free_train(devices[1], z, beta=0.9)
     F.schedule_free_train(hosts[1], opts[0].state[1]["z"], beta=0.9)
     np.testing.assert_allclose(devices[1].copy_to_host(), hosts[1], **TOL[np.float32])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 11), (13, 4)])
+def test_muon_on_the_gpu_as_on_the_host(dtype, shape):
+    """Muon's passes run as kernels and its products in the GPU arrays' library (NumPy on
+    the simulator's host copies), with a stream, in the class and the functional face."""
+    rng = np.random.default_rng(12)
+    p = rng.standard_normal(shape).astype(dtype)
+    host, host_f, buf = p.copy(), p.copy(), np.zeros(shape, dtype)
+    device, device_f = cuda.to_device(p), cuda.to_device(p)
+    device_buf = cuda.to_device(np.zeros(shape, dtype))
+    on_host, on_device = fastgd.Muon([host], lr=0.02), fastgd.Muon([device], lr=0.02)
+    stream = cuda.stream()
+    for _ in range(3):
+        g = rng.standard_normal(shape).astype(dtype)
+        on_host.step([g])
+        on_device.step([cuda.to_device(g)], stream=stream)
+        F.muon(host_f, g, buf, lr=0.02)
+        F.muon(device_f, cuda.to_device(g), device_buf, lr=0.02, stream=stream)
+    stream.synchronize()
+    tol = TOL[dtype]["atol"] * 10
+    np.testing.assert_allclose(device.copy_to_host(), host, atol=tol, rtol=0)
+    np.testing.assert_allclose(device_f.copy_to_host(), host_f, atol=tol, rtol=0)
+    np.testing.assert_allclose(device_buf.copy_to_host(), buf, atol=tol, rtol=0)
+    assert is_device(on_device.state[0]["momentum_buffer"])
