@@ -39,19 +39,30 @@ def newton_schulz(d: Any, coefficients: Sequence[float], steps: int, eps: float,
     ``norm``: ``|d|_F``, if already known."""
     a, b, c = coefficients
     tall = d.shape[0] > d.shape[1]
-    x = d.T if tall else d
     if norm is None:
-        norm = math.sqrt(float((x * x).sum()))
-    x = x / x.dtype.type(max(norm, eps))
-    for _ in range(steps):
-        gram = x @ x.T
-        poly = gram @ gram.T  # (gram is symmetric: its square, by syrk)
+        norm = math.sqrt(float((d * d).sum()))
+    # (C order, so that every element-wise update below runs over contiguous memory)
+    x = _library(d).ascontiguousarray(d.T if tall else d) / d.dtype.type(max(norm, eps))
+    gram = x @ x.T
+    poly, update = gram.copy(), x.copy()
+    for step in range(steps):
+        if step:
+            _matmul(x, x.T, gram)
+        _matmul(gram, gram.T, poly)  # (gram is symmetric: its square, by syrk)
         poly *= c
         poly += b * gram
-        update = poly @ x
+        _matmul(poly, x, update)
         x *= a
         x += update
     return x.T if tall else x
+
+
+def _matmul(a: Any, b: Any, out: Any) -> None:
+    _library(a).matmul(a, b, out=out)
+
+
+def _library(array: Any) -> Any:
+    return np if isinstance(array, np.ndarray) else _cupy()
 
 
 def muon_direction(matrices: Mapping[str, Any], sums: Mapping[str, float],
@@ -91,7 +102,7 @@ def as_kernel_view(matrix: Any, like: Any, order: str, storage: str) -> Any:
     if storage:
         values = np.asarray(matrix, order=order).reshape(-1, order=order)
         return values.astype(np.float16 if storage == "f16" else bfloat16()).view(np.uint16)
-    xp = np if isinstance(matrix, np.ndarray) else _cupy()
+    xp = _library(matrix)
     flat = xp.asarray(matrix, dtype=like.dtype, order=order).reshape(-1, order=order)
     if isinstance(like, np.ndarray):
         return flat
