@@ -26,7 +26,7 @@ def main() -> None:
     from torch.optim import _muon
 
     import fastgd
-    from fastgd.bench import TRANSFORMER_BLOCK
+    from fastgd.bench import TRANSFORMER_BLOCK, torch_newton_schulz
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -36,15 +36,6 @@ def main() -> None:
     grads = [rng.standard_normal(s).astype(np.float32) for s in TRANSFORMER_BLOCK]
     ours = fastgd.Muon(params, lr=0.02)
     shipped = _muon._zeropower_via_newtonschulz
-
-    def in_float32(grad, ns_coefficients, ns_steps, eps):
-        a, b, c = ns_coefficients
-        x = grad.T if grad.size(0) > grad.size(1) else grad
-        x = x / x.norm().clamp(min=eps)
-        for _ in range(ns_steps):
-            gram = x @ x.T
-            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-        return x.T if grad.size(0) > grad.size(1) else x
 
     def torch_step(ns):
         tensors = [torch.nn.Parameter(torch.tensor(p)) for p in params]
@@ -61,7 +52,7 @@ def main() -> None:
         return step
 
     fns = {"fastgd": lambda: ours.step(grads), "torch": torch_step(shipped),
-           "torch-f32": torch_step(in_float32)}
+           "torch-f32": torch_step(torch_newton_schulz)}
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}

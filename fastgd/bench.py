@@ -265,6 +265,21 @@ def _torch_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray]
     raise RuntimeError(f"torch.optim.{case.torch_name} has no step for these arrays here")
 
 
+def torch_newton_schulz(grad: Any, ns_coefficients: Any, ns_steps: int, eps: float) -> Any:
+    """``torch.optim._muon._zeropower_via_newtonschulz`` in the matrix's own dtype (torch's
+    runs in bfloat16): put in its place, ``torch.optim.Muon`` computes what fastgd's Muon
+    does, with torch's products."""
+    import torch
+
+    a, b, c = ns_coefficients
+    x = grad.T if grad.size(0) > grad.size(1) else grad
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if grad.size(0) > grad.size(1) else x
+
+
 #: bitsandbytes' 8-bit optimizer of a row, by row name (the baseline of 8-bit state)
 BNB_8BIT = {"sgd": "SGD8bit", "adagrad": "Adagrad8bit", "rmsprop": "RMSprop8bit",
             "adam": "Adam8bit", "adamw": "AdamW8bit"}

@@ -20,6 +20,7 @@ import fastgd
 import fastgd.functional as F
 from fastgd import orthogonalize
 from fastgd.algorithms import MUON
+from fastgd.bench import torch_newton_schulz
 
 TOL = {np.float64: 1e-8, np.float32: 1e-4}
 #: torch's own test inputs of Muon (torch/testing/_internal/common_optimizers.py)
@@ -49,16 +50,7 @@ def torch_same_dtype_ns(monkeypatch):
     torch = pytest.importorskip("torch")
     from torch.optim import _muon
 
-    def newton_schulz(grad, ns_coefficients, ns_steps, eps):
-        a, b, c = ns_coefficients
-        x = grad.T if grad.size(0) > grad.size(1) else grad
-        x = x / x.norm().clamp(min=eps)
-        for _ in range(ns_steps):
-            gram = x @ x.T
-            x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-        return x.T if grad.size(0) > grad.size(1) else x
-
-    monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", newton_schulz)
+    monkeypatch.setattr(_muon, "_zeropower_via_newtonschulz", torch_newton_schulz)
     return torch
 
 
