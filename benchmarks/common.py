@@ -28,8 +28,8 @@ import fastgd
 from fastgd import bench
 from fastgd.arrays import zeros_like
 
-#: (not Muon: its step is bound by its matrix products; ``fastgd bench --algorithms muon
-#: --many`` times it on the matrices of a transformer block)
+#: (not Muon, for matrices only, whose step is bound by its matrix products: ``fastgd bench
+#: --algorithms muon --many`` times it on the matrices of a transformer block)
 ALGORITHMS = [name for name, case in bench.CASES.items() if not case.algorithm.matrices]
 SIZES = [1_000, 100_000, 2**24]
 DTYPES = ["float32", "float64"]

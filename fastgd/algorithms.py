@@ -24,6 +24,9 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+import ml_dtypes
+import numpy as np
+
 from fastgd import orthogonalize, rules
 from fastgd.hyperparams import (
     BETA,
@@ -197,6 +200,9 @@ class TwoPhase:
     reads_grad: bool = True
     direction: Callable[[Mapping[str, Any], Mapping[str, float], Mapping[str, Any]], Any
                         ] | None = None
+    #: the step's values that depend on the parameter's dtype (Adafactor's ``eps1=None``:
+    #: the dtype's machine epsilon), from the values and that dtype
+    for_dtype: Callable[[Mapping[str, Any], np.dtype], dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,7 +217,10 @@ class Algorithm:
     ``schedule_free``: for Schedule-Free methods, the ``beta`` of their points (from checked
     options): the parameter holds ``y = beta x + (1 - beta) z`` while training and ``x``
     after ``.eval()`` (the class gets ``train()`` and ``eval()``). ``matrices``: its
-    parameters must be 2-D (Muon).
+    parameters must be 2-D (Muon). ``factored``: the states kept, instead of the others,
+    for parameters of two or more dimensions, with shapes of their own (Adafactor's row and
+    column means, :func:`factor_shapes`; such parameters are stepped by
+    :mod:`fastgd.factored`).
     """
 
     name: str
@@ -231,6 +240,7 @@ class Algorithm:
     schedule_free: Callable[[Mapping[str, Any]], float] | None = None
     two_phase: TwoPhase | None = None
     matrices: bool = False
+    factored: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.spec  # noqa: B018 - derive (and so check) the kernel signature at import
@@ -294,8 +304,12 @@ class Algorithm:
         return _phase_spec(self, phase.rule, phase.second_reads, phase.second_unused, (),
                            first=False)
 
-    def arrays(self, present: tuple[str, ...]) -> tuple[str, ...]:
-        """The state arrays of a parameter with these optional states in use."""
+    def arrays(self, present: tuple[str, ...], ndim: int = 1) -> tuple[str, ...]:
+        """The state arrays of a parameter of ``ndim`` dimensions with these optional states
+        in use."""
+        if self.factored:
+            return self.factored if ndim >= 2 else tuple(
+                s.name for s in self.states if s.name not in self.factored)
         return tuple(s.name for s in self.states if s.when is None or s.name in present)
 
     def present(self, options: Mapping[str, Any]) -> tuple[str, ...]:
@@ -1002,6 +1016,12 @@ g = g / (sqrt(exp_avg_sq / (1 - beta2**t)) + eps), then with beta = beta1:
 )
 
 
+def factor_shapes(shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The shapes of Adafactor's factors of a parameter of ``shape`` (two or more
+    dimensions): ``row_var`` ``(..., R, 1)`` and ``col_var`` ``(..., 1, C)``."""
+    return {"row_var": (*shape[:-1], 1), "col_var": (*shape[:-2], 1, shape[-1])}
+
+
 def trust_ratio(param_norm: float, update_norm: float, coefficient: float = 1.0,
                 eps: float = 0.0) -> float:
     """``coefficient * |p| / (|u| + eps)``, or 1 when either norm is 0 (optax's
@@ -1129,10 +1149,69 @@ p = p * (1 - lr * weight_decay) - lr * ratio * X   (ratio = sqrt(max(1, rows / c
 )
 
 
+def _adafactor_update(lr, beta2_decay, eps, d, weight_decay, *, step):
+    weight = float(step) ** beta2_decay
+    return dict(weight=weight, rest=1.0 - weight, floor=0.0 if eps[0] is None else
+                eps[0] * eps[0], low=abs(weight) < 0.5, decay_factor=1.0 - lr * weight_decay,
+                rho=min(lr, 1.0 / math.sqrt(step)), eps1=eps[0], eps2=eps[1], d=d)
+
+
+def _adafactor_for_dtype(values, dtype):
+    if values["eps1"] is not None:
+        return dict(values)
+    eps1 = float(np.finfo(dtype).eps) if dtype.kind == "f" else float(ml_dtypes.finfo(
+        dtype).eps)
+    return {**values, "eps1": eps1, "floor": eps1 * eps1}
+
+
+def _adafactor_scale(sums, values, shape):
+    size = math.prod(shape)
+    if size == 0:
+        return {"step_size": 0.0}
+    alpha = max(values["eps2"], math.sqrt(sums["param_sq"] / size)) * values["rho"]
+    return {"step_size": alpha / max(1.0, math.sqrt(sums["update_sq"] / size) / values["d"])}
+
+
+ADAFACTOR = Algorithm(
+    "Adafactor", "Adafactor: a second moment factored into row and column means for "
+    "parameters of two or more dimensions, relative step sizes and update clipping.",
+    """\
+rho = min(lr, 1 / sqrt(t));  alpha = max(eps2, RMS(p)) * rho   (RMS over the tensor)
+p *= 1 - lr * weight_decay
+2+ dims: row_var = lerp(row_var, mean(g^2 over columns), t**beta2_decay), col_var likewise
+    v = row_var col_var / max(mean(row_var), eps1)   (per matrix of the last two dims)
+vectors: variance = lerp(variance, g^2, t**beta2_decay);  v = variance
+u = g / sqrt(max(v, eps1^2));  p -= alpha / max(1, RMS(u) / d) * u
+(eps1=None: the machine epsilon of the parameter's dtype; vectors: two passes, 2+ dims:
+three, the factors updated on the host between them)""",
+    "torch.optim.Adafactor", rules.adafactor_rule,
+    states=(State("variance", eight_bit="unsigned"),
+            State("row_var", eight_bit="full", why="a row or column mean per row or column",
+                  bf16=False),
+            State("col_var", eight_bit="full", why="a row or column mean per row or column",
+                  bf16=False)),
+    hyperparameters=(
+        _lr(1e-2, 1e-3, 5e-2),
+        Hyper("beta2_decay", -0.8, Real(-math.inf, 0.0, high_open=False), Uniform(-1.0, -0.5)),
+        Hyper("eps", (None, 1e-3), Parts((Real(optional=True), NON_NEGATIVE),
+                                         ("eps1", "eps2")),
+              (Uniform(1e-30, 1e-20, log=True), Uniform(1e-4, 1e-2, log=True))),
+        Hyper("d", 1.0, Real(1.0), Uniform(1.0, 2.0)),
+        WEIGHT_DECAY, MAXIMIZE),
+    update=_adafactor_update,
+    two_phase=TwoPhase(_NORMS, rules.adafactor_apply_rule, _adafactor_scale,
+                       first_unused=("row_var", "col_var"), second_reads=("variance",),
+                       second_unused=("row_var", "col_var"), for_dtype=_adafactor_for_dtype),
+    factored=("row_var", "col_var"),
+    demo={"adafactor": ({}, 0.3)}, shown=("beta2_decay",),
+)
+
+
 #: Every algorithm, by class name.
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, ADAMW, ADAMAX, NADAM, RADAM, RPROP, ASGD,
     LION, ADOPT, ADEMAMIX, ADAN, SCHEDULE_FREE_SGD, SCHEDULE_FREE_ADAMW, LAMB, LARS, MUON,
+    ADAFACTOR,
 )}
 
 #: The kernel that moves a Schedule-Free parameter between its points (``.train()``,

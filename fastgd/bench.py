@@ -55,13 +55,19 @@ def case(algorithm: Algorithm) -> Case:
 CASES: dict[str, Case] = {a.function_name: case(a) for a in ALGORITHMS.values()}
 
 
-def bytes_per_step(case: Case, size: int, dtype: np.dtype, precision: str = "full") -> int:
-    """Bytes a fused step must move. Each pass (one, or two for a two-phase step) reads
-    the parameter and the gradient (a second pass that does not use it: not), reads the
-    states it uses and writes those it changes, and writes the parameter (a first pass,
-    which sums: not). A state takes its form's bytes at ``precision`` (``spec.form``):
-    bfloat16 2 per element, 8-bit 1 and a float32 absmax per block of 256."""
+def bytes_per_step(case: Case, size: int, dtype: np.dtype, precision: str = "full",
+                   factored: bool = False) -> int:
+    """Bytes a fused step must move (``factored``: of parameters with factored state, whose
+    three passes read the parameter and the gradient, the gradient, and the parameter and
+    the gradient while writing the parameter; the factors are negligible). Each pass (one,
+    or two for a two-phase step) reads the parameter and the gradient (a second pass that
+    does not use it: not), reads the states it uses and writes those it changes, and
+    writes the parameter (a first pass, which sums: not). A state takes its form's bytes
+    at ``precision`` (``spec.form``): bfloat16 2 per element, 8-bit 1 and a float32 absmax
+    per block of 256."""
     itemsize = np.dtype(dtype).itemsize
+    if factored:
+        return 6 * itemsize * size
     algorithm = case.algorithm
     passes = [(algorithm.spec, True)]
     if algorithm.two_phase is not None:
@@ -436,9 +442,19 @@ def many_tensor_sizes(count: int = 161, total: int = 16_000_000, largest: int = 
 
 
 #: The weight matrices of a transformer block (4096 x 4096, 4096 x 11008 and 11008 x 4096)
-#: scaled by 1/4 to fit a small machine: the tensors of ``--many`` for optimizers of
-#: matrices (Muon), whose steps are bound by their matrix products.
+#: scaled by 1/4 to fit a small machine: the tensors of ``--many`` for optimizers made for
+#: matrices (Muon, whose steps are bound by their matrix products; Adafactor, whose state
+#: of matrices is factored).
 TRANSFORMER_BLOCK = [(1024, 1024), (1024, 2752), (2752, 1024)]
+#: The least speed-up over torch.optim's step of the same name over
+#: :data:`TRANSFORMER_BLOCK` (float32)
+MATRIX_TARGETS = {"muon": 1.0, "adafactor": 3.0}
+
+
+def for_matrices(case: Case) -> bool:
+    """Whether ``case``'s optimizer is made for matrices (benchmarked on
+    :data:`TRANSFORMER_BLOCK`)."""
+    return case.algorithm.matrices or bool(case.algorithm.factored)
 
 
 def matrix_shape(size: int) -> tuple[int, int]:
@@ -574,7 +590,8 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         fn()  # warm-up
     times = _interleaved_times(fns, repeat)
     step = times["fastgd"]
-    moved = bytes_per_step(case, total, dtype, precision)
+    moved = bytes_per_step(case, total, dtype, precision, factored=bool(
+        case.algorithm.factored) and all(p.ndim >= 2 for p in params))
     # (the copy kernel's bandwidth over the bytes the step moves, where they differ: a
     # two-phase step's passes move more than one pass over its arrays)
     copied = sum(a.nbytes for a in copy_arrays) + sum(a.nbytes for a in copy_arrays[2:]) + (
@@ -641,7 +658,7 @@ def combinations(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterab
     8-bit state for two-phase steps, which refuse it)."""
     return [(a, s, d, tensors, p) for a in algorithms for p in precisions for d in dtypes
             for s, tensors in [(s, None) for s in sizes] + ([(0, (
-                TRANSFORMER_BLOCK if CASES[a].algorithm.matrices else many_tensor_sizes()))]
+                TRANSFORMER_BLOCK if for_matrices(CASES[a]) else many_tensor_sizes()))]
                 if many else []) if (p == "full" or d == "float32")
             and not (p == "8bit" and CASES[a].algorithm.two_phase)]
 
@@ -738,11 +755,10 @@ def _torchao(r: Result) -> str:
 
 def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
     lines = []
-    # (an optimizer of matrices is bound by its products, not by memory: it is held to
-    # torch's step over the matrices of a transformer block only)
-    matrices = {r.algorithm for r in results if CASES[r.algorithm].algorithm.matrices}
+    # (Muon's step is bound by its products, not memory: no roofline or small-step targets)
+    products = {r.algorithm for r in results if CASES[r.algorithm].algorithm.matrices}
     for r in (r for r in results if r.size >= 2**24 and r.tensors == 1
-              and r.algorithm not in matrices):
+              and r.algorithm not in products):
         # low-precision state: >= 85% of the roofline of the bytes it moves, and Adam(W) at
         # least 1.3x torch's fused float32 step; full precision: >= 90%, at least torch's
         low = r.state_precision != "full"
@@ -777,7 +793,7 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
             lines.append(f"- {_label(r)} {r.dtype} 2**24: {base.seconds / r.seconds:.2f}x "
                          f"fastgd's full-precision step ({_verdict(ok)} >= 1.3x)")
     for r in (r for r in results if r.size <= 1000 and r.tensors == 1
-              and r.algorithm not in matrices):
+              and r.algorithm not in products):
         if r.torch_speedup is not None and r.algorithm not in TORCH_PACKAGES:
             lines.append(f"- {r.algorithm} {r.dtype} {r.size}: class step "
                          f"{1 / r.torch_speedup:.2f} of torch's "
@@ -787,7 +803,7 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
                          f"{r.functional_ratio:.2f} of the class step's "
                          f"({_verdict(r.functional_ratio <= 1)} <= 1)")
     for r in (r for r in results if r.tensors > 1 and r.torch_speedup is not None):
-        least = 1.0 if r.algorithm in matrices else 1.2
+        least = MATRIX_TARGETS.get(r.algorithm, 1.2)
         lines.append(f"- {r.algorithm} {r.dtype}, {r.tensors} tensors: "
                      f"{_ratio(r.torch_speedup)} torch ({_verdict(r.torch_speedup >= least)} "
                      f">= {least}x)")

@@ -32,11 +32,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastgd import cpu, lowbit, orthogonalize
-from fastgd.algorithms import SCHEDULE_FREE_MODE, Algorithm, RuleSpec
+from fastgd import cpu, factored, lowbit, orthogonalize
+from fastgd.algorithms import SCHEDULE_FREE_MODE, Algorithm, RuleSpec, factor_shapes
 from fastgd.arrays import (
     address,
     as_array,
+    bfloat16,
     check_like,
     check_no_overlap,
     check_same_gpu,
@@ -48,6 +49,7 @@ from fastgd.arrays import (
     is_torch,
     kernel_view,
     memory_order,
+    on_device_of,
     on_gpu,
     same_layout_address,
     state_dtype,
@@ -274,7 +276,8 @@ class Functional:
             i += width
         options = algorithm.check(raw)
         present = algorithm.present(options)
-        used = algorithm.arrays(present)
+        # (factored state: the arrays a parameter takes depend on its dimensions, see _first)
+        used = self._states if algorithm.factored else algorithm.arrays(present)
         pick = _getter([self._states.index(n) for n in used])
         self._last = (values, (options, present, used, pick))
         return options, present, used, pick
@@ -314,6 +317,12 @@ class Functional:
                present: tuple[str, ...], scalars: StepScalars, stream: Any) -> None:
         """A step on arrays not seen before (or changed since): every check, the launch,
         and (host arrays) what to keep of it."""
+        if self.algorithm.factored:
+            used = self._factored_arrays(param, dict(zip(used, arrays, strict=True)), present)
+            arrays = tuple(used.values())
+            if set(used) <= set(self.algorithm.factored):  # (two or more dimensions)
+                return self._first_factored(param, grad, used, scalars, stream)
+            used = tuple(used)
         for name, array in zip(used, arrays, strict=True):
             if array is None and name in present:
                 raise ValueError(f"{name} is required with these hyperparameters (got None)")
@@ -335,6 +344,37 @@ class Functional:
         eight_bit = split_storage(fmt)[2] == "8bit"  # ((codes, absmax): checked every call)
         if stream is None and isinstance(views[0], np.ndarray) and not eight_bit:
             self._keep(param, arrays, used, fmt, scalars.present)
+
+    def _factored_arrays(self, param: Any, given: Mapping[str, Any],
+                         present: tuple[str, ...]) -> dict[str, Any]:
+        """Of the state arguments of an algorithm with factored state (Adafactor), those a
+        parameter of its dimensions takes, by name; the others must be None."""
+        algorithm = self.algorithm
+        ndim = len(getattr(param, "shape", ()))
+        wanted = algorithm.arrays(present, ndim)
+        for name, array in given.items():
+            if (array is None) == (name in wanted):
+                raise ValueError(f"{name} {'is required' if array is None else 'must be None'}"
+                                 f" for a parameter of {ndim} dimensions ("
+                                 f"{algorithm.name} keeps {', '.join(wanted)})")
+        return {name: given[name] for name in wanted}
+
+    def _first_factored(self, param: Any, grad: Any, given: Mapping[str, Any],
+                        scalars: StepScalars, stream: Any) -> None:
+        """A step of a parameter with factored state, every array checked first."""
+        algorithm = self.algorithm
+        views, fmt, (shape, order) = prepare(param, grad, {}, algorithm.spec)
+        checked = Param(param, "param")
+        factors = {n: factor_array(checked, array, n, n).view for n, array in given.items()}
+        for name, factor in factors.items():
+            if factor.size and checked.overlaps(address(factor), factor.nbytes):
+                raise ValueError(f"{name} shares memory with param")
+        factored.matrices(views[0], shape, order)  # (refuses what it cannot step, first)
+        if stream is not None:
+            check_stream(stream, views)
+        with on_gpu(gpu_of(views[0])):
+            run_factored(algorithm, {"param": views[0], "grad": views[1], **factors},
+                         scalars, stream, fmt, (shape, order))
 
     def _keep(self, param: Any, arrays: tuple[Any, ...], used: tuple[str, ...], fmt: str,
               present: tuple[str, ...]) -> None:
@@ -449,7 +489,7 @@ def run_two_phase(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: Step
     ``(rounding_key, rounding_base)`` of stochastic rounding; ``layout``: the parameter's
     shape and memory order."""
     phase, first, second = algorithm.two_phase, algorithm.spec, algorithm.second_spec
-    values = scalars.values
+    values = _for_dtype(phase, scalars.values, arrays["param"], fmt)
     picked = [arrays[n] for n in array_args(first, (), fmt)]
     one = _pass_scalars(first, values, scalars.grad_scale)
     if isinstance(picked[0], np.ndarray):
@@ -469,6 +509,40 @@ def run_two_phase(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: Step
         grad_scale = 1.0
     launch(second, [views[n] for n in array_args(second, (), fmt)],
            _pass_scalars(second, values, grad_scale), stream, fmt, rounding)
+
+
+def _for_dtype(phase: Any, values: Mapping[str, Any], param: Any, fmt: str
+               ) -> Mapping[str, Any]:
+    """The step's values for a parameter of this kernel view and storage format
+    (:attr:`~fastgd.algorithms.TwoPhase.for_dtype`)."""
+    if phase.for_dtype is None:
+        return values
+    low = split_storage(fmt)[0]
+    dtype = {"f16": np.dtype(np.float16), "bf16": bfloat16()}.get(low, np.dtype(param.dtype))
+    return phase.for_dtype(values, dtype)
+
+
+def run_factored(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: StepScalars,
+                 stream: Any, fmt: str, layout: tuple[tuple[int, ...], str]) -> None:
+    """A step of a parameter of two or more dimensions with factored state
+    (:mod:`fastgd.factored`): its checked flat kernel views and factors by name."""
+    values = _for_dtype(algorithm.two_phase, scalars.values, arrays["param"], fmt)
+    factored.step({n: a for n, a in arrays.items() if n not in algorithm.factored},
+                  *(arrays[n] for n in algorithm.factored), layout, fmt, values,
+                  scalars.grad_scale, stream)
+
+
+def factor_array(param: Param, array: Any, key: str, name: str) -> Param:
+    """A factored state array of ``param`` (:data:`~fastgd.algorithms.factor_shapes`),
+    checked: its shape, ``param``'s state dtype, C-contiguous, writable, on its device."""
+    checked = Param(array, name, state=True)
+    shape, dtype = factor_shapes(param.shape)[key], state_dtype(param.view)
+    if checked.shape != shape or checked.dtype != dtype:
+        raise ValueError(f"{name} is {checked.dtype} {checked.shape}, expected {dtype} "
+                         f"{shape} for a parameter of shape {param.shape}")
+    if checked.gpu != param.gpu:
+        raise TypeError(f"{name} is not on its parameter's device")
+    return checked
 
 
 def _direction(algorithm: Algorithm, arrays: Mapping[str, Any], sums: Mapping[str, float],
@@ -497,7 +571,7 @@ def run_two_phase_table(algorithm: Algorithm, tensors: Sequence[Mapping[str, int
     region over a table of them, the per-tensor coefficients made on the host in between.
     ``keys``: each tensor's stochastic-rounding key."""
     phase, first, second = algorithm.two_phase, algorithm.spec, algorithm.second_spec
-    values = scalars.values
+    values = _for_dtype(phase, scalars.values, np.empty(0, dtype), fmt)
 
     def table(spec: RuleSpec, views: Sequence[Mapping[str, int]]) -> np.ndarray:
         names = array_args(spec, (), fmt)
@@ -506,8 +580,8 @@ def run_two_phase_table(algorithm: Algorithm, tensors: Sequence[Mapping[str, int
 
     one = _pass_scalars(first, values, scalars.grad_scale)
     sums = cpu.reduce_table(first, fmt, dtype, table(first, tensors), sizes, one.packed())
-    own = [phase.scale(dict(zip(phase.sums, row.tolist(), strict=True)), values, ())
-           for row in sums]
+    own = [phase.scale(dict(zip(phase.sums, row.tolist(), strict=True)), values, (int(n),))
+           for row, n in zip(sums, sizes, strict=True)]
     scales = np.array([[o[n] for n in second.per_tensor] for o in own], np.float64)
     two = _pass_scalars(second, {**values, **own[0]}, scalars.grad_scale)
     views = tensors if phase.reads_grad else [{**t, "grad": t["param"]} for t in tensors]
@@ -1043,7 +1117,13 @@ class Stepper:
             if split_storage(fmt)[1] and "master_param" not in entry:
                 entry["master_param"] = from_host(param.view, param.view, np.float32)
             precision = self.precision(param, w.options)
-            for name in self.algorithm.arrays(w.scalars.present):
+            for name in self.algorithm.arrays(w.scalars.present, param.view.ndim):
+                if name in self.algorithm.factored:
+                    if name not in entry:
+                        entry[name] = on_device_of(np.zeros(factor_shapes(param.shape)[name],
+                                                            state_dtype(param.view)),
+                                                   param.view)
+                    continue
                 quantized = spec.quantized(name)
                 target = spec.form(name, precision)
                 if name not in entry:
@@ -1072,11 +1152,24 @@ class Stepper:
         one by one (the same sums and results: the chunks of the sums are the same)."""
         kept = [self._two_phase_state(w, state[w.index]) for w in work]  # (all checked)
         kept_of = {w.index: k for w, k in zip(work, kept, strict=True)}
+        algorithm = self.algorithm
         for (_, dtype, gpu, fmt, _), items in batches.items():
+            factored = [w for w in items if algorithm.factored
+                        and self.params[w.index].view.ndim >= 2]
+            for w in factored:
+                param = self.params[w.index]
+                views = {"param": param.flat, "grad": param.grad_view(w.grad, w.index),
+                         **kept_of[w.index][2]}
+                with on_gpu(gpu):
+                    run_factored(algorithm, views, w.scalars, stream, fmt,
+                                 (param.shape, param.order))
+            items = [w for w in items if w not in factored]
+            if not items:
+                continue
             first = items[0]
             keys = lowbit.rounding_keys(first.options["rounding_seed"], first.step,
                                         [w.index for w in items]) if stochastic(fmt) else None
-            if gpu is None and len(items) > 1 and self.algorithm.two_phase.direction is None:
+            if gpu is None and len(items) > 1 and algorithm.two_phase.direction is None:
                 tensors = [{"param": self.params[w.index].address,
                             "grad": w.address or self.params[w.index].address,
                             **kept_of[w.index][3]} for w in items]
@@ -1102,13 +1195,20 @@ class Stepper:
         kept = self._checked.get(w.index)
         if kept is None or kept[0] != fmt or not holds(entry, kept[1]):
             names = [("master", "master_param")] if split_storage(fmt)[1] else []
-            names += [(n, n) for n in self.algorithm.arrays(w.scalars.present)]
-            checked = tuple((key, state_array(param, entry[key], f"state[{w.index}][{key!r}]",
-                                              state_kind(spec, fmt, key, param)))
+            names += [(n, n) for n in self.algorithm.arrays(w.scalars.present,
+                                                            param.view.ndim)]
+            checked = tuple((key, factor_array(param, entry[key], key,
+                                               f"state[{w.index}][{key!r}]")
+                             if key in self.algorithm.factored else
+                             state_array(param, entry[key], f"state[{w.index}][{key!r}]",
+                                         state_kind(spec, fmt, key, param)))
                             for _, key in names)
+            if set(self.algorithm.factored) & {key for _, key in names}:
+                factored.matrices(param.flat, param.shape, param.order)  # (or refused)
             pairs = list(zip(names, checked, strict=True))
             kept = self._checked[w.index] = (fmt, checked,
-                                             {name: c.flat for (name, _), (_, c) in pairs},
+                                             {name: c.view if name in self.algorithm.factored
+                                              else c.flat for (name, _), (_, c) in pairs},
                                              {name: c.address for (name, _), (_, c) in pairs})
         return kept
 

@@ -60,7 +60,7 @@ def _source(algorithm: Algorithm) -> str:
     optional = {s.name for s in algorithm.optional}
     positional, defaulted = [], False
     for name in states:
-        defaulted = defaulted or name in optional
+        defaulted = defaulted or name in optional or bool(algorithm.factored)
         positional.append(f"{name}: ArrayLike" + (" | None = None" if defaulted else ""))
     keywords = [f"{n}: int" if n == "step" else f"{n}: bool = False" if n == "first_step"
                 else f"{n}: float" for n in inputs]

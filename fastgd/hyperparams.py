@@ -24,6 +24,8 @@ class Real:
     high: float = math.inf
     low_open: bool = False
     high_open: bool = True
+    #: None is valid too (a value chosen later: Adafactor's ``eps1``)
+    optional: bool = False
     annotation = "float"  #: the type of its values, for generated signatures
 
     def contains(self, v: float) -> bool:
@@ -31,9 +33,11 @@ class Real:
         below = v < self.high if self.high_open else v <= self.high
         return above and below and math.isfinite(v)
 
-    def check(self, name: str, value: Any) -> float:
+    def check(self, name: str, value: Any) -> float | None:
         if type(value) is float and self.contains(value):  # fast path: a plain, valid float
             return value
+        if value is None and self.optional:
+            return None
         v = real(name, value)
         if not self.contains(v):
             raise ValueError(f"invalid {name}: {value!r} (expected a finite value in "

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from fastgd import lowbit
-from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
+from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, factor_shapes
 from fastgd.arrays import (
     check_state_precision,
     check_stream,
@@ -405,7 +405,20 @@ class Optimizer:
                 raise ValueError(f"{name}['master_param'] is {arr.dtype} {arr.shape}, "
                                  f"expected float32 {view.shape} for params[{index}]")
             result["master_param"] = convert_state(arr, view, np.dtype(np.float32))
-        for key in sorted(states & set(loaded)):
+        kept = set(algorithm.arrays(algorithm.present(options), view.ndim))
+        for key in sorted(set(algorithm.factored) & set(loaded)):
+            if key not in kept:
+                raise ValueError(f"{name}[{key!r}]: a parameter of {view.ndim} dimensions "
+                                 f"keeps {sorted(kept)}")
+            arr, shape = loaded[key], factor_shapes(view.shape)[key]
+            if arr.shape != shape or arr.dtype != state_dtype(view):
+                raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
+                                 f"{state_dtype(view)} {shape} for params[{index}]")
+            result[key] = on_device_of(arr, view)
+        for key in sorted(states & set(loaded) - set(algorithm.factored)):
+            if algorithm.factored and key not in kept:
+                raise ValueError(f"{name}[{key!r}]: a parameter of {view.ndim} dimensions "
+                                 f"keeps {sorted(kept)}")
             quantized = algorithm.spec.quantized(key)
             current = lowbit.form_of(loaded, key, view)
             if current is None or (current == "8bit" and not quantized):
@@ -426,7 +439,7 @@ class Optimizer:
         if stray:
             raise ValueError(f"{name} has {stray} without their codes")
         required = () if "first_step" in algorithm.inputs else algorithm.arrays(
-            algorithm.present(options))
+            algorithm.present(options), view.ndim)
         missing = [k for k in required if k not in result]
         if missing and result["step"] > 0:
             raise ValueError(f"{name} lacks {missing}")

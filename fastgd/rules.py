@@ -475,3 +475,21 @@ def muon_apply_rule(p, g, momentum_buffer, decay_factor, step_size):
     direction ``O`` in ``g``'s place (``step_size = -adjusted lr``; the momentum buffer is
     not touched)."""
     return p * decay_factor + step_size * g, momentum_buffer
+
+
+@rule
+def adafactor_rule(p, g, variance, row_var, col_var, weight, rest, floor, low):
+    """Adafactor, first pass (vectors): ``variance = lerp(variance, g^2, t^beta2_decay)``;
+    the squares of ``p`` and of ``u = g / sqrt(max(variance, eps1^2))`` (``floor``), summed
+    over the tensor for its step size (the factors of matrices are not used)."""
+    variance = lerp(variance, g * g, weight, rest, low)
+    u = g / math.sqrt(nan_max(variance, floor))
+    return p, variance, row_var, col_var, p * p, u * u
+
+
+@rule
+def adafactor_apply_rule(p, g, variance, row_var, col_var, floor, decay_factor, step_size):
+    """Adafactor, second pass (vectors): ``p = p (1 - lr wd) - step_size u`` with
+    ``step_size = alpha / denom`` (the variance is read only)."""
+    u = g / math.sqrt(nan_max(variance, floor))
+    return p * decay_factor - step_size * u, variance, row_var, col_var

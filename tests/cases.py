@@ -22,7 +22,7 @@ from reference import REFERENCES
 
 import fastgd
 from fastgd import functional as F
-from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, Uniform
+from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, Uniform, factor_shapes
 from fastgd.hyperparams import Choice, Flag, Parts, Real, Steps
 
 #: Every algorithm (class names), in registry order.
@@ -132,7 +132,9 @@ def example(name: str, seed: int = 0) -> dict[str, Any]:
 # -- invalid hyperparameters ---------------------------------------------------------------------
 
 def _bad_reals(domain: Real) -> list[Any]:
-    values: list[Any] = [NAN, INF, -INF, "0.5", None, True, [0.5], 1 + 1j, object()]
+    values: list[Any] = [NAN, INF, -INF, "0.5", True, [0.5], 1 + 1j, object()]
+    if not domain.optional:
+        values.append(None)
     if math.isfinite(domain.low):
         values.append(domain.low if domain.low_open else domain.low - 0.5)
     if math.isfinite(domain.high):
@@ -182,11 +184,20 @@ def functional_overrides(name: str, options: dict[str, Any], strict: bool = True
 
 # -- the functional API ------------------------------------------------------------------------
 
-def state_names(name: str, hp: dict[str, Any]) -> list[str]:
-    """The state arrays a step of ``name`` with constructor kwargs ``hp`` uses."""
+def state_names(name: str, hp: dict[str, Any], ndim: int = 1) -> list[str]:
+    """The state arrays a step of ``name`` with constructor kwargs ``hp`` uses (of a
+    parameter of ``ndim`` dimensions)."""
     a = ALGORITHMS[name]
     options = a.check({**a.defaults, **hp})
-    return list(a.arrays(a.present(options)))
+    return list(a.arrays(a.present(options), ndim))
+
+
+def state_shape(name: str, state: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of state array ``state`` of a parameter of ``shape`` (Adafactor's factors
+    have their own)."""
+    if state in ALGORITHMS[name].factored:
+        return factor_shapes(shape)[state]
+    return shape
 
 
 def state_fill(name: str, state: str, hp: dict[str, Any], param: np.ndarray) -> Any:
@@ -222,11 +233,12 @@ class FunctionalRunner:
         order = "F" if param.flags.f_contiguous and not param.flags.c_contiguous else "C"
         rng = rng or np.random.default_rng(0)
         self.states = {}
-        for state in state_names(name, hp):
+        for state in state_names(name, hp, param.ndim):
+            shape = state_shape(name, state, param.shape)
             start = int(rng.integers(4)) if offset else 0
-            buffer = np.empty(param.size + start, dtype=param.dtype)
-            arr = buffer[start:].reshape(param.shape, order=order)
-            arr[...] = state_fill(name, state, hp, param)
+            buffer = np.empty(math.prod(shape) + start, dtype=param.dtype)
+            arr = buffer[start:].reshape(shape, order=order)
+            arr[...] = state_fill(name, state, hp, param) if shape == param.shape else 0.0
             self.states[state] = arr
 
     def step(self, grad: Any, **overrides: Any) -> None:

@@ -22,7 +22,7 @@ __all__ = [
     "Reference", "SGDRef", "AdagradRef", "AdadeltaRef", "RMSpropRef", "AdamRef", "AdamWRef",
     "AdamaxRef", "NAdamRef", "RAdamRef", "RpropRef", "ASGDRef", "LionRef", "ADOPTRef",
     "AdEMAMixRef", "AdanRef", "ScheduleFreeSGDRef", "ScheduleFreeAdamWRef", "LAMBRef",
-    "LARSRef", "MuonRef", "REFERENCES",
+    "LARSRef", "MuonRef", "AdafactorRef", "REFERENCES",
     "nadam_mu",
 ]
 
@@ -601,6 +601,60 @@ class MuonRef(Reference):
         return p * (1.0 - hp["lr"] * hp["weight_decay"]) - lr * o
 
 
+class AdafactorRef(Reference):
+    """Adafactor (``torch.optim.Adafactor``): relative step ``rho = min(lr, 1/sqrt(t))``,
+    ``alpha = max(eps2, RMS(p)) rho``; a second moment factored into row and column means
+    over the last two dimensions of parameters with two or more (``row_var``, ``col_var``),
+    full for others (``variance``), averaged with weight ``t**beta2_decay``;
+    ``u = g / sqrt(max(v, eps1^2))`` clipped by ``max(1, RMS(u) / d)``. ``eps1=None`` is
+    the machine epsilon of the parameter's dtype."""
+
+    defaults = dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
+                    maximize=False)
+
+    dtype: Any = None
+
+    def step(self, param: Any, grad: Any) -> np.ndarray:
+        if self.dtype is None:  # (eps1=None: that of the first parameter's dtype)
+            self.dtype = np.asarray(param).dtype
+        return super().step(param, grad)
+
+    def _update(self, p, g):
+        hp, t = self.hp, self.t
+        eps1, eps2 = hp["eps"]
+        if eps1 is None:
+            import ml_dtypes
+
+            eps1 = float(ml_dtypes.finfo(self.dtype).eps)
+        weight = t ** hp["beta2_decay"]
+        rho = min(hp["lr"], 1.0 / math.sqrt(t))
+        size = max(p.size, 1)
+        alpha = max(eps2, float(np.sqrt(np.sum(p * p) / size))) * rho
+        p = p * (1.0 - hp["lr"] * hp["weight_decay"])
+        if p.ndim >= 2:
+            with np.errstate(all="ignore"):  # (empty rows or columns: means of NaN)
+                rows = (1.0 - weight) * self._factor(p, "row_var", -1) + weight * np.sum(
+                    g * g, axis=-1, keepdims=True) / p.shape[-1]
+                cols = (1.0 - weight) * self._factor(p, "col_var", -2) + weight * np.sum(
+                    g * g, axis=-2, keepdims=True) / p.shape[-2]
+                v = rows * cols / np.maximum(np.sum(rows, axis=-2, keepdims=True)
+                                             / p.shape[-2], eps1)
+            self.state.update(row_var=rows, col_var=cols)
+        else:
+            v = (1.0 - weight) * self._zeros(p, "variance") + weight * g * g
+            self.state["variance"] = v
+        u = g / np.sqrt(np.maximum(v, eps1 * eps1))
+        denom = max(1.0, float(np.sqrt(np.sum(u * u) / size)) / hp["d"])
+        return p - alpha / denom * u
+
+    def _factor(self, p, name, axis):
+        if name not in self.state:
+            shape = list(p.shape)
+            shape[axis] = 1
+            self.state[name] = np.zeros(shape)
+        return self.state[name]
+
+
 #: Reference class per optimizer name (fastgd's class names).
 REFERENCES: dict[str, type[Reference]] = {
     "SGD": SGDRef, "Adagrad": AdagradRef, "Adadelta": AdadeltaRef, "RMSprop": RMSpropRef,
@@ -608,5 +662,5 @@ REFERENCES: dict[str, type[Reference]] = {
     "RAdam": RAdamRef, "Rprop": RpropRef, "ASGD": ASGDRef, "Lion": LionRef, "ADOPT": ADOPTRef,
     "AdEMAMix": AdEMAMixRef, "Adan": AdanRef, "ScheduleFreeSGD": ScheduleFreeSGDRef,
     "ScheduleFreeAdamW": ScheduleFreeAdamWRef, "LAMB": LAMBRef, "LARS": LARSRef,
-    "Muon": MuonRef,
+    "Muon": MuonRef, "Adafactor": AdafactorRef,
 }

@@ -206,7 +206,7 @@ def run_classes_vs_reference(name: str, hp0: dict[str, Any], hp1: dict[str, Any]
         assert state["step"] == ref.t
         assert set(state_arrays(state)) == set(state_arrays(ref.state)), what
         for key, value in state_arrays(ref.state).items():
-            assert state[key].dtype == dtype and state[key].shape == p.shape
+            assert state[key].dtype == dtype and state[key].shape == value.shape
             assert_close(state[key], value, rtol, f"{what} state {key!r}", ref.peak[key])
         for key in ref.scalar_state:
             assert math.isclose(state[key], ref.state[key], rel_tol=1e-12), key

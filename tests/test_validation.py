@@ -154,13 +154,35 @@ def state_values(name: str, rng: np.random.Generator, shape, dtype) -> np.ndarra
 
 def make_arrays(name: str, shape=(6,), dtype=np.float64, order="C", seed=0
                 ) -> dict[str, np.ndarray]:
-    """param, grad and every state of ``name``, all alike (shape, dtype, order)."""
+    """param, grad and every state of ``name``, all alike (shape, dtype, order; Adafactor's
+    factors of a parameter of two or more dimensions in their own shapes)."""
     rng = np.random.default_rng(seed)
     arrays = {"param": rng.standard_normal(shape).astype(dtype),
               "grad": rng.standard_normal(shape).astype(dtype)}
-    for state in ALGOS[name].states:
-        arrays[state] = state_values(state, rng, shape, dtype)
+    for state in states_of(name, len(shape)):
+        arrays[state] = state_values(state, rng, cases.state_shape(ALGOS[name].name, state,
+                                                                   shape), dtype)
     return {k: np.array(v, order=order) for k, v in arrays.items()}
+
+
+def states_of(name: str, ndim: int) -> tuple[str, ...]:
+    """The state arguments a call of ``name`` passes for a parameter of ``ndim`` dims."""
+    algorithm = ALGORITHMS[ALGOS[name].name]
+    return algorithm.factored if algorithm.factored and ndim >= 2 else ALGOS[name].states
+
+
+def elementwise(name: str) -> bool:
+    """Whether ``name``'s step (class or function name) is the same on any shape of the
+    same elements (not with factored state, whose factors follow the last two dims)."""
+    name = name.split("-")[0]
+    return not next(a for a in ALGORITHMS.values()
+                    if name in (a.name, a.function_name)).factored
+
+
+def flat(name: str, array: Any) -> np.ndarray:
+    """A C-contiguous copy of ``array``: 1-D if ``name``'s step is :func:`elementwise`."""
+    array = np.ascontiguousarray(np.asarray(array))
+    return array.reshape(-1 if elementwise(name) else array.shape).copy()
 
 
 def call(name: str, arrays: dict[str, Any], t: int = 2, **overrides: Any) -> Any:
@@ -210,7 +232,7 @@ def test_wrong_shape_nd(name):
     arrays = make_arrays(name, shape=(3, 4))
     refuse_call(name, {**arrays, "grad": np.zeros((4, 3))}, ("grad",))
     refuse_call(name, {**arrays, "grad": np.zeros(12)}, ("grad",))
-    state = ALGOS[name].states[0]
+    state = states_of(name, 2)[0]
     refuse_call(name, {**arrays, state: np.ones((4, 3))}, (state,))
 
 
@@ -268,7 +290,7 @@ def test_strided_views_refused(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_strided_2d_views_refused(name):
     base = make_arrays(name, shape=(4, 3))
-    for key in base:
+    for key in (k for k in base if base[k].shape == (4, 3)):  # (not factors)
         wide = np.concatenate([base[key], base[key]], axis=1)
         view = wide[:, ::2]                           # shape (4, 3), neither C nor F
         assert view.shape == (4, 3) and not view.flags.c_contiguous
@@ -283,7 +305,7 @@ def test_mismatched_memory_order(name):
     c = make_arrays(name, shape=(3, 4), order="C")
     f = make_arrays(name, shape=(3, 4), order="F")
     for key in c:
-        if key == "param":
+        if key == "param" or c[key].shape != (3, 4):  # (a factor is C and F at once)
             continue
         refuse_call(name, {**c, key: f[key]}, (key,))   # C param, F grad/state
         refuse_call(name, {**f, key: c[key]}, (key,))   # F param, C grad/state
@@ -502,10 +524,11 @@ def run_steps(name: str, arrays: dict[str, Any], grads: list[np.ndarray],
 
 
 def reference_values(name: str, base: dict[str, np.ndarray], grads) -> dict[str, np.ndarray]:
-    """The same steps on C-contiguous 1-D copies, reshaped back to ``base``'s shapes."""
-    flat = {k: np.ascontiguousarray(v).reshape(-1).copy() for k, v in base.items()}
-    run_steps(name, flat, [np.ascontiguousarray(g).reshape(-1) for g in grads])
-    return {k: v.reshape(base[k].shape) for k, v in flat.items()}
+    """The same steps on C-contiguous (1-D, :func:`flat`) copies, reshaped back to
+    ``base``'s shapes."""
+    copies = {k: flat(name, v) for k, v in base.items()}
+    run_steps(name, copies, [flat(name, g) for g in grads])
+    return {k: v.reshape(base[k].shape) for k, v in copies.items()}
 
 
 def matches(name: str, got: Any, want: Any) -> bool:
@@ -516,9 +539,10 @@ def matches(name: str, got: Any, want: Any) -> bool:
     name = name.split("-")[0]  # (a class case such as "SGD-nesterov")
     algorithm = next(a for a in ALGORITHMS.values() if name in (a.name, a.function_name))
     if algorithm.two_phase is None or got.shape != want.shape:
-        return got.shape == want.shape and np.array_equal(got, want)
+        return got.shape == want.shape and np.array_equal(got, want, equal_nan=True)
     tol = 1e-5 if got.dtype == np.float32 else 1e-12
-    return np.allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(initial=0.0))
+    return np.allclose(got, want, rtol=tol, atol=tol * np.nanmax(np.abs(want), initial=0.0),
+                       equal_nan=True)
 
 
 def assert_matches(name: str, arrays: dict[str, Any], expected: dict[str, np.ndarray]
@@ -542,7 +566,8 @@ DTYPES = [np.float32, np.float64]
 @pytest.mark.parametrize("shape", [(3, 5), (2, 3, 4)])
 def test_fortran_order_works_in_place(name, dtype, shape):
     arrays = make_arrays(name, shape=shape, dtype=dtype, order="F")
-    assert all(a.flags.f_contiguous and not a.flags.c_contiguous for a in arrays.values())
+    assert all(a.flags.f_contiguous and not a.flags.c_contiguous for a in arrays.values()
+               if a.shape == shape)  # (a factor of Adafactor's is C and F at once)
     grads = two_grads(shape, dtype)
     expected = reference_values(name, arrays, grads)
     pointers = {k: a.ctypes.data for k, a in arrays.items()}
@@ -580,7 +605,9 @@ def test_zero_dim_arrays_work(name, dtype):
 def test_empty_arrays_work(name, shape):
     arrays = make_arrays(name, shape=shape)
     run_steps(name, arrays, two_grads(shape, np.float64))
-    assert all(a.shape == shape and a.size == 0 for a in arrays.values())
+    assert all(a.shape == cases.state_shape(ALGOS[name].name, key, shape)
+               for key, a in arrays.items())
+    assert arrays["param"].size == 0
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -1088,12 +1115,12 @@ def grad_sequence(params, steps=3, seed=20):
     return [make_grads(params, seed + k) for k in range(steps)]
 
 
-def flat_copies(params):
-    return [np.ascontiguousarray(np.asarray(p)).reshape(-1).copy() for p in params]
+def flat_copies(params, cname):
+    return [flat(cname, p) for p in params]
 
 
-def flat_grad_seqs(seqs):
-    return [[np.ascontiguousarray(g).reshape(-1) for g in grads] for grads in seqs]
+def flat_grad_seqs(seqs, cname):
+    return [[flat(cname, g) for g in grads] for grads in seqs]
 
 
 @pytest.mark.parametrize("cname", CLASS_NAMES)
@@ -1113,35 +1140,35 @@ def test_class_odd_layouts_match_flat_run(cname, dtype):
     for grads in seqs:                                  # Fortran grads for Fortran params
         grads[0] = np.asfortranarray(grads[0])
         grads[5] = np.asfortranarray(grads[5])
-    flat = flat_copies(params)
+    copies = flat_copies(params, cname)
     start = [p.copy() for p in params]
-    ref = run_optimizer(cname, flat, flat_grad_seqs(seqs))
+    ref = run_optimizer(cname, copies, flat_grad_seqs(seqs, cname))
     pointers = [p.ctypes.data for p in params]
     opt = run_optimizer(cname, params, seqs)
     assert [p.ctypes.data for p in params] == pointers
-    for i, (p, q) in enumerate(zip(params, flat, strict=True)):
-        assert matches(cname, np.ascontiguousarray(p).reshape(-1), q), i
+    for i, (p, q) in enumerate(zip(params, copies, strict=True)):
+        assert matches(cname, flat(cname, p), q), i
         assert p.dtype == dtype
     assert not np.array_equal(params[0], start[0]) and params[1] != start[1]
     for i in opt.state:
         assert opt.state[i]["step"] == 3
         for key, value in opt.state[i].items():
             if isinstance(value, np.ndarray):
-                assert value.shape == params[i].shape
-                assert matches(cname, np.ascontiguousarray(value).reshape(-1),
-                               ref.state[i][key]), (i, key)
+                assert value.shape == cases.state_shape(cname.split("-")[0], key,
+                                                        params[i].shape)
+                assert matches(cname, flat(cname, value), ref.state[i][key]), (i, key)
 
 
 @pytest.mark.parametrize("cname", CLASS_NAMES)
 def test_class_single_array_param(cname):
     p = np.random.default_rng(0).standard_normal((4, 3))
-    q = p.reshape(-1).copy()
+    q = flat(cname, p)
     grads = [np.random.default_rng(s).standard_normal((4, 3)) for s in range(3)]
     opt, ref = make(cname, p), make(cname, [q])
     for g in grads:
         opt.step(g)
-        ref.step([g.reshape(-1)])
-    assert np.array_equal(p.reshape(-1), q)
+        ref.step([flat(cname, g)])
+    assert np.array_equal(flat(cname, p), q)
 
 
 @pytest.mark.parametrize("cname", CLASS_NAMES)
@@ -1159,13 +1186,13 @@ def test_class_memmap_r_plus(cname, order, tmp_path):
     seqs = grad_sequence([mm, other])
     for grads in seqs:
         grads[0] = np.asarray(grads[0], order=order)
-    ref_params = [np.array(start, order="C").reshape(-1), other.copy()]
-    run_optimizer(cname, ref_params, flat_grad_seqs(seqs))
+    ref_params = [flat(cname, start), other.copy()]
+    run_optimizer(cname, ref_params, flat_grad_seqs(seqs, cname))
     run_optimizer(cname, [mm, other], seqs)
     mm.flush()
     del mm
     on_disk = np.fromfile(path, dtype=np.float64).reshape(shape, order=order)
-    assert matches(cname, np.ascontiguousarray(on_disk).reshape(-1), ref_params[0])
+    assert matches(cname, flat(cname, on_disk), ref_params[0])
     assert not np.array_equal(on_disk, start)
     assert np.array_equal(other, ref_params[1])
 
@@ -1179,24 +1206,23 @@ def test_class_torch_parameters_with_dot_grad(cname, dtype):
     tensors = [torch.nn.Parameter(torch.randn(3, 4, generator=gen, dtype=tdtype)),
                torch.randn(5, generator=gen, dtype=tdtype).requires_grad_(True),
                torch.randn(4, 3, generator=gen, dtype=tdtype).T.detach().requires_grad_(True)]
-    flat = [t.detach().numpy().copy(order="K") for t in tensors]
-    flat = [np.ascontiguousarray(a).reshape(-1).copy() for a in flat]
+    copies = [flat(cname, t.detach().numpy()) for t in tensors]
     pointers = [t.data_ptr() for t in tensors]
     opt = make(cname, tensors)
-    ref = make(cname, flat)
+    ref = make(cname, copies)
     for _ in range(3):
         for t in tensors:
             t.grad = torch.randn(t.shape, generator=gen, dtype=tdtype)
             if not t.is_contiguous():          # keep the grad in the param's layout
                 t.grad = t.grad.T.contiguous().T
-        ref.step([np.ascontiguousarray(t.grad.numpy()).reshape(-1) for t in tensors])
+        ref.step([flat(cname, t.grad.numpy()) for t in tensors])
         opt.step()
         opt.zero_grad()
         assert all(t.grad is None for t in tensors)
     assert [t.data_ptr() for t in tensors] == pointers
-    for t, q in zip(tensors, flat, strict=True):
+    for t, q in zip(tensors, copies, strict=True):
         assert t.requires_grad
-        assert matches(cname, np.ascontiguousarray(t.detach().numpy()).reshape(-1), q)
+        assert matches(cname, flat(cname, t.detach().numpy()), q)
 
 
 @pytest.mark.parametrize("cname", CLASS_NAMES)

@@ -294,3 +294,37 @@ def test_muon_on_the_gpu_as_on_the_host(dtype, shape):
     np.testing.assert_allclose(device_f.copy_to_host(), host_f, atol=tol, rtol=0)
     np.testing.assert_allclose(device_buf.copy_to_host(), buf, atol=tol, rtol=0)
     assert is_device(on_device.state[0]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adafactor_on_the_gpu_as_on_the_host(dtype):
+    """Adafactor's factored passes (matrices, a batch of them, a Fortran-order matrix) and
+    its two-pass vector step run as kernels, in the class and the functional face."""
+    rng = np.random.default_rng(13)
+    params = [rng.standard_normal((6, 11)), rng.standard_normal((2, 3, 5)),
+              np.asfortranarray(rng.standard_normal((4, 7))), rng.standard_normal(9)]
+    params = [p.astype(dtype) for p in params]
+    host = [p.copy(order="K") for p in params]
+    device = [cuda.to_device(p) for p in params]
+    on_host = fastgd.Adafactor(host, lr=0.05, weight_decay=0.1)
+    on_device = fastgd.Adafactor(device, lr=0.05, weight_decay=0.1)
+    q, dq = params[0].copy(), cuda.to_device(params[0])
+    rows, cols = np.zeros((6, 1), dtype), np.zeros((1, 11), dtype)
+    d_rows, d_cols = cuda.to_device(rows), cuda.to_device(cols)
+    stream = cuda.stream()
+    for t in range(1, 4):
+        grads = [np.empty_like(p) for p in params]  # (in each parameter's layout)
+        for g in grads:
+            g[...] = rng.standard_normal(g.shape)
+        on_host.step(grads)
+        on_device.step([cuda.to_device(g) for g in grads], stream=stream)
+        F.adafactor(q, grads[0], row_var=rows, col_var=cols, step=t)
+        F.adafactor(dq, cuda.to_device(grads[0]), row_var=d_rows, col_var=d_cols, step=t,
+                    stream=stream)
+    stream.synchronize()
+    tol = TOL[dtype]["atol"] * 10
+    for d, h in zip(device, host, strict=True):
+        np.testing.assert_allclose(d.copy_to_host(), h, atol=tol, rtol=0)
+    np.testing.assert_allclose(dq.copy_to_host(), q, atol=tol, rtol=0)
+    np.testing.assert_allclose(d_cols.copy_to_host(), cols, atol=tol, rtol=tol)
+    assert is_device(on_device.state[0]["row_var"])
