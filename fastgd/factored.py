@@ -23,6 +23,7 @@ master copy); CUDA kernels run one thread per row (and per column for the column
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -36,7 +37,7 @@ from fastgd.kernelgen import join_storage, split_storage
 
 #: Tasks the column sums are split into (chunks of rows times batches, at least one chunk
 #: per batch): fixed, so that the sums do not depend on the number of threads.
-TASKS = 32
+TASKS = 16
 
 _HEADER = """\
 import math
@@ -50,6 +51,15 @@ from fastgd.rules import nan_max
 @numba.njit(inline="always")
 def load(x):
     return x
+
+
+@numba.njit(inline="always", error_model="numpy")
+def direction(g, row, column, floor, separable):
+    # u = g / sqrt(max(v, eps1^2)) with v = row column; ``separable``: every v is above the
+    # floor, and row and column hold the reciprocal square roots of the factors
+    if separable:
+        return g * (row * column)
+    return g / math.sqrt(nan_max(row * column, floor))
 """
 
 _CPU = '''
@@ -60,6 +70,7 @@ def sums_{name}(g, p, scale, rows, prows, cols, chunks):
     for task in numba.prange(g.shape[0] * chunks):
         b, lo = task // chunks, (task % chunks) * per
         acc = cols[task]
+        acc[:] = 0.0
         for m in range(lo, min(m_count, lo + per)):
             row, squares = 0.0, 0.0
             for n in range(n_count):
@@ -74,25 +85,25 @@ def sums_{name}(g, p, scale, rows, prows, cols, chunks):
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath={{"reassoc"}})
-def update_norm_{name}(g, scale, rowf, colf, floor, urows):
+def update_norm_{name}(g, scale, rowf, colf, floor, separable, urows):
     m_count, n_count = g.shape[1], g.shape[2]
     for r in numba.prange(g.shape[0] * m_count):
         b, m = r // m_count, r % m_count
         f, acc = rowf[r], 0.0
         for n in range(n_count):
-            u = {load_g}(g[b, m, n]) * scale / math.sqrt(nan_max(f * colf[b, n], floor))
+            u = direction({load_g}(g[b, m, n]) * scale, f, colf[b, n], floor, separable)
             acc += u * u
         urows[r] = acc
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy")
-def apply_{name}(p, master, g, scale, rowf, colf, floor, decay, step):
+def apply_{name}(p, master, g, scale, rowf, colf, floor, separable, decay, step):
     m_count, n_count = g.shape[1], g.shape[2]
     for r in numba.prange(g.shape[0] * m_count):
         b, m = r // m_count, r % m_count
         f = rowf[r]
         for n in range(n_count):
-            u = {load_g}(g[b, m, n]) * scale / math.sqrt(nan_max(f * colf[b, n], floor))
+            u = direction({load_g}(g[b, m, n]) * scale, f, colf[b, n], floor, separable)
             q = {load_p}({source}[b, m, n]) * decay - step * u
             {store}
 '''
@@ -127,6 +138,13 @@ from fastgd.rules import nan_max
 device_max = cuda.jit(device=True)(nan_max.py_func)
 
 
+@cuda.jit(device=True)
+def direction(g, row, column, floor, separable):
+    if separable:
+        return g * (row * column)
+    return g / math.sqrt(device_max(row * column, floor))
+
+
 @cuda.jit
 def row_sums(g, p, scale, rows, prows):
     r = cuda.grid(1)
@@ -156,26 +174,26 @@ def column_sums(g, scale, cols):
 
 
 @cuda.jit
-def update_norm(g, scale, rowf, colf, floor, urows):
+def update_norm(g, scale, rowf, colf, floor, separable, urows):
     r = cuda.grid(1)
     m_count, n_count = g.shape[1], g.shape[2]
     if r < g.shape[0] * m_count:
         b, m = r // m_count, r % m_count
         acc = 0.0
         for n in range(n_count):
-            u = g[b, m, n] * scale / math.sqrt(device_max(rowf[r] * colf[b, n], floor))
+            u = direction(g[b, m, n] * scale, rowf[r], colf[b, n], floor, separable)
             acc += u * u
         urows[r] = acc
 
 
 @cuda.jit
-def apply(p, g, scale, rowf, colf, floor, decay, step):
+def apply(p, g, scale, rowf, colf, floor, separable, decay, step):
     r = cuda.grid(1)
     m_count, n_count = g.shape[1], g.shape[2]
     if r < g.shape[0] * m_count:
         b, m = r // m_count, r % m_count
         for n in range(n_count):
-            u = g[b, m, n] * scale / math.sqrt(device_max(rowf[r] * colf[b, n], floor))
+            u = direction(g[b, m, n] * scale, rowf[r], colf[b, n], floor, separable)
             p[b, m, n] = p[b, m, n] * decay - step * u
 """
 
@@ -237,7 +255,7 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
         low, with_master, _ = split_storage(fmt)
         sums, update_norm, apply = _cpu_kernels(join_storage(low, "master" * with_master))
         chunks = max(1, min(m_count, TASKS // max(batch, 1)))
-        partial = np.zeros((batch * chunks, n_count))
+        partial = _scratch(batch * chunks, n_count)
         sums(grad, master if master is not None else param, grad_scale, rows_sq, p_rows,
              partial, chunks)
         cols_sq = partial.reshape(batch, chunks, n_count).sum(axis=1)
@@ -269,31 +287,51 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
     elif strided:
         row_factor = _batch_order(row_factor, batches, rows)
         col_factor = _batch_order(col_factor, batches, columns)
+    floor_sq = dtype.type(floor * floor)
+    # (every product of the factors above the floor: each element's 1 / sqrt(row column)
+    # is the product of the factors' own, computed once per row and per column)
+    separable = bool(row_factor.size and col_factor.size
+                     and row_factor.min() * col_factor.min() > floor * floor)
+    if separable:
+        row_factor, col_factor = 1.0 / np.sqrt(row_factor), 1.0 / np.sqrt(col_factor)
     row_factor = row_factor.astype(dtype).reshape(-1)
     col_factor = col_factor.astype(dtype)
-    floor_sq = dtype.type(floor * floor)
     scale = dtype.type(grad_scale)
     if device:
         kernels = _cuda_kernels()
         d_rowf, d_colf = _device(row_factor, stream), _device(col_factor, stream)
         d_urows = _device(np.zeros(batch * m_count), stream)
         _launch(kernels[2], batch * m_count, stream, grad, scale, d_rowf, d_colf, floor_sq,
-                d_urows)
+                separable, d_urows)
         u_rows = d_urows.copy_to_host(stream=stream)
         if stream is not None:
             stream.synchronize()
     else:
         u_rows = np.empty(batch * m_count)
-        update_norm(grad, scale, row_factor, col_factor, floor_sq, u_rows)
+        update_norm(grad, scale, row_factor, col_factor, floor_sq, separable, u_rows)
     step_size = values["rho"] * max(values["eps2"], math.sqrt(float(p_rows.sum()) / size)) / (
         max(1.0, math.sqrt(float(u_rows.sum()) / size) / values["d"]))
     decay = dtype.type(values["decay_factor"])
     if device:
         _launch(kernels[3], batch * m_count, stream, param, grad, scale, d_rowf, d_colf,
-                floor_sq, decay, dtype.type(step_size))
+                floor_sq, separable, decay, dtype.type(step_size))
     else:
         apply(param, master if master is not None else param, grad, scale, row_factor,
-              col_factor, floor_sq, decay, dtype.type(step_size))
+              col_factor, floor_sq, separable, decay, dtype.type(step_size))
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(rows: int, columns: int) -> np.ndarray:
+    """A buffer for the column sums' partial results, one per shape and thread (kept: a
+    new one each step would cost its page faults)."""
+    kept = _SCRATCH.__dict__.setdefault("buffers", {})
+    if (rows, columns) not in kept:
+        if len(kept) > 64:
+            kept.clear()
+        kept[rows, columns] = np.empty((rows, columns))
+    return kept[rows, columns]
 
 
 def _batch_order(values: np.ndarray, batches: tuple[int, ...], last: int) -> np.ndarray:
