@@ -41,19 +41,21 @@ def newton_schulz(d: Any, coefficients: Sequence[float], steps: int, eps: float,
     tall = d.shape[0] > d.shape[1]
     if norm is None:
         norm = math.sqrt(float((d * d).sum()))
-    # (C order, so that every element-wise update below runs over contiguous memory)
-    x = _library(d).ascontiguousarray(d.T if tall else d) / d.dtype.type(max(norm, eps))
+    xp = _library(d)
+    x = xp.ascontiguousarray(d.T if tall else d) / d.dtype.type(max(norm, eps))
     gram = x @ x.T
-    poly, update = gram.copy(), x.copy()
+    poly, other = xp.empty_like(gram), xp.empty_like(x)
+    diagonal = poly.reshape(-1)[::poly.shape[0] + 1]  # (a view: poly's diagonal)
     for step in range(steps):
         if step:
             _matmul(x, x.T, gram)
         _matmul(gram, gram.T, poly)  # (gram is symmetric: its square, by syrk)
         poly *= c
-        poly += b * gram
-        _matmul(poly, x, update)
-        x *= a
-        x += update
+        gram *= b
+        poly += gram
+        diagonal += a  # (a X + (b A + c A A) X = (a I + b A + c A A) X: one product)
+        _matmul(poly, x, other)
+        x, other = other, x
     return x.T if tall else x
 
 
