@@ -221,6 +221,55 @@ def call_functional(name: str, param: Any, grad: Any, states: dict[str, Any],
                   **overrides)
 
 
+def relative(a: Any, b: Any) -> float:
+    """The largest difference of ``a`` from ``b`` relative to ``b``'s largest magnitude."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) if b.size else 0.0
+
+
+def run_against_reference(name: str, options: dict[str, Any], shape: tuple[int, ...],
+                          dtype: Any, order: str, rng: np.random.Generator, steps: int = 12
+                          ) -> tuple[np.ndarray, Any, Any, np.ndarray]:
+    """``steps`` class steps of ``name`` on one array of ``shape``, ``dtype`` and memory
+    ``order`` and the same on its reference; ``(param, optimizer, reference, expected)``."""
+    p = np.asarray(rng.standard_normal(shape), dtype=dtype, order=order)
+    ref, expected = REFERENCES[name](**options), p.astype(np.float64)
+    opt = optimizer_class(name)([p], **options)
+    for _ in range(steps):
+        g = np.asarray(rng.standard_normal(shape), dtype=dtype, order=order)
+        opt.step([g])
+        expected = ref.step(expected, g)
+    return p, opt, ref, expected
+
+
+def check_clipping_skip_and_schedule(name: str, shapes: list[tuple[int, ...]],
+                                     rng: np.random.Generator) -> None:
+    """Five steps of ``name`` over arrays of ``shapes`` with a cosine learning rate and
+    ``max_norm`` equal its reference's on the clipped gradients; then a step with
+    ``skip_if_nonfinite`` and a non-finite gradient changes nothing."""
+    params = [rng.standard_normal(s) for s in shapes]
+    expected = [p.copy() for p in params]
+    lr = fastgd.schedules.cosine(0.05, 10)
+    ours = optimizer_class(name)(params, lr=lr)
+    refs = [REFERENCES[name](lr=lr(1)) for _ in shapes]
+    for t in range(1, 6):
+        grads = [rng.standard_normal(s) for s in shapes]
+        norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+        info = ours.step(grads, max_norm=0.5)
+        assert math.isclose(info.grad_norm, norm, rel_tol=1e-12)
+        scale = min(1.0, 0.5 / (norm + 1e-6))
+        for i, ref in enumerate(refs):
+            ref.hp["lr"] = lr(t)
+            expected[i] = ref.step(expected[i], grads[i] * scale)
+    for p, e in zip(params, expected, strict=True):
+        assert relative(p, e) <= 1e-10
+    before = [p.copy() for p in params]
+    assert ours.step([np.full(s, np.nan) for s in shapes], skip_if_nonfinite=True).skipped
+    for p, b in zip(params, before, strict=True):
+        np.testing.assert_array_equal(p, b)
+    assert all(ours.state[i]["step"] == 5 for i in range(len(shapes)))
+
+
 class FunctionalRunner:
     """Drives ``fastgd.functional`` with explicit state arrays, like an optimizer would.
     ``offset`` places each state array at a random element offset in a larger buffer (so

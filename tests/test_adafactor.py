@@ -9,8 +9,10 @@ factor arguments.
 
 from __future__ import annotations
 
+import cases
 import numpy as np
 import pytest
+from cases import relative, run_against_reference
 from reference import AdafactorRef
 
 import fastgd
@@ -22,13 +24,6 @@ SHAPES = [(5,), (4, 3), (2, 3, 4), (), (6, 1), (1, 6), (33, 70), (2, 2, 3, 5), (
 #: torch's own test inputs of Adafactor (torch/testing/_internal/common_optimizers.py)
 TORCH_INPUTS = [{}, {"weight_decay": 0.1, "lr": 0.01}, {"weight_decay": 0.1, "maximize": True},
                 {"beta2_decay": -1.0}, {"d": 1.5}]
-
-
-def relative(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if not b.size:
-        return 0.0
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300))
 
 
 def random_options(rng: np.random.Generator) -> dict:
@@ -97,14 +92,8 @@ def test_empty_parameters_step():
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_layouts_match_the_reference(dtype, shape, order):
     rng = np.random.default_rng(sum(shape))
-    options = random_options(rng)
-    p = np.asarray(rng.standard_normal(shape), dtype=dtype, order=order)
-    ref, expected = AdafactorRef(**options), p.astype(np.float64)
-    opt = fastgd.Adafactor([p], **options)
-    for _ in range(12):
-        g = np.asarray(rng.standard_normal(shape), dtype=dtype, order=order)
-        opt.step([g])
-        expected = ref.step(expected, g)
+    p, opt, ref, expected = run_against_reference("Adafactor", random_options(rng), shape,
+                                                  dtype, order, rng)
     assert relative(p, expected) <= 3 * TOL[dtype]
     for key in ("row_var", "col_var"):
         assert relative(opt.state[0][key], ref.state[key]) <= TOL[dtype]
@@ -174,26 +163,8 @@ def test_bfloat16_state_keeps_the_factors_at_full_precision():
 
 
 def test_many_tensors_clipping_skip_and_schedules():
-    rng = np.random.default_rng(25)
-    shapes = [(8, 3), (4,), (2, 5, 6)]
-    params = [rng.standard_normal(s) for s in shapes]
-    expected = [p.copy() for p in params]
-    lr = fastgd.schedules.cosine(0.05, 10)
-    ours = fastgd.Adafactor(params, lr=lr)
-    refs = [AdafactorRef(lr=lr(1)) for _ in shapes]
-    for t in range(1, 6):
-        grads = [rng.standard_normal(s) for s in shapes]
-        info = ours.step(grads, max_norm=0.5)
-        scale = min(1.0, 0.5 / (info.grad_norm + 1e-6))
-        for i, r in enumerate(refs):
-            r.hp["lr"] = lr(t)
-            expected[i] = r.step(expected[i], grads[i] * scale)
-    for p, e in zip(params, expected, strict=True):
-        assert relative(p, e) <= 1e-10
-    before = [p.copy() for p in params]
-    assert ours.step([np.full(s, np.inf) for s in shapes], skip_if_nonfinite=True).skipped
-    for p, b in zip(params, before, strict=True):
-        np.testing.assert_array_equal(p, b)
+    cases.check_clipping_skip_and_schedule("Adafactor", [(8, 3), (4,), (2, 5, 6)],
+                                           np.random.default_rng(25))
 
 
 def test_state_dicts_move_between_fastgd_and_torch():
@@ -253,22 +224,6 @@ def test_checkpoints_resume_bit_for_bit(tmp_path):
         resumed.step(gs)
     for p, q in zip(resumed_params, straight, strict=True):
         np.testing.assert_array_equal(p, q)
-
-
-@pytest.mark.parametrize(("options", "error", "names"), [
-    ({"beta2_decay": 0.8}, ValueError, "beta2_decay"),
-    ({"eps": (-1e-30, 1e-3)}, ValueError, "eps1"),
-    ({"eps": (None, -1.0)}, ValueError, "eps2"),
-    ({"eps": ("1e-3", 1e-3)}, TypeError, "eps1"),
-    ({"d": 0.0}, ValueError, "d"),
-    ({"weight_decay": -0.1}, ValueError, "weight_decay"),
-    ({"lr": -1.0}, ValueError, "lr"),
-])
-def test_bad_hyperparameters(options, error, names):
-    p = np.ones((3, 4))
-    with pytest.raises(error, match=names):
-        fastgd.Adafactor([p], **options)
-    np.testing.assert_array_equal(p, np.ones((3, 4)))
 
 
 def test_a_bad_gradient_or_state_changes_nothing():

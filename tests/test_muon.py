@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 
+import cases
 import numpy as np
 import pytest
+from cases import relative, run_against_reference
 from reference import MuonRef
 
 import fastgd
@@ -27,11 +29,6 @@ TOL = {np.float64: 1e-8, np.float32: 1e-4}
 TORCH_INPUTS = [{}, {"lr": 0.01}, {"weight_decay": 0.2}, {"momentum": 0.8}, {"ns_steps": 6},
                 {"ns_coefficients": (3.4, -4.7, 2.0)}]
 SHAPES = [(4, 6), (8, 3), (5, 5), (1, 7), (7, 1), (33, 65), (70, 20)]
-
-
-def relative(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) if b.size else 0.0
 
 
 def random_options(rng: np.random.Generator) -> dict:
@@ -123,15 +120,8 @@ def test_close_to_torch_as_shipped():
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_matches_the_numpy_reference(dtype, shape, order):
     rng = np.random.default_rng(sum(shape))
-    options = random_options(rng)
-    p = np.asarray(rng.standard_normal(shape), dtype=dtype, order=order)
-    ref = MuonRef(**options)
-    expected = p.astype(np.float64)
-    opt = fastgd.Muon([p], **options)
-    for _ in range(12):
-        g = np.asarray(rng.standard_normal(shape), dtype=dtype, order=order)
-        opt.step([g])
-        expected = ref.step(expected, g)
+    p, opt, ref, expected = run_against_reference("Muon", random_options(rng), shape, dtype,
+                                                  order, rng)
     assert relative(p, expected) <= 3 * TOL[dtype]
     assert relative(opt.state[0]["momentum_buffer"], ref.state["momentum_buffer"]) <= TOL[dtype]
     assert p.flags[f"{order}_CONTIGUOUS"]
@@ -157,32 +147,8 @@ def test_empty_matrices_step():
     assert opt.state[0]["momentum_buffer"].shape == (0, 5)
 
 
-def test_many_matrices_clipping_skip_and_schedules():
-    rng = np.random.default_rng(5)
-    shapes = [(8, 3), (5, 11)]
-    params = [rng.standard_normal(s) for s in shapes]
-    twins = [p.copy() for p in params]
-    lr = fastgd.schedules.cosine(0.05, 10)
-    ours = fastgd.Muon(params, lr=lr)
-    refs = [MuonRef(lr=lr(1)) for _ in shapes]
-    expected = [p.copy() for p in twins]
-    for t in range(1, 6):
-        grads = [rng.standard_normal(s) for s in shapes]
-        norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
-        info = ours.step(grads, max_norm=0.5)
-        assert info.grad_norm == pytest.approx(norm)
-        scale = min(1.0, 0.5 / (norm + 1e-6))
-        for i, r in enumerate(refs):
-            r.hp["lr"] = lr(t)
-            expected[i] = r.step(expected[i], grads[i] * scale)
-    for p, e in zip(params, expected, strict=True):
-        assert relative(p, e) <= 1e-10
-    before = [p.copy() for p in params]
-    bad = [np.full(s, np.nan) for s in shapes]
-    assert ours.step(bad, skip_if_nonfinite=True).skipped
-    for p, b in zip(params, before, strict=True):
-        np.testing.assert_array_equal(p, b)
-    assert all(ours.state[i]["step"] == 5 for i in range(2))
+def test_many_tensors_clipping_skip_and_schedules():
+    cases.check_clipping_skip_and_schedule("Muon", [(8, 3), (5, 11)], np.random.default_rng(5))
 
 
 @pytest.mark.parametrize("low", ["float16", "bfloat16"])
