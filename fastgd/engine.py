@@ -334,6 +334,8 @@ class Functional:
             raise TypeError(no_eight_bit(self.algorithm))
         if stream is not None:
             check_stream(stream, views)
+        if self.algorithm.two_phase is not None and self.algorithm.two_phase.direction:
+            orthogonalize.require(views[0])
         with on_gpu(gpu_of(views[0])):
             if self.algorithm.two_phase is not None:
                 run_two_phase(self.algorithm, dict(zip(("param", "grad", *used), views,
@@ -369,6 +371,7 @@ class Functional:
         for name, factor in factors.items():
             if factor.size and checked.overlaps(address(factor), factor.nbytes):
                 raise ValueError(f"{name} shares memory with param")
+        check_no_overlap({"grad": views[1], **factors})
         factored.matrices(views[0], shape, order)  # (refuses what it cannot step, first)
         if stream is not None:
             check_stream(stream, views)
@@ -553,7 +556,7 @@ def _direction(algorithm: Algorithm, arrays: Mapping[str, Any], sums: Mapping[st
     low, _, state = split_storage(fmt)
     shape, order = layout
     dtype = compute_dtype(arrays["param"], fmt)
-    with orthogonalize.on_stream(stream):
+    with orthogonalize.on_stream(stream, arrays["param"]):
         grad = orthogonalize.as_matrix(arrays["grad"], shape, order, low, dtype)
         matrices = {"grad": grad * dtype.type(grad_scale) if grad_scale != 1.0 else grad}
         for name in algorithm.spec.present_states(()):
@@ -1153,6 +1156,9 @@ class Stepper:
         kept = [self._two_phase_state(w, state[w.index]) for w in work]  # (all checked)
         kept_of = {w.index: k for w, k in zip(work, kept, strict=True)}
         algorithm = self.algorithm
+        if algorithm.two_phase.direction is not None:
+            for w in work:
+                orthogonalize.require(self.params[w.index].view)
         for (_, dtype, gpu, fmt, _), items in batches.items():
             factored = [w for w in items if algorithm.factored
                         and self.params[w.index].view.ndim >= 2]

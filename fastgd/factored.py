@@ -17,7 +17,9 @@ last two, or for a Fortran-order matrix its columns and rows, whose factors swap
 The sums are taken in float64: per row by one thread, per column in fixed chunks of rows
 added in order, so results do not depend on the number of threads. CPU kernels are
 generated for each parameter format (float16/bfloat16 bits, with or without a float32
-master copy); CUDA kernels run one thread per row (and per column for the column sums).
+master copy) and take turns where Numba's threading layer needs it
+(:func:`fastgd.cpu.parallel_guard`); CUDA kernels run one thread per row (and per column
+for the column sums), on the step's stream.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 
 from fastgd.arrays import to_host
 from fastgd.codegen import load_generated
+from fastgd.cpu import parallel_guard
 from fastgd.halfprec import CONVERSIONS
 from fastgd.kernelgen import join_storage, split_storage
 
@@ -240,6 +243,9 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
     batch, m_count, n_count = param.shape
     rows_sq, p_rows = np.zeros(batch * m_count), np.zeros(batch * m_count)
     if device:
+        from fastgd.cuda import as_stream
+
+        stream = as_stream(stream)  # (a Numba stream, from any kind; None: the default)
         kernels = _cuda_kernels()
         d_rows, d_prows = _device(rows_sq, stream), _device(p_rows, stream)
         d_cols = _device(np.zeros(batch * n_count), stream)
@@ -249,15 +255,15 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
         rows_sq, p_rows = d_rows.copy_to_host(stream=stream), d_prows.copy_to_host(
             stream=stream)
         cols_sq = d_cols.copy_to_host(stream=stream).reshape(batch, n_count)
-        if stream is not None:
-            stream.synchronize()
+        stream.synchronize()
     else:
         low, with_master, _ = split_storage(fmt)
         sums, update_norm, apply = _cpu_kernels(join_storage(low, "master" * with_master))
         chunks = max(1, min(m_count, TASKS // max(batch, 1)))
         partial = _scratch(batch * chunks, n_count)
-        sums(grad, master if master is not None else param, grad_scale, rows_sq, p_rows,
-             partial, chunks)
+        with parallel_guard():
+            sums(grad, master if master is not None else param, grad_scale, rows_sq, p_rows,
+                 partial, chunks)
         cols_sq = partial.reshape(batch, chunks, n_count).sum(axis=1)
     rows, columns = shape[-2:]
     batches = shape[:-2]
@@ -304,11 +310,11 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
         _launch(kernels[2], batch * m_count, stream, grad, scale, d_rowf, d_colf, floor_sq,
                 separable, d_urows)
         u_rows = d_urows.copy_to_host(stream=stream)
-        if stream is not None:
-            stream.synchronize()
+        stream.synchronize()
     else:
         u_rows = np.empty(batch * m_count)
-        update_norm(grad, scale, row_factor, col_factor, floor_sq, separable, u_rows)
+        with parallel_guard():
+            update_norm(grad, scale, row_factor, col_factor, floor_sq, separable, u_rows)
     step_size = values["rho"] * max(values["eps2"], math.sqrt(float(p_rows.sum()) / size)) / (
         max(1.0, math.sqrt(float(u_rows.sum()) / size) / values["d"]))
     decay = dtype.type(values["decay_factor"])
@@ -316,8 +322,9 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
         _launch(kernels[3], batch * m_count, stream, param, grad, scale, d_rowf, d_colf,
                 floor_sq, separable, decay, dtype.type(step_size))
     else:
-        apply(param, master if master is not None else param, grad, scale, row_factor,
-              col_factor, floor_sq, separable, decay, dtype.type(step_size))
+        with parallel_guard():
+            apply(param, master if master is not None else param, grad, scale, row_factor,
+                  col_factor, floor_sq, separable, decay, dtype.type(step_size))
 
 
 _SCRATCH = threading.local()
@@ -354,15 +361,10 @@ def _lerp(start: np.ndarray, end: np.ndarray, weight: float) -> np.ndarray:
 def _device(values: np.ndarray, stream: Any) -> Any:
     from numba import cuda
 
-    return cuda.to_device(values, stream=stream) if stream is not None else cuda.to_device(
-        values)
+    return cuda.to_device(values, stream=stream)
 
 
 def _launch(kernel: Any, threads: int, stream: Any, *args: Any) -> None:
     from fastgd.cuda import THREADS
 
-    blocks = max(1, (threads + THREADS - 1) // THREADS)
-    if stream is not None:
-        kernel[blocks, THREADS, stream](*args)
-    else:
-        kernel[blocks, THREADS](*args)
+    kernel[max(1, (threads + THREADS - 1) // THREADS), THREADS, stream](*args)

@@ -64,9 +64,9 @@ def _source(algorithm: Algorithm) -> str:
         positional.append(f"{name}: ArrayLike" + (" | None = None" if defaulted else ""))
     keywords = [f"{n}: int" if n == "step" else f"{n}: bool = False" if n == "first_step"
                 else f"{n}: float" for n in inputs]
-    types = {a: h.domain.domains[0].annotation if isinstance(h.domain, Parts)
-             else h.domain.annotation
-             for h in algorithm.hyperparameters for a in _arguments(h)}
+    types = {a: d.annotation for h in algorithm.hyperparameters for a, d in zip(
+        _arguments(h), h.domain.domains if isinstance(h.domain, Parts) else (h.domain,),
+        strict=True)}
     keywords += [f"{n}: {types[n]} = _DEFAULTS[{n!r}]" for n in hypers]
     values = hypers + [f"{s.name} is not None" for s in algorithm.optional if s.implied]
     return f'''\

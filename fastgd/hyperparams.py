@@ -26,7 +26,11 @@ class Real:
     high_open: bool = True
     #: None is valid too (a value chosen later: Adafactor's ``eps1``)
     optional: bool = False
-    annotation = "float"  #: the type of its values, for generated signatures
+
+    @property
+    def annotation(self) -> str:
+        """The type of its values, for generated signatures."""
+        return "float | None" if self.optional else "float"
 
     def contains(self, v: float) -> bool:
         above = v > self.low if self.low_open else v >= self.low
@@ -75,7 +79,7 @@ class Parts:
     @property
     def annotation(self) -> str:
         """The type of its values, for generated signatures."""
-        return f"tuple[{', '.join(['float'] * len(self.parts))}]"
+        return f"tuple[{', '.join(d.annotation for d in self.domains)}]"
 
     def check(self, name: str, value: Any) -> tuple[float, ...]:
         if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__")

@@ -310,15 +310,19 @@ class Optimizer:
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, this "
                              f"optimizer has {len(self.param_groups)}")
+        entries = state_dict["state"]
+        # (torch's: its groups have implementation options, or its state holds tensors --
+        # torch's Muon has neither option)
         from_torch = any(isinstance(g, Mapping) and TORCH_IMPLEMENTATION_OPTIONS & set(g)
-                         for g in saved_groups)
+                         for g in saved_groups) or (isinstance(entries, Mapping) and any(
+                             isinstance(e, Mapping) and any(map(is_torch, e.values()))
+                             for e in entries.values()))
         updates, options, start = [], [], 0
         for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
             updates.append(self._checked_group(i, saved, group, start))
             options += [self._engine.check_options({**group, **updates[-1]})] * len(
                 group["params"])
             start += len(group["params"])
-        entries = state_dict["state"]
         if not isinstance(entries, Mapping):
             raise TypeError("state_dict['state'] must be a dict")
         new_state = {}

@@ -84,7 +84,7 @@ def adjusted_lr(lr: float, shape: Sequence[int], adjust_lr_fn: str | None) -> fl
     rows, columns = shape[:2]
     if adjust_lr_fn == "match_rms_adamw":
         return lr * 0.2 * math.sqrt(max(rows, columns))
-    return lr * math.sqrt(max(1.0, rows / columns))
+    return lr * math.sqrt(max(1.0, rows / columns)) if columns else lr  # (empty: no step)
 
 
 # -- the arrays' library ------------------------------------------------------------------------
@@ -115,16 +115,26 @@ def as_kernel_view(matrix: Any, like: Any, order: str, storage: str) -> Any:
     return cuda.to_device(flat) if SIMULATOR else cuda.as_cuda_array(flat)
 
 
-def on_stream(stream: Any) -> AbstractContextManager[Any]:
-    """Run the library's GPU work on the Numba ``stream`` of the step (None: as is)."""
-    if stream is None:
-        return nullcontext()
+def on_stream(stream: Any, like: Any) -> AbstractContextManager[Any]:
+    """Run the library's work for arrays ``like`` on the step's ``stream`` (any kind
+    :func:`fastgd.cuda.as_stream` takes; None: the default stream)."""
     from fastgd.device_pointers import SIMULATOR
 
-    if SIMULATOR:
+    if isinstance(like, np.ndarray) or SIMULATOR:
         return nullcontext()
-    handle = stream.handle
+    from fastgd.cuda import as_stream
+
+    handle = as_stream(stream).handle
     return _cupy().cuda.ExternalStream(int(getattr(handle, "value", handle) or 0))
+
+
+def require(like: Any) -> None:
+    """Refuse (``TypeError``), before anything is written, arrays whose library cannot
+    compute a direction: GPU arrays without CuPy."""
+    from fastgd.device_pointers import SIMULATOR
+
+    if not isinstance(like, np.ndarray) and not SIMULATOR:
+        _cupy()
 
 
 def _library_array(view: Any) -> Any:

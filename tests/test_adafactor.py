@@ -120,6 +120,15 @@ def test_the_functional_api_takes_the_factors():
         F.adafactor(np.ones(3), np.ones(3), np.zeros(3), row_var=rows, step=1)
     with pytest.raises(ValueError, match="col_var"):
         F.adafactor(q, g, row_var=rows, col_var=np.zeros((1, 9)), step=6)
+    both = np.zeros(16)
+    with pytest.raises(ValueError, match="share memory"):
+        F.adafactor(q, g, row_var=both[:6].reshape(6, 1), col_var=both[5:15].reshape(1, 10),
+                    step=6)
+    inside = np.zeros(64)
+    inside[:60] = g.reshape(-1)
+    with pytest.raises(ValueError, match="share memory"):  # (a factor inside the gradient)
+        F.adafactor(q, inside[:60].reshape(6, 10), row_var=inside[55:61].reshape(6, 1),
+                    col_var=cols, step=6)
     np.testing.assert_array_equal(q, p)
 
 

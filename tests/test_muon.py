@@ -141,10 +141,11 @@ def test_the_functional_api_is_the_class():
 
 
 def test_empty_matrices_step():
-    p = np.zeros((0, 5))
-    opt = fastgd.Muon([p, np.ones((2, 3))])
-    opt.step([np.zeros((0, 5)), np.ones((2, 3))])
-    assert opt.state[0]["momentum_buffer"].shape == (0, 5)
+    params = [np.zeros((0, 5)), np.zeros((5, 0)), np.ones((2, 3))]
+    opt = fastgd.Muon(params)
+    opt.step([np.zeros((0, 5)), np.zeros((5, 0)), np.ones((2, 3))])
+    assert opt.state[1]["momentum_buffer"].shape == (5, 0) and (params[2] < 1).all()
+    F.muon(np.zeros((5, 0)), np.zeros((5, 0)), np.zeros((5, 0)))
 
 
 def test_many_tensors_clipping_skip_and_schedules():
@@ -215,6 +216,25 @@ def test_state_dicts_move_between_fastgd_and_torch(torch_same_dtype_ns):
     t.grad = torch.tensor(g)
     theirs.step()
     assert relative(q, t.numpy()) <= 1e-12
+
+
+def test_a_state_dict_made_by_torch_loads(torch_same_dtype_ns):
+    """torch's Muon counts no steps and its groups name no implementation options."""
+    torch = torch_same_dtype_ns
+    rng = np.random.default_rng(15)
+    t = torch.tensor(rng.standard_normal((4, 6)))
+    theirs = torch.optim.Muon([t], lr=0.02)
+    t.grad = torch.tensor(rng.standard_normal((4, 6)))
+    theirs.step()
+    assert "step" not in theirs.state[t]
+    p = t.numpy().copy()
+    ours = fastgd.Muon([p], lr=0.02)
+    ours.load_state_dict(theirs.state_dict())
+    g = rng.standard_normal((4, 6))
+    ours.step([g])
+    t.grad = torch.tensor(g)
+    theirs.step()
+    assert relative(p, t.numpy()) <= 1e-12
 
 
 def test_checkpoints_resume_bit_for_bit(tmp_path):
