@@ -1159,8 +1159,7 @@ def _adafactor_update(lr, beta2_decay, eps, d, weight_decay, *, step):
 def _adafactor_for_dtype(values, dtype):
     if values["eps1"] is not None:
         return dict(values)
-    eps1 = float(np.finfo(dtype).eps) if dtype.kind == "f" else float(ml_dtypes.finfo(
-        dtype).eps)
+    eps1 = float(ml_dtypes.finfo(dtype).eps)
     return {**values, "eps1": eps1, "floor": eps1 * eps1}
 
 

@@ -163,6 +163,11 @@ def bfloat16() -> np.dtype:
     return np.dtype(ml_dtypes.bfloat16)
 
 
+def storage_dtype(storage_format: str) -> np.dtype:
+    """The dtype of a low-precision storage format (``"f16"``, ``"bf16"``)."""
+    return np.dtype(np.float16) if storage_format == "f16" else bfloat16()
+
+
 def state_dtype(param: Any, precision: str = "full") -> np.dtype:
     """dtype of the optimizer state of ``param`` at ``precision``: ``"full"``, its own
     (float32 for float16/bfloat16 parameters); ``"bf16"``, bfloat16."""

@@ -37,7 +37,6 @@ from fastgd.algorithms import SCHEDULE_FREE_MODE, Algorithm, RuleSpec, factor_sh
 from fastgd.arrays import (
     address,
     as_array,
-    bfloat16,
     check_like,
     check_no_overlap,
     check_same_gpu,
@@ -54,6 +53,7 @@ from fastgd.arrays import (
     same_layout_address,
     state_dtype,
     storage,
+    storage_dtype,
 )
 from fastgd.halfprec import to_float32
 from fastgd.hyperparams import Flag, Parts, integer, learning_rate, number, step_count
@@ -368,9 +368,6 @@ class Functional:
         views, fmt, (shape, order) = prepare(param, grad, {}, algorithm.spec)
         checked = Param(param, "param")
         factors = {n: factor_array(checked, array, n, n).view for n, array in given.items()}
-        for name, factor in factors.items():
-            if factor.size and checked.overlaps(address(factor), factor.nbytes):
-                raise ValueError(f"{name} shares memory with param")
         check_no_overlap({"grad": views[1], **factors})
         factored.matrices(views[0], shape, order)  # (refuses what it cannot step, first)
         if stream is not None:
@@ -521,7 +518,7 @@ def _for_dtype(phase: Any, values: Mapping[str, Any], param: Any, fmt: str
     if phase.for_dtype is None:
         return values
     low = split_storage(fmt)[0]
-    dtype = {"f16": np.dtype(np.float16), "bf16": bfloat16()}.get(low, np.dtype(param.dtype))
+    dtype = storage_dtype(low) if low else np.dtype(param.dtype)
     return phase.for_dtype(values, dtype)
 
 
@@ -532,12 +529,13 @@ def run_factored(algorithm: Algorithm, arrays: Mapping[str, Any], scalars: StepS
     values = _for_dtype(algorithm.two_phase, scalars.values, arrays["param"], fmt)
     factored.step({n: a for n, a in arrays.items() if n not in algorithm.factored},
                   *(arrays[n] for n in algorithm.factored), layout, fmt, values,
-                  scalars.grad_scale, stream)
+                  algorithm.two_phase.scale, scalars.grad_scale, stream)
 
 
 def factor_array(param: Param, array: Any, key: str, name: str) -> Param:
     """A factored state array of ``param`` (:data:`~fastgd.algorithms.factor_shapes`),
-    checked: its shape, ``param``'s state dtype, C-contiguous, writable, on its device."""
+    checked like :func:`state_array`: its shape, ``param``'s state dtype, contiguous,
+    writable, on its device, not overlapping ``param``."""
     checked = Param(array, name, state=True)
     shape, dtype = factor_shapes(param.shape)[key], state_dtype(param.view)
     if checked.shape != shape or checked.dtype != dtype:
@@ -545,6 +543,8 @@ def factor_array(param: Param, array: Any, key: str, name: str) -> Param:
                          f"{shape} for a parameter of shape {param.shape}")
     if checked.gpu != param.gpu:
         raise TypeError(f"{name} is not on its parameter's device")
+    if checked.nbytes and param.overlaps(checked.address, checked.nbytes):
+        raise ValueError(f"{name} shares memory with its parameter")
     return checked
 
 

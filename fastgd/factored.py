@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -36,7 +36,7 @@ from fastgd.arrays import to_host
 from fastgd.codegen import load_generated
 from fastgd.cpu import parallel_guard
 from fastgd.halfprec import CONVERSIONS
-from fastgd.kernelgen import join_storage, split_storage
+from fastgd.kernelgen import computes_in_float32, join_storage, split_storage
 
 #: Tasks the column sums are split into (chunks of rows times batches, at least one chunk
 #: per batch): fixed, so that the sums do not depend on the number of threads.
@@ -228,18 +228,21 @@ def matrices(flat: Any, shape: tuple[int, ...], order: str) -> tuple[Any, bool]:
 
 def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
          layout: tuple[tuple[int, ...], str], fmt: str, values: Mapping[str, Any],
-         grad_scale: float, stream: Any = None) -> None:
+         scale_of: Callable[..., dict[str, float]], grad_scale: float, stream: Any = None
+         ) -> None:
     """One factored step of one parameter: its flat kernel views by name (``param``,
     ``grad``, ``master``), its factors (arrays of their own shapes, updated in place), its
     shape and memory order, its kernels' storage format, the step's values (Adafactor's
-    ``update``) and the factor of every gradient element."""
+    ``update``), the algorithm's ``scale`` (its step size from the sums of ``p**2`` and
+    ``u**2``, as for vectors) and the factor of every gradient element."""
     shape, order = layout
     size = math.prod(shape)
     device = not isinstance(arrays["param"], np.ndarray)
     (param, swapped), (grad, _) = (matrices(arrays[n], shape, order) for n in ("param",
                                                                                "grad"))
     master = matrices(arrays["master"], shape, order)[0] if "master" in arrays else None
-    dtype = np.dtype(np.float32) if split_storage(fmt)[0] else np.dtype(param.dtype)
+    source = master if master is not None else param  # (what the update reads)
+    dtype = np.dtype(np.float32) if computes_in_float32(fmt) else np.dtype(param.dtype)
     batch, m_count, n_count = param.shape
     rows_sq, p_rows = np.zeros(batch * m_count), np.zeros(batch * m_count)
     if device:
@@ -262,8 +265,7 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
         chunks = max(1, min(m_count, TASKS // max(batch, 1)))
         partial = _scratch(batch * chunks, n_count)
         with parallel_guard():
-            sums(grad, master if master is not None else param, grad_scale, rows_sq, p_rows,
-                 partial, chunks)
+            sums(grad, source, grad_scale, rows_sq, p_rows, partial, chunks)
         cols_sq = partial.reshape(batch, chunks, n_count).sum(axis=1)
     rows, columns = shape[-2:]
     batches = shape[:-2]
@@ -304,7 +306,6 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
     col_factor = col_factor.astype(dtype)
     scale = dtype.type(grad_scale)
     if device:
-        kernels = _cuda_kernels()
         d_rowf, d_colf = _device(row_factor, stream), _device(col_factor, stream)
         d_urows = _device(np.zeros(batch * m_count), stream)
         _launch(kernels[2], batch * m_count, stream, grad, scale, d_rowf, d_colf, floor_sq,
@@ -315,16 +316,16 @@ def step(arrays: Mapping[str, Any], row_var: Any, col_var: Any,
         u_rows = np.empty(batch * m_count)
         with parallel_guard():
             update_norm(grad, scale, row_factor, col_factor, floor_sq, separable, u_rows)
-    step_size = values["rho"] * max(values["eps2"], math.sqrt(float(p_rows.sum()) / size)) / (
-        max(1.0, math.sqrt(float(u_rows.sum()) / size) / values["d"]))
+    step_size = scale_of({"param_sq": float(p_rows.sum()), "update_sq": float(u_rows.sum())},
+                         values, shape)["step_size"]
     decay = dtype.type(values["decay_factor"])
     if device:
         _launch(kernels[3], batch * m_count, stream, param, grad, scale, d_rowf, d_colf,
                 floor_sq, separable, decay, dtype.type(step_size))
     else:
         with parallel_guard():
-            apply(param, master if master is not None else param, grad, scale, row_factor,
-                  col_factor, floor_sq, separable, decay, dtype.type(step_size))
+            apply(param, source, grad, scale, row_factor, col_factor, floor_sq, separable,
+                  decay, dtype.type(step_size))
 
 
 _SCRATCH = threading.local()

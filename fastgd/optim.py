@@ -410,19 +410,17 @@ class Optimizer:
                                  f"expected float32 {view.shape} for params[{index}]")
             result["master_param"] = convert_state(arr, view, np.dtype(np.float32))
         kept = set(algorithm.arrays(algorithm.present(options), view.ndim))
+        foreign = sorted(states & set(loaded) - kept) if algorithm.factored else []
+        if foreign:
+            raise ValueError(f"{name}[{foreign[0]!r}]: a parameter of {view.ndim} dimensions "
+                             f"keeps {sorted(kept)}")
         for key in sorted(set(algorithm.factored) & set(loaded)):
-            if key not in kept:
-                raise ValueError(f"{name}[{key!r}]: a parameter of {view.ndim} dimensions "
-                                 f"keeps {sorted(kept)}")
             arr, shape = loaded[key], factor_shapes(view.shape)[key]
             if arr.shape != shape or arr.dtype != state_dtype(view):
                 raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
                                  f"{state_dtype(view)} {shape} for params[{index}]")
             result[key] = on_device_of(arr, view)
         for key in sorted(states & set(loaded) - set(algorithm.factored)):
-            if algorithm.factored and key not in kept:
-                raise ValueError(f"{name}[{key!r}]: a parameter of {view.ndim} dimensions "
-                                 f"keeps {sorted(kept)}")
             quantized = algorithm.spec.quantized(key)
             current = lowbit.form_of(loaded, key, view)
             if current is None or (current == "8bit" and not quantized):

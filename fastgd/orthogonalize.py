@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fastgd.arrays import bfloat16
+from fastgd.arrays import storage_dtype
 from fastgd.halfprec import to_float32
 
 
@@ -103,7 +103,7 @@ def as_kernel_view(matrix: Any, like: Any, order: str, storage: str) -> Any:
     their uint16 bits, rounded to nearest even."""
     if storage:
         values = np.asarray(matrix, order=order).reshape(-1, order=order)
-        return values.astype(np.float16 if storage == "f16" else bfloat16()).view(np.uint16)
+        return values.astype(storage_dtype(storage)).view(np.uint16)
     xp = _library(matrix)
     flat = xp.asarray(matrix, dtype=like.dtype, order=order).reshape(-1, order=order)
     if isinstance(like, np.ndarray):

@@ -247,3 +247,8 @@ def test_a_bad_gradient_or_state_changes_nothing():
         opt.step([np.ones((3, 4)), np.ones((4, 4))])
     for now, then in zip([p, q, opt.state[0]["row_var"]], before, strict=True):
         np.testing.assert_array_equal(now, then)
+    opt.state[1]["col_var"] = np.zeros((1, 4))
+    opt.state[0]["row_var"] = p.reshape(-1)[:3].reshape(3, 1)  # (inside its parameter)
+    with pytest.raises(ValueError, match="row_var.*shares memory"):
+        opt.step([np.ones((3, 4)), np.ones((4, 4))])
+    np.testing.assert_array_equal(q, before[1])

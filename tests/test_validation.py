@@ -174,9 +174,13 @@ def states_of(name: str, ndim: int) -> tuple[str, ...]:
 def elementwise(name: str) -> bool:
     """Whether ``name``'s step (class or function name) is the same on any shape of the
     same elements (not with factored state, whose factors follow the last two dims)."""
+    return not algorithm_of(name).factored
+
+
+def algorithm_of(name: str) -> Any:
+    """The algorithm of a class or function name (or of a class case, "SGD-nesterov")."""
     name = name.split("-")[0]
-    return not next(a for a in ALGORITHMS.values()
-                    if name in (a.name, a.function_name)).factored
+    return next(a for a in ALGORITHMS.values() if name in (a.name, a.function_name))
 
 
 def flat(name: str, array: Any) -> np.ndarray:
@@ -536,8 +540,7 @@ def matches(name: str, got: Any, want: Any) -> bool:
     ``want``: bit for bit; a two-phase step (LAMB, LARS) sums each tensor in memory order,
     so there the trust ratio, and with it the result, may differ by rounding."""
     got, want = np.asarray(got), np.asarray(want)
-    name = name.split("-")[0]  # (a class case such as "SGD-nesterov")
-    algorithm = next(a for a in ALGORITHMS.values() if name in (a.name, a.function_name))
+    algorithm = algorithm_of(name)
     if algorithm.two_phase is None or got.shape != want.shape:
         return got.shape == want.shape and np.array_equal(got, want, equal_nan=True)
     tol = 1e-5 if got.dtype == np.float32 else 1e-12
