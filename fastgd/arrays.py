@@ -317,6 +317,17 @@ def zeros_like(param: Any, fill: float = 0.0, dtype: Any = None) -> Any:
     return arr
 
 
+def plain(x: Any) -> Any:
+    """A torch tensor's zero-copy view (a NumPy or Numba device array); anything else (or a
+    tensor without such a view) as it is."""
+    if not is_torch(x):
+        return x
+    try:
+        return as_array(x, "state", writable=False, device=is_device(x), codes=True)
+    except (TypeError, ValueError):
+        return x
+
+
 def to_host(arr: Any) -> np.ndarray:
     """A host (NumPy) copy of a host or device array."""
     return arr.copy() if isinstance(arr, np.ndarray) else arr.copy_to_host()

@@ -672,7 +672,8 @@ class Param:
             return (obj.dtype is self.dtype and obj.shape == self.shape
                     and obj.strides == self.strides and obj.flags.writeable)
         if self.torch is not None:
-            return (obj.data_ptr() == self.address and obj.dtype is self.torch[0]
+            return ((obj.data_ptr() == self.address or not self.nbytes)
+                    and obj.dtype is self.torch[0]
                     and obj.shape == self.torch[1] and obj.stride() == self.torch[2])
         return tuple(obj.shape) == self.shape and obj.dtype == self.dtype
 
@@ -861,6 +862,16 @@ class _Unit:
                               stream, self.device_table, self.fmt)
 
 
+def check_disjoint(params: list[Param]) -> None:
+    """Parameters must not share memory (the same array twice would be updated twice)."""
+    spans = sorted((p.gpu is not None, p.gpu or 0, p.address, p.nbytes, i)
+                   for i, p in enumerate(params) if p.nbytes)
+    for a, b in zip(spans, spans[1:], strict=False):
+        if a[:2] == b[:2] and b[2] < a[2] + a[3]:
+            raise ValueError(f"params[{min(a[4], b[4])}] and params[{max(a[4], b[4])}] share "
+                             "memory (a parameter listed twice?)")
+
+
 class _Plan(NamedTuple):
     """The units of the last step, to run again while a step has the same structure."""
 
@@ -873,15 +884,34 @@ class _Plan(NamedTuple):
 class Stepper:
     """Steps the parameters of an optimizer; see the module docstring."""
 
-    def __init__(self, algorithm: Algorithm) -> None:
+    def __init__(self, algorithm: Algorithm,
+                 adopt: Callable[[dict[str, Any], Param], None] | None = None) -> None:
         self.algorithm = algorithm
         self.params: list[Param] = []
+        #: called with a parameter's state entry and the parameter after the step made or
+        #: converted state arrays in it (a face that keeps the state as its own arrays
+        #: replaces them there, zero-copy)
+        self.adopt = adopt
         self._options: dict[int, tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]] = {}
         self._units: dict[tuple[Any, ...], _Unit] = {}
         #: two-phase steps: each parameter's checked state arrays, by its index
         self._checked: dict[int, tuple[Any, ...]] = {}
         self._plan: _Plan | None = None
         self._simple = algorithm.inputs == ("step",)
+
+    def new_params(self, originals: Sequence[Any], group: Mapping[str, Any]) -> list[Param]:
+        """The parameters of a new group (its options ``group``), checked (arrays that can
+        be updated in place, a state precision they allow, matrices for an optimizer of
+        matrices, no memory shared with another parameter); they join :attr:`params` when
+        the caller adds them."""
+        first = len(self.params)
+        params = [Param(p, f"params[{first + i}]") for i, p in enumerate(originals)]
+        for i, p in enumerate(params, first):
+            check_state_precision(group["state_precision"], p.view, f"params[{i}]")
+            if self.algorithm.matrices:
+                check_matrix(self.algorithm, p.shape, f"params[{i}]")
+        check_disjoint(self.params + params)
+        return params
 
     def check_options(self, group: Mapping[str, Any]) -> dict[str, Any]:
         """The checked options of a parameter group (``lr`` at step 1 if a schedule)."""
@@ -953,8 +983,8 @@ class Stepper:
              stream: Any = None) -> StepInfo | None:
         """One step of every parameter whose gradient (``grads[i]``, aligned with the
         parameters) is not None, in place; see :meth:`fastgd.Optimizer.step`."""
-        if (max_norm is None and not skip_if_nonfinite and stream is None
-                and self.algorithm.two_phase is None and self._planned(groups, state, grads)):
+        if (max_norm is None and not skip_if_nonfinite and self.algorithm.two_phase is None
+                and self._planned(groups, state, grads, stream)):
             return None
         work = self._check(groups, state, grads)
         if stream is not None:
@@ -986,7 +1016,7 @@ class Stepper:
                 entry.update(new)
 
     def _planned(self, groups: Sequence[Mapping[str, Any]], state: dict[int, dict[str, Any]],
-                 grads: Sequence[Any]) -> bool:
+                 grads: Sequence[Any], stream: Any = None) -> bool:
         """Run the step by the plan of the last one if it has the same structure (the same
         parameters with gradients, state arrays, batches); False (nothing done) if not. Every
         gradient is checked as in :meth:`_check`, before anything runs."""
@@ -1027,8 +1057,10 @@ class Stepper:
                 addresses.append(where)
                 entries.append(entry)
             runs.append((unit, found, addresses, entries))
+        if stream is not None:
+            check_stream(stream, [p.view for unit in plan.units for p in unit.params])
         for unit, found, addresses, _ in runs:  # (``holders`` keeps the gradients alive)
-            unit.launch(found[2], addresses, None, (found[4], found[1]))
+            unit.launch(found[2], addresses, stream, (found[4], found[1]))
         for _, (_, t, _, new, _), _, entries in runs:
             self._finish(entries, t, new)
         return True
@@ -1136,6 +1168,8 @@ class Stepper:
                     entry.update(lowbit.make(param.view, name, value, target, quantized))
                 elif lowbit.form_of(entry, name, param.view) not in (None, target):
                     lowbit.convert(entry, name, param.view, target, quantized)  # (changed)
+            if self.adopt is not None:
+                self.adopt(entry, param)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
         if self.algorithm.two_phase is not None:
             self._run_two_phase(work, state, batches, stream)

@@ -51,11 +51,11 @@ def form_of(entry: Mapping[str, Any], name: str, param: Any) -> str | None:
     device array), or None when it is none of them (not an array shaped like ``param``;
     absmax missing or of the wrong length): then it is left to the checks, which refuse
     it."""
-    array = entry.get(name)
+    array = arrays.plain(entry.get(name))
     if not _plain_array(array) or tuple(array.shape) != tuple(param.shape):
         return None
     if array.dtype == np.uint8:
-        absmax = entry.get(name + ABSMAX)
+        absmax = arrays.plain(entry.get(name + ABSMAX))
         ok = (_plain_array(absmax) and absmax.dtype == np.float32
               and tuple(absmax.shape) == (blocks(param.size),))
         return "8bit" if ok else None
@@ -65,18 +65,19 @@ def form_of(entry: Mapping[str, Any], name: str, param: Any) -> str | None:
 
 
 def _plain_array(x: Any) -> bool:
-    """Whether ``x`` is a NumPy or Numba device array (what the optimizer makes)."""
+    """Whether ``x`` is a NumPy or Numba device array (what the optimizer makes, or a torch
+    tensor's view)."""
     return isinstance(x, np.ndarray) or (arrays.is_device(x) and not arrays.is_torch(x))
 
 
 def values(entry: Mapping[str, Any], name: str, quantized: str) -> np.ndarray:
     """The values (a host array) of state ``name`` of ``entry`` in any form."""
-    array = arrays.to_host(entry[name])
+    array = arrays.to_host(arrays.plain(entry[name]))
     if array.dtype != np.uint8:
         return array
     from fastgd.quantization import dequantize_blockwise
 
-    absmax = np.ascontiguousarray(arrays.to_host(entry[name + ABSMAX]))
+    absmax = np.ascontiguousarray(arrays.to_host(arrays.plain(entry[name + ABSMAX])))
     return dequantize_blockwise(array, absmax, signed=quantized == "signed")
 
 

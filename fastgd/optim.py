@@ -39,26 +39,20 @@ from typing import Any
 
 import numpy as np
 
-from fastgd import lowbit
-from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper, factor_shapes
+from fastgd import lowbit, statedicts
+from fastgd.algorithms import ALGORITHMS, Algorithm, Hyper
 from fastgd.arrays import (
-    check_state_precision,
     check_stream,
-    convert_state,
     is_array,
-    is_device,
     is_torch,
-    on_device_of,
     state_dtype,
     storage,
     to_host,
 )
-from fastgd.engine import Param, StepInfo, Stepper, check_matrix, move_point, state_array
+from fastgd.engine import Param, StepInfo, Stepper, move_point, state_array
 from fastgd.hyperparams import number
 from fastgd.kernelgen import split_storage
 
-#: Options of torch.optim's state dicts that choose an implementation, not the math.
-TORCH_IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
 #: Options every fastgd optimizer class has besides its algorithm's hyperparameters.
 CLASS_OPTIONS = {"master_weights": False, "state_precision": "full",
                  "min_8bit_size": lowbit.MIN_8BIT_SIZE, "stochastic_rounding": False,
@@ -92,17 +86,6 @@ def _split_names(items: list[Any]) -> tuple[list[str] | None, list[Any]]:
         raise ValueError("all optimizer params should be with/without names; some param "
                          "names are missing")
     return [p[0] for p in items], [p[1] for p in items]
-
-
-def _from_torch(value: Any, array: bool) -> Any:
-    """A torch tensor of a state dict as a NumPy array (float32 for float16/bfloat16, which
-    widens them exactly), or as a Python number (a tensor ``step`` or scalar state)."""
-    value = value.detach().cpu()
-    if not array:
-        return value.item() if value.numel() == 1 else value.numpy()
-    if value.dtype.is_floating_point and value.element_size() < 4:
-        value = value.float()
-    return value.numpy()
 
 
 class Optimizer:
@@ -153,13 +136,7 @@ class Optimizer:
         for key, value in self.defaults.items():
             group.setdefault(key, value)
         self._engine.check_options(group)
-        first = len(self._engine.params)
-        params = [Param(p, f"params[{first + i}]") for i, p in enumerate(originals)]
-        for i, p in enumerate(params):
-            check_state_precision(group["state_precision"], p.view, f"params[{first + i}]")
-            if self.algorithm.matrices:
-                check_matrix(self.algorithm, p.shape, f"params[{first + i}]")
-        _check_disjoint(self._engine.params + params)
+        params = self._engine.new_params(originals, group)
         group["params"] = originals
         if names is not None:
             group["param_names"] = names
@@ -304,148 +281,11 @@ class Optimizer:
         algorithm (tensors, tensor steps; torch's implementation options ``foreach``,
         ``fused``, ``capturable`` and ``differentiable`` are ignored). A mismatched one is
         refused with nothing changed."""
-        if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
-            raise ValueError("state_dict must have exactly the keys 'state' and 'param_groups'")
-        saved_groups = list(state_dict["param_groups"])
-        if len(saved_groups) != len(self.param_groups):
-            raise ValueError(f"state_dict has {len(saved_groups)} parameter groups, this "
-                             f"optimizer has {len(self.param_groups)}")
-        entries = state_dict["state"]
-        # (torch's: its groups have implementation options, or its state holds tensors --
-        # torch's Muon has neither option)
-        from_torch = any(isinstance(g, Mapping) and TORCH_IMPLEMENTATION_OPTIONS & set(g)
-                         for g in saved_groups) or (isinstance(entries, Mapping) and any(
-                             isinstance(e, Mapping) and any(map(is_torch, e.values()))
-                             for e in entries.values()))
-        updates, options, start = [], [], 0
-        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups, strict=True)):
-            updates.append(self._checked_group(i, saved, group, start))
-            options += [self._engine.check_options({**group, **updates[-1]})] * len(
-                group["params"])
-            start += len(group["params"])
-        if not isinstance(entries, Mapping):
-            raise TypeError("state_dict['state'] must be a dict")
-        new_state = {}
-        for key, entry in entries.items():
-            index = _state_index(key, len(self._engine.params))
-            new_state[index] = self._checked_state(index, entry, from_torch, options[index])
+        updates, state = statedicts.check(self._engine, self.param_groups, state_dict)
         for update, group in zip(updates, self.param_groups, strict=True):
             group.update(update)
-        self.state = new_state
+        self.state = state
         self._engine.forget()
-
-    def _checked_group(self, i: int, saved: Any, group: Mapping[str, Any], start: int
-                       ) -> dict[str, Any]:
-        """The options of saved group ``i`` to apply to ``group``, checked."""
-        if not isinstance(saved, Mapping):
-            raise TypeError(f"param_groups[{i}] must be a dict")
-        keys = set(saved) - TORCH_IMPLEMENTATION_OPTIONS - {"params", "param_names"}
-        required = set(self.algorithm.defaults)
-        allowed = set(group) - {"params", "param_names"}
-        if "params" not in saved or not required <= keys <= allowed:
-            raise ValueError(f"param_groups[{i}] has options {sorted(saved)}, expected "
-                             f"{sorted(allowed | {'params'})} (a state dict of another "
-                             "optimizer?)")
-        count = len(group["params"])
-        if list(saved["params"]) != list(range(start, start + count)):
-            raise ValueError(f"param_groups[{i}] holds {len(saved['params'])} parameters "
-                             f"{list(saved['params'])[:5]}..., expected {count}")
-        for name, value in self.algorithm.fixed.items():
-            if saved[name] != value:
-                raise ValueError(f"param_groups[{i}]: {name} is always {value} for "
-                                 f"{self.algorithm.name}, got {saved[name]!r}")
-        if "state_precision" in saved:  # (what the saved state was: it is converted to
-            check_state_precision(saved["state_precision"])  # this optimizer's precision)
-        # (how the state is stored stays this optimizer's choice: state_precision and, with
-        # it, stochastic_rounding; the rounding seed comes with the run)
-        update = {k: saved[k] for k in keys - {"state_precision", "stochastic_rounding"}}
-        if "param_names" in saved:
-            names = saved["param_names"]
-            if (not isinstance(names, Sequence) or len(names) != count
-                    or not all(isinstance(n, str) for n in names)):
-                raise ValueError(f"param_groups[{i}]['param_names'] must be {count} names")
-            update["param_names"] = list(names)
-        return copy.deepcopy(update)
-
-    def _checked_state(self, index: int, entry: Any, from_torch: bool,
-                       options: Mapping[str, Any]) -> dict[str, Any]:
-        """A state entry checked against parameter ``index`` and its group's (checked)
-        ``options``: after a first step it holds every state array the options use (unless
-        the algorithm starts its state on a first step: SGD's momentum buffer)."""
-        name = f"state[{index}]"
-        if not isinstance(entry, Mapping):
-            raise TypeError(f"{name} must be a dict")
-        algorithm = self.algorithm
-        scalars = {s.name: s for s in algorithm.scalars}
-        states = {s.name for s in algorithm.states}
-        arrays = {*states, *(n + lowbit.ABSMAX for n in states), "master_param"}
-        entry = {k: _from_torch(v, k in arrays) if is_torch(v) else v for k, v in entry.items()}
-        unknown = set(entry) - arrays - set(scalars) - {"step"}
-        if unknown:
-            raise ValueError(f"{name} has unknown entries {sorted(unknown)} (a state dict of "
-                             "another optimizer?)")
-        if "step" not in entry and not (from_torch and "step" not in algorithm.inputs):
-            raise ValueError(f"{name} has no 'step'")
-        step = entry.get("step", 0)  # (torch's SGD does not count steps)
-        if isinstance(step, np.ndarray) and step.ndim == 0:
-            step = step.item()
-        if isinstance(step, float) and step.is_integer():
-            step = int(step)
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise ValueError(f"{name}['step'] must be a non-negative integer, got {step!r}")
-        result: dict[str, Any] = {"step": int(step)}
-        for key, scalar in scalars.items():
-            if key not in entry:
-                raise ValueError(f"{name} has no {key!r}")
-            result[key] = scalar.domain.check(f"{name}[{key!r}]", entry[key])
-        view = self._engine.params[index].view
-        precision = lowbit.effective(options["state_precision"], view.size,
-                                     options["min_8bit_size"])
-        loaded = {k: to_host(v) if is_device(v) else np.asarray(v)
-                  for k, v in entry.items() if k in arrays}
-        if "master_param" in loaded:
-            arr = loaded["master_param"]
-            if arr.shape != view.shape or arr.dtype != np.float32:
-                raise ValueError(f"{name}['master_param'] is {arr.dtype} {arr.shape}, "
-                                 f"expected float32 {view.shape} for params[{index}]")
-            result["master_param"] = convert_state(arr, view, np.dtype(np.float32))
-        kept = set(algorithm.arrays(algorithm.present(options), view.ndim))
-        foreign = sorted(states & set(loaded) - kept) if algorithm.factored else []
-        if foreign:
-            raise ValueError(f"{name}[{foreign[0]!r}]: a parameter of {view.ndim} dimensions "
-                             f"keeps {sorted(kept)}")
-        for key in sorted(set(algorithm.factored) & set(loaded)):
-            arr, shape = loaded[key], factor_shapes(view.shape)[key]
-            if arr.shape != shape or arr.dtype != state_dtype(view):
-                raise ValueError(f"{name}[{key!r}] is {arr.dtype} {arr.shape}, expected "
-                                 f"{state_dtype(view)} {shape} for params[{index}]")
-            result[key] = on_device_of(arr, view)
-        for key in sorted(states & set(loaded) - set(algorithm.factored)):
-            quantized = algorithm.spec.quantized(key)
-            current = lowbit.form_of(loaded, key, view)
-            if current is None or (current == "8bit" and not quantized):
-                raise ValueError(
-                    f"{name}[{key!r}] is {loaded[key].dtype} {loaded[key].shape}, expected "
-                    f"the state of params[{index}] ({state_dtype(view)}, bfloat16"
-                    + (" or 8-bit codes with their absmax" if quantized else "")
-                    + f", shape {view.shape})")
-            # (any form converts to this optimizer's precision)
-            result.update(lowbit.make(view, key, lowbit.values(loaded, key, quantized),
-                                      algorithm.spec.form(key, precision), quantized)
-                          if current != "8bit" or precision != "8bit" else
-                          {key: convert_state(loaded[key], view, np.dtype(np.uint8)),
-                           key + lowbit.ABSMAX: on_device_of(loaded[key + lowbit.ABSMAX],
-                                                             view)})
-        stray = [k for k in loaded if k.endswith(lowbit.ABSMAX)
-                 and k.removesuffix(lowbit.ABSMAX) not in loaded]
-        if stray:
-            raise ValueError(f"{name} has {stray} without their codes")
-        required = () if "first_step" in algorithm.inputs else algorithm.arrays(
-            algorithm.present(options), view.ndim)
-        missing = [k for k in required if k not in result]
-        if missing and result["step"] > 0:
-            raise ValueError(f"{name} lacks {missing}")
-        return result
 
     def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
@@ -456,8 +296,9 @@ class Optimizer:
         return "\n".join(lines) + "\n)"
 
 
-class ScheduleFreeOptimizer(Optimizer):
-    """Base class of the Schedule-Free optimizers (``schedulefree``'s semantics).
+class ScheduleFree:
+    """What the Schedule-Free optimizers of every face add to their base class
+    (``schedulefree``'s semantics).
 
     The parameter holds ``y``, the point where gradients are taken, while training, and
     ``x``, the average the method returns, for evaluation: :meth:`eval` moves it to ``x``
@@ -475,8 +316,16 @@ class ScheduleFreeOptimizer(Optimizer):
     #: the ``schedulefree`` package's group entries that fastgd keeps per parameter
     PACKAGE_COUNTERS = {"k": "step", "lr_max": "lr_max", "weight_sum": "weight_sum"}
 
+    algorithm: Algorithm
+    _engine: Stepper
+    param_groups: list[dict[str, Any]]
+
     def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
-        super().__init__(params, {**defaults, "train_mode": False})
+        super().__init__(params, {**defaults, "train_mode": False})  # type: ignore[call-arg]
+
+    def _entries(self) -> Mapping[int, dict[str, Any]]:
+        """Each parameter's state, by its index."""
+        raise NotImplementedError
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) and set(
@@ -484,7 +333,7 @@ class ScheduleFreeOptimizer(Optimizer):
         if isinstance(groups, list) and groups and all(
                 isinstance(g, Mapping) and set(self.PACKAGE_COUNTERS) <= set(g) for g in groups):
             state_dict = self._from_package(state_dict)
-        super().load_state_dict(state_dict)
+        super().load_state_dict(state_dict)  # type: ignore[misc]
 
     def _from_package(self, state_dict: Mapping[str, Any]) -> dict[str, Any]:
         """A ``schedulefree`` state dict in fastgd's layout."""
@@ -500,12 +349,12 @@ class ScheduleFreeOptimizer(Optimizer):
                 if k not in self.PACKAGE_COUNTERS and k != "scheduled_lr"}})
         return {"state": state, "param_groups": groups}
 
-    def step(self, grads: Any = None, **options: Any) -> StepInfo | Any:
-        """One step (see :meth:`Optimizer.step`); refused in eval mode."""
+    def step(self, *args: Any, **options: Any) -> Any:
+        """One step (see the base class's ``step``); refused in eval mode."""
         if not all(group["train_mode"] for group in self.param_groups):
             raise RuntimeError(f"{type(self).__name__}.step() in eval mode: call .train() "
                                "before training steps (and .eval() before evaluating)")
-        return super().step(grads, **options)
+        return super().step(*args, **options)  # type: ignore[misc]
 
     def train(self, stream: Any = None) -> None:
         """Put every parameter at ``y = beta x + (1 - beta) z`` (training mode); GPU
@@ -525,7 +374,7 @@ class ScheduleFreeOptimizer(Optimizer):
                 beta = self.algorithm.schedule_free(options)
                 weight = 1.0 - beta if train else 1.0 - 1.0 / beta
                 for i in range(start, start + count):
-                    entry = self.state.get(i, {})
+                    entry = self._entries().get(i, {})
                     if "z" in entry:
                         moves.append((params[i], *self._points(i, entry, options), weight))
             start += count
@@ -550,25 +399,11 @@ class ScheduleFreeOptimizer(Optimizer):
                             (state_dtype(param.view), False)))
 
 
-def _state_index(key: Any, count: int) -> int:
-    if isinstance(key, str) and key.isdigit():
-        key = int(key)
-    if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
-        raise ValueError(f"state key {key!r} is not a parameter index")
-    index = int(key)
-    if not 0 <= index < count:
-        raise ValueError(f"state key {key!r} is out of range for {count} parameters")
-    return index
+class ScheduleFreeOptimizer(ScheduleFree, Optimizer):
+    __doc__ = ScheduleFree.__doc__
 
-
-def _check_disjoint(params: list[Param]) -> None:
-    """Parameters must not share memory (the same array twice would be updated twice)."""
-    spans = sorted((p.gpu is not None, p.gpu or 0, p.address, p.nbytes, i)
-                   for i, p in enumerate(params) if p.nbytes)
-    for a, b in zip(spans, spans[1:], strict=False):
-        if a[:2] == b[:2] and b[2] < a[2] + a[3]:
-            raise ValueError(f"params[{min(a[4], b[4])}] and params[{max(a[4], b[4])}] share "
-                             "memory (a parameter listed twice?)")
+    def _entries(self) -> Mapping[int, dict[str, Any]]:
+        return self.state
 
 
 # -- one class per algorithm ---------------------------------------------------------------------
@@ -594,9 +429,10 @@ def _class_doc(algorithm: Algorithm) -> str:
     return "\n".join(lines)
 
 
-def make_class(algorithm: Algorithm) -> type[Optimizer]:
-    """The optimizer class of ``algorithm``, with a real signature and the math in its
-    docstring."""
+def make_class(algorithm: Algorithm, base: type = Optimizer,
+               schedule_free: type = ScheduleFreeOptimizer, module: str = __name__) -> type:
+    """The optimizer class of ``algorithm`` (a subclass of ``base``, or of ``schedule_free``
+    for a Schedule-Free algorithm) with a real signature and the math in its docstring."""
     hypers = algorithm.hyperparameters
 
     def argument(h: Hyper) -> str:
@@ -615,7 +451,7 @@ from __future__ import annotations
 def __init__(self, params: Any, {", ".join(positional)}, *, {", ".join(keyword)}) -> None:
     _BASE.__init__(self, params, {{{options}}})
 '''
-    base = ScheduleFreeOptimizer if algorithm.schedule_free else Optimizer
+    base = schedule_free if algorithm.schedule_free else base
     namespace: dict[str, Any] = {"Any": Any, "_BASE": base,
                                  "_DEFAULTS": {h.name: h.default for h in hypers},
                                  "_FIXED": dict(algorithm.fixed)}
@@ -624,7 +460,7 @@ def __init__(self, params: Any, {", ".join(positional)}, *, {", ".join(keyword)}
     init.__qualname__ = f"{algorithm.name}.__init__"
     return type(algorithm.name, (base,), {
         "algorithm": algorithm, "__init__": init, "__doc__": _class_doc(algorithm),
-        "__module__": __name__})
+        "__module__": module})
 
 
 #: What every optimizer class shares (exported with the classes).

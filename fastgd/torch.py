@@ -1,0 +1,211 @@
+"""fastgd's optimizers as :class:`torch.optim.Optimizer` subclasses: ``fastgd.torch.Adam`` ...
+
+For every algorithm of :mod:`fastgd.algorithms` there is a class of the same name, with the
+same hyperparameters and defaults as :mod:`fastgd`'s (and as ``torch.optim``'s class where
+torch has one), that *is* a ``torch.optim.Optimizer``: torch's LR schedulers,
+``torch.amp.GradScaler``, ``ZeroRedundancyOptimizer``, Lightning and the 🤗 Trainer take
+it. It has torch's semantics: ``param_groups``, ``state`` keyed by parameter (torch
+tensors, zero-copy over the memory the kernels update), ``defaults``, ``step(closure=None)``
+reading each parameter's ``.grad`` (parameters without one are skipped),
+``zero_grad(set_to_none=True)``, ``add_param_group``, the base class's step and state-dict
+hooks, and state dicts in torch's format that ``torch.optim``'s class of the same name
+loads, and that load from it.
+
+The update is fastgd's engine (:class:`fastgd.engine.Stepper`) on the tensors in place, as
+in the NumPy face: one fused pass over many tensors at once, float16/bfloat16 parameters
+(``master_weights``), low-precision state (``state_precision``), fused clipping
+(``step(max_norm=...)``) and skipping (``skip_if_nonfinite=True``), CUDA tensors on torch's
+current stream. Importing this module imports torch; ``import fastgd`` does not.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastgd import optim, statedicts
+from fastgd.algorithms import ALGORITHMS, Algorithm
+from fastgd.arrays import is_device, is_torch, storage
+from fastgd.engine import Param, StepInfo, Stepper
+
+
+def as_tensor(array: Any, device: torch.device) -> torch.Tensor:
+    """A torch tensor over ``array``'s memory (a NumPy array, or a CUDA array on
+    ``device``), without a copy; a tensor as it is."""
+    if is_torch(array):
+        return array
+    if is_device(array):
+        return torch.as_tensor(array, device=device)
+    if storage(array) == "bf16":
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _adopt(entry: dict[str, Any], param: Param) -> None:
+    """Keep the state arrays the engine made for ``param`` as torch tensors (zero-copy)."""
+    for key, value in entry.items():
+        if not isinstance(value, (int, float)) and not is_torch(value):
+            entry[key] = as_tensor(value, param.original.device)
+
+
+def _step_count(value: Any) -> Any:
+    """A state entry's ``step`` as an int (torch keeps it as a float tensor)."""
+    if is_torch(value) and value.numel() == 1:
+        value = value.item()
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class _ByIndex:
+    """The optimizer's state by parameter index, over torch's ``state`` by parameter: what
+    the engine reads and writes (``state`` may be replaced, as torch's loading does)."""
+
+    __slots__ = ("_opt",)
+
+    def __init__(self, opt: Optimizer) -> None:
+        self._opt = opt
+
+    def get(self, index: int, default: Any = None) -> Any:
+        entry = self._opt.state.get(self._opt._flat[index], default)
+        if entry and "step" in entry and type(entry["step"]) is not int:
+            entry["step"] = _step_count(entry["step"])  # (loaded by hand, as ZeRO does)
+        return entry
+
+    def setdefault(self, index: int, default: dict[str, Any]) -> dict[str, Any]:
+        return self._opt.state.setdefault(self._opt._flat[index], default)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._opt.state[self._opt._flat[index]]
+
+
+def _tensors(params: Any) -> list[Any]:
+    """A group's ``params`` as torch's ``add_param_group`` will hold them (names dropped)."""
+    if isinstance(params, torch.Tensor):
+        return [params]
+    if isinstance(params, (set, frozenset)) or not isinstance(params, Iterable):
+        return []  # (torch refuses them)
+    return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class: a ``torch.optim.Optimizer`` whose step is fastgd's fused update.
+
+    Subclasses set ``algorithm``; the engine checks and steps the parameters (every check
+    before any tensor is written), and keeps the state as torch tensors in ``state``.
+    """
+
+    algorithm: Algorithm
+
+    def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
+        self._engine = Stepper(self.algorithm, adopt=_adopt)
+        self._engine.check_options(defaults)
+        self._indexed = _ByIndex(self)
+        self._flat: list[torch.Tensor] = []
+        super().__init__(params, dict(defaults))
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of parameters (torch tensors) with its own options; they are checked
+        (options; tensors that can be updated in place) before the group is added."""
+        params: list[Param] = []
+        if isinstance(param_group, dict) and "params" in param_group:
+            originals = _tensors(param_group["params"])
+            if all(isinstance(p, torch.Tensor) for p in originals):
+                options = {**self.defaults, **param_group}
+                self._engine.check_options(options)
+                params = self._engine.new_params(originals, options)
+        super().add_param_group(param_group)  # (torch's checks, then the group is added)
+        if len(params) != len(param_group["params"]):  # (what torch would refuse)
+            raise TypeError("fastgd.torch optimizers take torch tensors")
+        self._engine.params += params
+        self._flat += param_group["params"]
+
+    def parameters(self) -> list[Any]:
+        """Every parameter, in order, as a zero-copy array (NumPy, or Numba for GPU
+        memory), as :meth:`fastgd.Optimizer.parameters` (for :func:`fastgd.save`)."""
+        return [p.view for p in self._engine.params]
+
+    def state_nbytes(self) -> int:
+        """Bytes held by the optimizer state (every state tensor)."""
+        return sum(v.nbytes for entry in self.state.values() for v in entry.values()
+                   if is_torch(v))
+
+    def step(self, closure: Callable[[], Any] | None = None, *, max_norm: float | None = None,
+             skip_if_nonfinite: bool = False) -> Any:
+        """One update of every parameter that has a ``.grad``, in place.
+
+        ``closure`` (torch's convention): called first, with gradients enabled, to compute
+        the loss and the gradients; ``step`` returns its loss. ``max_norm`` and
+        ``skip_if_nonfinite``: fastgd's fused clipping and skipping (see
+        :meth:`fastgd.Optimizer.step`); with either, and no closure, the step returns
+        ``StepInfo(grad_norm, finite, skipped)``. CUDA tensors are updated on torch's
+        current stream.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = [p.grad for p in self._flat]
+        info = self._engine.step(self.param_groups, self._indexed, grads, max_norm=max_norm,
+                                 skip_if_nonfinite=skip_if_nonfinite, stream=self._stream())
+        return loss if closure is not None else info
+
+    def _stream(self) -> Any:
+        """torch's current CUDA stream, where the parameters are CUDA tensors on one device
+        and it is not the default stream (which the kernels use anyway)."""
+        devices = {p.gpu for p in self._engine.params}
+        if devices == {None} or len(devices) != 1:
+            return None
+        stream = torch.cuda.current_stream(devices.pop())
+        return None if stream.cuda_stream == 0 else stream
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Load a state dict of this class, of ``torch.optim``'s class of the same name
+        (its implementation options ignored), or of :mod:`fastgd`'s; after the load-state-
+        dict pre-hooks, it is checked whole (a mismatched one is refused with nothing
+        changed), the state is converted to this optimizer's (its state precision, the
+        parameters' devices) and the post-hooks run."""
+        if isinstance(state_dict, Mapping):
+            state_dict = dict(state_dict)
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        updates, by_index = statedicts.check(self._engine, self.param_groups, state_dict,
+                                             foreign_options=True)
+        state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
+        for index, entry in by_index.items():
+            param = self._flat[index]
+            state[param] = {k: v if isinstance(v, (int, float)) else as_tensor(v, param.device)
+                            for k, v in entry.items()}
+        for update, group in zip(updates, self.param_groups, strict=True):
+            group.update(update)
+        self.state = state
+        self._engine.forget()
+        for hook in self._optimizer_load_state_dict_post_hooks.values():
+            hook(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_engine" not in self.__dict__:  # (unpickled or copied: check the params again)
+            self._engine = Stepper(self.algorithm, adopt=_adopt)
+            self._indexed = _ByIndex(self)
+            self._flat = []
+            for group in self.param_groups:
+                self._engine.params += self._engine.new_params(group["params"], group)
+                self._flat += group["params"]
+
+
+class ScheduleFreeOptimizer(optim.ScheduleFree, Optimizer):
+    __doc__ = optim.ScheduleFree.__doc__
+
+    def _entries(self) -> Any:
+        return self._indexed
+
+
+__all__ = ["Optimizer", "ScheduleFreeOptimizer", "StepInfo", "as_tensor", *ALGORITHMS]
+globals().update({name: optim.make_class(algorithm, Optimizer, ScheduleFreeOptimizer,
+                                         __name__)
+                  for name, algorithm in ALGORITHMS.items()})

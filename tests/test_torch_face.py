@@ -1,0 +1,410 @@
+"""``fastgd.torch``: every algorithm as a ``torch.optim.Optimizer`` (skipped without torch).
+
+* Each class is a ``torch.optim.Optimizer`` with fastgd's signature, and steps exactly as the
+  NumPy face (:mod:`fastgd`) does on the same data, bit for bit: every algorithm, both
+  dtypes, sizes 0 to above the parallel crossover, C and Fortran layouts, two groups,
+  parameters without a gradient, fused clipping, float16/bfloat16 parameters and
+  low-precision state.
+* torch's ecosystem drives it as it drives ``torch.optim``: every LR scheduler (the same
+  learning rates and parameters), ``GradScaler`` (the same steps skipped),
+  ``clip_grad_norm_``, a ``torch.compile``d model, the step and state-dict hooks.
+* State dicts move between ``fastgd.torch``, ``torch.optim`` and the NumPy face both ways,
+  and training continues as it would have.
+* Bad input is refused before any tensor is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from cases import ALL_NAMES, example, optimizer_class
+
+import fastgd
+from fastgd.algorithms import ALGORITHMS
+
+torch = pytest.importorskip("torch")
+ft = pytest.importorskip("fastgd.torch")
+
+BIG = 2 * 16384 + 37  # above the parallel crossover
+SHAPES = [(), (0,), (1,), (7,), (1025,), (BIG,), (3, 5, 7), (5, 7)]
+MATRICES = [(1, 1), (7, 3), (3, 70), (40, 33), (0, 5), (6, 9)]
+STEPS = 12
+TORCH_NAMES = [name for name in ALL_NAMES if hasattr(torch.optim, name)]
+
+
+def seeded(request: pytest.FixtureRequest) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def torch_class(name: str) -> type:
+    """``fastgd.torch.<name>``; a Schedule-Free one put in train mode when made."""
+    cls = getattr(ft, name)
+    if not issubclass(cls, ft.ScheduleFreeOptimizer):
+        return cls
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        cls.__init__(self, *args, **kwargs)
+        self.train()
+
+    return type(name, (cls,), {"__init__": __init__})
+
+
+def shapes_of(name: str) -> list[tuple[int, ...]]:
+    return MATRICES if ALGORITHMS[name].matrices else SHAPES
+
+
+def make_tensors(values: list[np.ndarray], fortran: int | None) -> list[Any]:
+    """Leaf tensors holding copies of ``values`` (``values[fortran]`` in Fortran order)."""
+    tensors = []
+    for i, v in enumerate(values):
+        t = ft.as_tensor(np.asfortranarray(v) if i == fortran else v.copy(), "cpu")
+        tensors.append(t.requires_grad_())
+    return tensors
+
+
+# -- the same classes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_each_class_is_a_torch_optimizer_with_fastgds_signature(name: str) -> None:
+    cls = getattr(ft, name)
+    assert issubclass(cls, torch.optim.Optimizer) and cls.__module__ == "fastgd.torch"
+    assert inspect.signature(cls) == inspect.signature(getattr(fastgd, name))
+    assert cls.__doc__ == getattr(fastgd, name).__doc__
+    shape = shapes_of(name)[1]
+    opt = cls([torch.zeros(shape, requires_grad=True)])
+    assert opt.defaults == getattr(fastgd, name)([np.zeros(shape)]).defaults
+    assert dict(opt.state) == {}
+
+
+def test_import_fastgd_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, fastgd, fastgd.functional; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    assert out.strip() == "False"
+
+
+# -- the same steps as the NumPy face --------------------------------------------------------------
+
+def run_both(name: str, options: dict[str, Any], values: list[np.ndarray],
+             rng: np.random.Generator, fortran: int | None = None,
+             step_options: Callable[[int], dict[str, Any]] = lambda t: {},
+             grad_dtype: Any = None) -> tuple[Any, list[Any], Any, list[np.ndarray]]:
+    """``STEPS`` steps of ``name`` with ``options`` by both faces, on two parameter groups,
+    with the same gradients (every third step leaves ``params[1]`` without one)."""
+    tensors = make_tensors(values, fortran)
+    arrays = [fastgd_view(t).copy(order="A") for t in tensors]
+    half = len(values) // 2
+    ours = torch_class(name)([{"params": tensors[:half]}, {"params": tensors[half:],
+                                                          "lr": 0.5 * options.get("lr", 1e-3)}],
+                             **options)
+    numpy_face = optimizer_class(name)([{"params": arrays[:half]},
+                                        {"params": arrays[half:],
+                                         "lr": 0.5 * options.get("lr", 1e-3)}], **options)
+    for t in range(1, STEPS + 1):
+        grads = [rng.standard_normal(v.shape).astype(grad_dtype or v.dtype) for v in values]
+        if fortran is not None:  # (in the parameter's layout, as autograd makes it)
+            grads[fortran] = np.asfortranarray(grads[fortran])
+        if t % 3 == 0:
+            grads[1] = None
+        for tensor, g in zip(tensors, grads, strict=True):
+            tensor.grad = None if g is None else ft.as_tensor(g.copy(order="A"), "cpu")
+        info = ours.step(**step_options(t))
+        expected = numpy_face.step(grads, **step_options(t))
+        if info is None or expected is None:
+            assert info is expected
+        else:  # (the norm's float64 sum is vectorized by address: equal to rounding)
+            assert info._replace(grad_norm=0.0) == expected._replace(grad_norm=0.0)
+            assert info.grad_norm == pytest.approx(expected.grad_norm, rel=1e-12, nan_ok=True)
+    return ours, tensors, numpy_face, arrays
+
+
+def assert_same_run(ours: Any, tensors: list[Any], numpy_face: Any,
+                    arrays: list[np.ndarray], rtol: float = 0.0) -> None:
+    """Parameters and state equal (to ``rtol``; bit for bit by default)."""
+    def same(a: Any, b: Any, what: str) -> None:
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                                   rtol=rtol, atol=rtol, err_msg=what)
+
+    for i, (t, a) in enumerate(zip(tensors, arrays, strict=True)):
+        same(fastgd_view(t), a, f"params[{i}]")
+        theirs = numpy_face.state.get(i, {})
+        entry = ours.state.get(t, {})
+        assert set(entry) == set(theirs), i
+        for key, value in theirs.items():
+            if isinstance(value, (int, float)):
+                assert entry[key] == pytest.approx(value, rel=rtol) and type(
+                    entry[key]) is type(value), (i, key)
+            else:
+                assert isinstance(entry[key], torch.Tensor), (i, key)
+                same(fastgd_view(entry[key]), value, f"state[{i}][{key!r}]")
+
+
+def fastgd_view(tensor: Any) -> np.ndarray:
+    """A NumPy view of a tensor (bfloat16 ones as ``ml_dtypes.bfloat16``)."""
+    from fastgd.arrays import as_ndarray
+
+    return as_ndarray(tensor.detach(), "tensor", writable=False, codes=True)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, id="f32"),
+                                   pytest.param(np.float64, id="f64")])
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_steps_equal_the_numpy_face(name: str, dtype: Any,
+                                    request: pytest.FixtureRequest) -> None:
+    rng = seeded(request)
+    values = [rng.standard_normal(s).astype(dtype) for s in shapes_of(name)]
+    run = run_both(name, example(name, seed=3), values, rng, fortran=len(values) - 1)
+    assert_same_run(*run)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "Lion", "LAMB", "Adafactor", "Muon"])
+def test_fused_clipping_and_skipping_equal_the_numpy_face(name: str,
+                                                          request: pytest.FixtureRequest
+                                                          ) -> None:
+    rng = seeded(request)
+    values = [rng.standard_normal(s).astype(np.float32) for s in shapes_of(name)]
+
+    def options(t: int) -> dict[str, Any]:
+        return {"max_norm": 0.5 + t % 2, "skip_if_nonfinite": True}
+
+    run = run_both(name, example(name, seed=4), values, rng, step_options=options)
+    assert_same_run(*run, rtol=1e-5)
+    ours, tensors = run[0], run[1]
+    tensors[0].grad = torch.full_like(tensors[0], np.inf) if tensors[0].numel() else None
+    tensors[2].grad[...] = np.nan
+    before = [t.detach().clone() for t in tensors]
+    info = ours.step(skip_if_nonfinite=True)
+    assert info.skipped and not info.finite
+    assert all(torch.equal(a, b) for a, b in zip(before, tensors, strict=True))
+
+
+FORMATS = {
+    "bf16 params, master weights": ({"master_weights": True}, "bfloat16", None),
+    "f16 params": ({}, np.float16, None),
+    "bf16 state": ({"state_precision": "bf16"}, np.float32, None),
+    "bf16 state, stochastic rounding": ({"state_precision": "bf16", "stochastic_rounding": True,
+                                        "rounding_seed": 7}, np.float32, None),
+    "8-bit state": ({"state_precision": "8bit", "min_8bit_size": 256}, np.float32, None),
+}
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Lion", "LAMB", "Adafactor"])
+def test_storage_formats_equal_the_numpy_face(name: str, fmt: str,
+                                              request: pytest.FixtureRequest) -> None:
+    options, dtype, _ = FORMATS[fmt]
+    if ALGORITHMS[name].two_phase is not None and options.get("state_precision") == "8bit":
+        pytest.skip("two-phase steps refuse 8-bit state")
+    if dtype == "bfloat16":
+        from fastgd.arrays import bfloat16
+
+        dtype = bfloat16()
+    rng = seeded(request)
+    values = [rng.standard_normal(s).astype(dtype) for s in [(7,), (1025,), (BIG,), (9, 4)]]
+    hp = {**example(name, seed=5), **options}
+    if name == "SGD":
+        hp["momentum"] = 0.9
+    run = run_both(name, hp, values, rng, grad_dtype=dtype)
+    assert_same_run(*run)
+    ours, tensors = run[0], run[1]
+    if options.get("state_precision") == "8bit":
+        first = ALGORITHMS[name].states[0].name
+        assert ours.state[tensors[2]][first].dtype == torch.uint8
+    if options.get("master_weights"):
+        assert ours.state[tensors[1]]["master_param"].dtype == torch.float32
+
+
+# -- torch.optim's semantics ---------------------------------------------------------------------
+
+def mlp(seed: int = 0, dtype: Any = torch.float64) -> Any:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
+                               torch.nn.Linear(16, 3)).to(dtype)
+
+
+def data(seed: int = 1, dtype: Any = torch.float64) -> tuple[Any, Any]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(32, 6, generator=g, dtype=dtype),
+            torch.randn(32, 3, generator=g, dtype=dtype))
+
+
+def test_state_is_torch_tensors_updated_in_place() -> None:
+    model = mlp()
+    opt = ft.Adam(model.parameters(), lr=1e-2)
+    x, y = data()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    weight = model[0].weight
+    entry = opt.state[weight]
+    assert set(entry) == {"step", "exp_avg", "exp_avg_sq"} and entry["step"] == 1
+    pointers = {k: v.data_ptr() for k, v in entry.items() if isinstance(v, torch.Tensor)}
+    average = entry["exp_avg"].clone()
+    where = weight.data_ptr()
+    opt.step()
+    assert {k: v.data_ptr() for k, v in opt.state[weight].items()
+            if isinstance(v, torch.Tensor)} == pointers
+    assert weight.data_ptr() == where and not torch.equal(average, entry["exp_avg"])
+    assert opt.state_nbytes() == sum(2 * p.numel() * 8 for p in model.parameters())
+
+
+def test_parameters_without_gradient_are_skipped_and_zero_grad_resets() -> None:
+    model = mlp()
+    opt = ft.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    frozen = model[2].bias
+    x, y = data()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    frozen.grad = None
+    before = frozen.detach().clone()
+    opt.step()
+    assert frozen not in opt.state and torch.equal(frozen, before)
+    assert model[0].weight in opt.state
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+def test_closure_add_param_group_and_named_parameters_like_torch() -> None:
+    results = []
+    for make in (torch.optim.AdamW, ft.AdamW):
+        model = mlp()
+        first, second = list(model[0].named_parameters()), list(model[2].named_parameters())
+        opt = make(first, lr=1e-2, weight_decay=0.1)
+        x, y = data()
+
+        def closure(model: Any = model, opt: Any = opt, x: Any = x, y: Any = y) -> Any:
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        losses = [opt.step(closure).item() for _ in range(3)]
+        opt.add_param_group({"params": second, "lr": 5e-3})
+        losses += [opt.step(closure).item() for _ in range(4)]
+        assert opt.param_groups[1]["param_names"] == ["weight", "bias"]
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (losses, params), (ours, our_params) = results
+    np.testing.assert_allclose(ours, losses, rtol=1e-12)
+    for a, b in zip(our_params, params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_step_and_state_dict_hooks_run() -> None:
+    model = mlp()
+    opt = ft.RMSprop(model.parameters(), lr=1e-2)
+    calls: list[str] = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    opt.register_state_dict_pre_hook(lambda o: calls.append("sd pre"))
+
+    def add_marker(o: Any, sd: dict[str, Any]) -> dict[str, Any]:
+        calls.append("sd post")
+        return {**sd, "marker": 1}
+
+    opt.register_state_dict_post_hook(add_marker)
+
+    def drop_marker(o: Any, sd: dict[str, Any]) -> dict[str, Any]:
+        calls.append("load pre")
+        return {k: v for k, v in sd.items() if k != "marker"}
+
+    opt.register_load_state_dict_pre_hook(drop_marker)
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("load post"))
+    x, y = data()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["marker"] == 1
+    opt.load_state_dict(sd)
+    assert calls == ["pre", "post", "sd pre", "sd post", "load pre", "load post"]
+
+
+def test_copy_and_pickle_keep_a_working_optimizer() -> None:
+    import pickle
+
+    model = mlp()
+    opt = ft.NAdam(model.parameters(), lr=1e-2)
+    x, y = data()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    clones = [copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))]
+    opt.step()
+    for clone in clones:
+        params = [p for g in clone.param_groups for p in g["params"]]
+        for p, q in zip(params, model.parameters(), strict=True):
+            assert p.data_ptr() != q.data_ptr()
+            p.grad = q.grad.clone()
+        clone.step()
+        for p, q in zip(params, model.parameters(), strict=True):
+            torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+def test_bad_input_refused_before_anything_changes() -> None:
+    model = mlp()
+    params = list(model.parameters())
+    with pytest.raises(TypeError, match="Tensors"):
+        ft.Adam([np.zeros(3)])
+    with pytest.raises(ValueError, match="lr"):
+        ft.Adam(params, lr=-1.0)
+    with pytest.raises(ValueError, match="beta2"):
+        ft.Adam([{"params": params[:2]}, {"params": params[2:], "betas": (0.9, 1.5)}])
+    with pytest.raises(ValueError, match="non-leaf"):
+        ft.SGD([params[0] * 2])
+    with pytest.raises(ValueError, match="share memory"):
+        ft.SGD([params[0], params[0].detach()])
+    with pytest.raises(ValueError, match="2D parameters"):
+        ft.Muon([torch.zeros(3, requires_grad=True)])
+    opt = ft.Adam(params, lr=1e-2)
+    with pytest.raises(ValueError, match="share memory"):
+        opt.add_param_group({"params": params[:1]})
+    assert len(opt.param_groups) == 1 and len(opt._engine.params) == 4
+    with pytest.raises(ValueError, match="eps"):
+        opt.add_param_group({"params": [torch.zeros(3, requires_grad=True)], "eps": -1.0})
+    assert len(opt.param_groups) == 1 and len(opt._engine.params) == 4
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    params[2].grad = torch.ones(16, 3, dtype=params[2].dtype).t()  # another layout
+    with pytest.raises(ValueError, match=r"grads\[2\] must be contiguous"):
+        opt.step()
+    params[2].grad = torch.ones_like(params[2])
+    params[3].grad = torch.ones_like(params[3]).to_sparse()
+    with pytest.raises((TypeError, ValueError), match=r"grads\[3\]"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
+    assert dict(opt.state) == {}
+    opt.param_groups[0]["lr"] = -0.1  # (set by hand: refused at the step)
+    params[3].grad = torch.ones_like(params[3])
+    with pytest.raises(ValueError, match="lr"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
+
+
+def test_mismatched_state_dicts_refused_with_nothing_changed() -> None:
+    model = mlp()
+    opt = ft.Adam(model.parameters(), lr=1e-2)
+    x, y = data()
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    other = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    other.step()
+    bad = copy.deepcopy(saved)
+    bad["state"][0]["exp_avg"] = torch.zeros(5)
+    for sd in (other.state_dict(), bad, {"state": {}}, {**saved, "param_groups": []}):
+        with pytest.raises((TypeError, ValueError)):
+            opt.load_state_dict(sd)
+        assert opt.state_dict()["state"][0]["step"] == 1
+        torch.testing.assert_close(opt.state_dict()["state"][0]["exp_avg"],
+                                   saved["state"][0]["exp_avg"])
