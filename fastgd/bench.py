@@ -91,11 +91,13 @@ def _state_like(param: np.ndarray, precision: str, fill: float | None = 0.0) -> 
     return zeros_like(param, fill=fill, dtype=state_dtype(param, precision))
 
 
-def training_optimizer(case: Case, params: list[Any], **options: Any) -> Any:
-    """The optimizer class of ``case`` over ``params`` with its options, ready to train
-    (a Schedule-Free one put in train mode)."""
-    opt = case.cls(params, **case.options, **options)
-    if isinstance(opt, optim.ScheduleFreeOptimizer):
+def training_optimizer(case: Case, params: list[Any], cls: type | None = None,
+                       **options: Any) -> Any:
+    """The optimizer class of ``case`` (or ``cls``, the same algorithm's class of another
+    face) over ``params`` with its options, ready to train (a Schedule-Free one put in
+    train mode)."""
+    opt = (cls or case.cls)(params, **case.options, **options)
+    if isinstance(opt, optim.ScheduleFree):
         opt.train()
     return opt
 
@@ -230,6 +232,19 @@ def _torch_parameters(params: list[np.ndarray], grads: list[np.ndarray],
     for t, g in zip(tensors, grads, strict=True):
         t.grad = torch.tensor(g, device=device)
     return tensors
+
+
+def _torch_face_stepper(case: Case, params: list[np.ndarray], grads: list[np.ndarray],
+                        precision: str) -> Callable[[], Any]:
+    """The step of ``fastgd.torch``'s class of ``case`` over copies of the arrays as torch
+    tensors with their ``.grad`` (ImportError without torch)."""
+    import fastgd.torch
+
+    cls = getattr(fastgd.torch, case.cls.__name__)
+    opt = training_optimizer(case, _torch_parameters(params, grads), cls,
+                             state_precision=precision)
+    opt.step()
+    return opt.step
 
 
 #: the torch optimizer of a row outside torch.optim: its package and class, by row name
@@ -487,6 +502,9 @@ class Result:
     torch_impl: str | None
     #: the functional API's step time over the class step's (one tensor; None otherwise)
     functional_ratio: float | None = None
+    #: ``fastgd.torch``'s step time (torch tensors, ``.grad``) over the class step's (None
+    #: without torch)
+    torch_face_ratio: float | None = None
     #: where the step ran: "cpu", or the GPU's name
     device: str = "cpu"
     #: the precision of the optimizer state ("full", "bf16", "8bit")
@@ -553,6 +571,10 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
     }
     if not tensors and precision != "8bit":  # (the functional API takes no 8-bit state)
         fns["functional"] = _functional_stepper(case, params[0].copy(), grads[0], precision)
+    try:
+        fns["fastgd.torch"] = _torch_face_stepper(case, params, grads, precision)
+    except ImportError:  # (no torch)
+        pass
     torch_impl = None
     numpy_baseline = NUMPY_STEPS.get(case.name)
     if baselines and numpy_baseline is not None:
@@ -609,7 +631,8 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         roofline_seconds=float(np.median(times["roofline"])),
         pct_roofline=100.0 * ratio("roofline"), numpy_speedup=ratio("numpy"),
         torch_speedup=ratio("torch"), torch_impl=torch_impl,
-        functional_ratio=ratio("functional"), bnb_speedup=ratio("bnb"),
+        functional_ratio=ratio("functional"), torch_face_ratio=ratio("fastgd.torch"),
+        bnb_speedup=ratio("bnb"),
         torchao_speedup=ratio("torchao"), torchao_compile_seconds=compile_seconds,
         optax_speedup=ratio("optax"))
 
@@ -683,7 +706,8 @@ def run(algorithms: Iterable[str], sizes: Iterable[int], dtypes: Iterable[str], 
 def format_table(results: list[Result]) -> str:
     """A plain-text table of results (the algorithm column names the GPU of GPU rows)."""
     header = ("algorithm", "dtype", "size", "time/step", "GB/s", "% roofline", "vs numpy",
-              "vs torch", "vs optax", "functional", "vs bnb 8-bit", "vs torchao 8-bit")
+              "vs torch", "vs optax", "functional", "fastgd.torch", "vs bnb 8-bit",
+              "vs torchao 8-bit")
     rows = [header]
     for r in results:
         size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors}"
@@ -692,7 +716,7 @@ def format_table(results: list[Result]) -> str:
                      f"{r.pct_roofline:.0f}%", _ratio(r.numpy_speedup),
                      _ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else ""),
                      _ratio(r.optax_speedup), _ratio(r.functional_ratio),
-                     _ratio(r.bnb_speedup), _torchao(r)))
+                     _ratio(r.torch_face_ratio), _ratio(r.bnb_speedup), _torchao(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in
                        enumerate(zip(row, widths, strict=True))) for row in rows]
@@ -708,18 +732,21 @@ def format_markdown(results: list[Result], machine: dict[str, Any],
              f"{machine.get('threads')} threads; numba {machine.get('numba')}, "
              f"numpy {machine.get('numpy')}, Python {machine.get('python')}.", "",
              "| device | algorithm | dtype | size | time/step | GB/s | % roofline | vs NumPy "
-             "| vs torch | vs optax | functional | vs bnb 8-bit | vs torchao 8-bit |",
+             "| vs torch | vs optax | functional | fastgd.torch | vs bnb 8-bit "
+             "| vs torchao 8-bit |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-             "| ---: |"]
+             "| ---: | ---: |"]
     for r in results:
         size = str(r.size) if r.tensors == 1 else f"{r.size} in {r.tensors} tensors"
         torch = _ratio(r.torch_speedup) + (f" ({r.torch_impl})" if r.torch_impl else "")
         lines.append(f"| {r.device} | {_label(r)} | {r.dtype} | {size} | "
                      f"{_fmt_time(r.seconds)} | {r.gbps:.1f} | {r.pct_roofline:.0f}% | "
                      f"{_ratio(r.numpy_speedup)} | {torch} | {_ratio(r.optax_speedup)} | "
-                     f"{_ratio(r.functional_ratio)} | "
+                     f"{_ratio(r.functional_ratio)} | {_ratio(r.torch_face_ratio)} | "
                      f"{_ratio(r.bnb_speedup)} | {_torchao(r)} |")
     lines += ["", "(functional: the functional API's step time over the class step's; "
+              "fastgd.torch: the step time of the torch.optim.Optimizer class over torch "
+              "tensors over the class step's; "
               "torchao: its step, and in brackets the seconds its first step took to "
               "compile; on a GPU the roofline is a device-to-device copy.)", "", "Targets:",
               ""]
@@ -802,6 +829,12 @@ def _cpu_targets(results: list[Result], startup: float | None) -> list[str]:
             lines.append(f"- {r.algorithm} {r.dtype} {r.size}: functional call "
                          f"{r.functional_ratio:.2f} of the class step's "
                          f"({_verdict(r.functional_ratio <= 1)} <= 1)")
+    for r in (r for r in results if r.torch_face_ratio is not None
+              and (r.size >= 2**24 or r.tensors > 1)):
+        what = f"{r.tensors} tensors" if r.tensors > 1 else "2**24"
+        lines.append(f"- {_label(r)} {r.dtype} {what}: fastgd.torch step "
+                     f"{r.torch_face_ratio:.2f} of the NumPy face's "
+                     f"({_verdict(r.torch_face_ratio <= 1.05)} <= 1.05)")
     for r in (r for r in results if r.tensors > 1 and r.torch_speedup is not None):
         least = MATRIX_TARGETS.get(r.algorithm, 1.2)
         lines.append(f"- {r.algorithm} {r.dtype}, {r.tensors} tensors: "

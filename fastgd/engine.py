@@ -885,9 +885,14 @@ class Stepper:
     """Steps the parameters of an optimizer; see the module docstring."""
 
     def __init__(self, algorithm: Algorithm,
-                 adopt: Callable[[dict[str, Any], Param], None] | None = None) -> None:
+                 adopt: Callable[[dict[str, Any], Param], None] | None = None,
+                 follow: bool = False) -> None:
         self.algorithm = algorithm
         self.params: list[Param] = []
+        #: a parameter whose memory moved (``tensor.data = ...``, as ZeRO's bucket views do)
+        #: is checked again and stepped where it now is, as torch.optim does; otherwise such a
+        #: parameter is refused
+        self.follow = follow
         #: called with a parameter's state entry and the parameter after the step made or
         #: converted state arrays in it (a face that keeps the state as its own arrays
         #: replaces them there, zero-copy)
@@ -1037,7 +1042,10 @@ class Stepper:
                 if (grad is None or originals[j] is not param.original or not entry
                         or not holds(entry, arrays)):  # (state replaced or changed by hand)
                     return False
-                param.recheck(param.original, i)
+                if not param.matches(param.original):
+                    if self.follow:
+                        return False
+                    param.recheck(param.original, i)
                 where, holder = param.grad_address(grad, i)
                 holders.append(holder)
                 t = entry["step"] + 1
@@ -1083,7 +1091,10 @@ class Stepper:
                 if original is not param.original:
                     raise ValueError(f"params[{i}] was replaced in param_groups; make a new "
                                      "optimizer or use add_param_group")
-                param.recheck(original, i)
+                if not param.matches(original):
+                    if not self.follow:
+                        param.recheck(original, i)  # (refused)
+                    param = self._moved(i)
                 where, holder = param.grad_address(grad, i)
                 entry = state.get(i)
                 t = entry["step"] + 1 if entry else 1
@@ -1099,6 +1110,18 @@ class Stepper:
                                   hit[2], t))
             start += len(originals)
         return work
+
+    def _moved(self, index: int) -> Param:
+        """Parameter ``index`` checked again where its memory now is (same shape and dtype:
+        its state still applies)."""
+        param = self.params[index]
+        moved = Param(param.original, f"params[{index}]")
+        if moved.shape != param.shape or moved.dtype != param.dtype:
+            param.recheck(param.original, index)  # (refused)
+        check_disjoint(self.params[:index] + [moved] + self.params[index + 1:])
+        self.forget()  # (the launches of the last steps hold its old address)
+        self.params[index] = moved
+        return moved
 
     def _inputs(self, g: int, group: Mapping[str, Any], t: int,
                 entry: Mapping[str, Any] | None, first: bool | None = None

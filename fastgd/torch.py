@@ -100,11 +100,16 @@ class Optimizer(torch.optim.Optimizer):
     algorithm: Algorithm
 
     def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
-        self._engine = Stepper(self.algorithm, adopt=_adopt)
+        self._engine = self._stepper()
         self._engine.check_options(defaults)
         self._indexed = _ByIndex(self)
         self._flat: list[torch.Tensor] = []
         super().__init__(params, dict(defaults))
+
+    def _stepper(self) -> Stepper:
+        """The engine, which keeps new state as torch tensors, and follows parameters whose
+        memory moves (``p.data = ...``) as torch.optim does."""
+        return Stepper(self.algorithm, adopt=_adopt, follow=True)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group of parameters (torch tensors) with its own options; they are checked
@@ -132,8 +137,9 @@ class Optimizer(torch.optim.Optimizer):
         return sum(v.nbytes for entry in self.state.values() for v in entry.values()
                    if is_torch(v))
 
-    def step(self, closure: Callable[[], Any] | None = None, *, max_norm: float | None = None,
-             skip_if_nonfinite: bool = False) -> Any:
+    @torch.compiler.disable  # (its kernels are Numba's: run as they are within a compiled
+    def step(self, closure: Callable[[], Any] | None = None, *,  # function, not traced)
+             max_norm: float | None = None, skip_if_nonfinite: bool = False) -> Any:
         """One update of every parameter that has a ``.grad``, in place.
 
         ``closure`` (torch's convention): called first, with gradients enabled, to compute
@@ -190,7 +196,7 @@ class Optimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "_engine" not in self.__dict__:  # (unpickled or copied: check the params again)
-            self._engine = Stepper(self.algorithm, adopt=_adopt)
+            self._engine = self._stepper()
             self._indexed = _ByIndex(self)
             self._flat = []
             for group in self.param_groups:

@@ -1,7 +1,8 @@
 """``ZeroRedundancyOptimizer`` with DDP on two gloo processes (CPU), started here: with
 ``fastgd.torch.AdamW`` (and the NumPy face's ``fastgd.AdamW``) as the local optimizer it
-trains to torch.optim's result, and a run resumed from ZeRO's consolidated state dict equals
-the uninterrupted one. The ranks run ``zero_worker.py``."""
+trains to torch.optim's result (with ``parameters_as_bucket_view=True`` too), and a run
+resumed from ZeRO's consolidated state dict equals the uninterrupted one. The ranks run
+``zero_worker.py``."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[np.ndarr
     return found
 
 
-@pytest.mark.parametrize("name", ["fastgd.torch", "fastgd"])
+@pytest.mark.parametrize("name", ["fastgd.torch", "fastgd", "buckets"])
 def test_zero_trains_to_torch_optims_result(results: dict[str, list[np.ndarray]],
                                             name: str) -> None:
     expected = results["torch"]

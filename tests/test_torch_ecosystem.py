@@ -231,6 +231,31 @@ def test_compiled_model_trains_as_the_eager_model_with_torch_optim() -> None:
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+def test_compiled_training_step_with_the_optimizer_step_inside() -> None:
+    """The optimizer's step inside a ``torch.compile``d function runs as it is (it is not
+    traced)."""
+    results = []
+    for cls, compiled in ((torch.optim.Adam, False), (ft.Adam, True)):
+        model, data = mlp(), batches()
+        opt = cls(model.parameters(), lr=1e-2)
+        x, y = next(data)
+
+        def train_step(model: Any = model, opt: Any = opt, x: Any = x, y: Any = y) -> Any:
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = torch.compile(train_step) if compiled else train_step
+        losses = [step().item() for _ in range(5)]
+        results.append((losses, list(model.parameters())))
+    (losses, params), (ours, our_params) = results
+    np.testing.assert_allclose(ours, losses, rtol=1e-12)
+    for a, b in zip(our_params, params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 # -- state dicts, both ways ------------------------------------------------------------------------
 
 TORCH_NAMES = [name for name in ALL_NAMES if hasattr(torch.optim, name)]

@@ -408,3 +408,29 @@ def test_mismatched_state_dicts_refused_with_nothing_changed() -> None:
         assert opt.state_dict()["state"][0]["step"] == 1
         torch.testing.assert_close(opt.state_dict()["state"][0]["exp_avg"],
                                    saved["state"][0]["exp_avg"])
+
+
+def test_parameters_whose_memory_moves_are_followed_like_torch() -> None:
+    """``p.data = ...`` (as ZeRO's bucket views do) moves a parameter: torch.optim steps it
+    where it now is, and so does fastgd.torch; a new shape is refused."""
+    results = []
+    for cls in (torch.optim.Adam, ft.Adam):
+        model = mlp()
+        opt = cls(model.parameters(), lr=1e-2)
+        x, y = data()
+        for t in range(6):
+            if t == 3:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.data = p.data.clone()
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        results.append(list(model.parameters()))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    weight = model[0].weight
+    weight.data = torch.zeros(2, 2, dtype=weight.dtype)
+    weight.grad = torch.zeros(2, 2, dtype=weight.dtype)
+    with pytest.raises(ValueError, match=r"params\[0\] changed"):
+        opt.step()

@@ -1,7 +1,8 @@
 """One rank of ``test_torch_distributed.py``: a DDP model trained with
 ``ZeroRedundancyOptimizer`` over a gloo group, with torch.optim's AdamW, ``fastgd.torch``'s
-and the NumPy face's as the local optimizer; then a run resumed from ZeRO's consolidated
-state dict. Rank 0 writes the parameters of each run to an ``.npz`` file.
+and the NumPy face's as the local optimizer, and ``fastgd.torch``'s with the parameters as
+views of ZeRO's buckets; then a run resumed from ZeRO's consolidated state dict. Rank 0
+writes the parameters of each run to an ``.npz`` file.
 
 Usage: ``python zero_worker.py RANK WORLD_SIZE PORT OUT.npz``
 """
@@ -33,14 +34,16 @@ def model() -> Any:
                                torch.nn.Linear(32, 4))
 
 
-def setup(cls: type, params: list[Any] | None = None) -> tuple[Any, Any, Any]:
+def setup(cls: type, params: list[Any] | None = None, **zero_options: Any
+          ) -> tuple[Any, Any, Any]:
     """A model (with ``params`` if given), its DDP wrapper and ZeRO over it."""
     net = model()
     if params is not None:
         with torch.no_grad():
             for p, value in zip(net.parameters(), params, strict=True):
                 p.copy_(value)
-    zero = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **OPTIONS)
+    zero = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **OPTIONS,
+                                   **zero_options)
     return net, DistributedDataParallel(net), zero
 
 
@@ -64,6 +67,11 @@ def main() -> None:
         net, ddp, zero = setup(cls)
         train(ddp, zero, rank, 0, STEPS)
         results[name] = [p.detach().numpy().copy() for p in net.parameters()]
+    # The parameters as views of ZeRO's buckets (their memory moves after the optimizer
+    # has them)
+    net, ddp, zero = setup(fastgd.torch.AdamW, parameters_as_bucket_view=True)
+    train(ddp, zero, rank, 0, STEPS)
+    results["buckets"] = [p.detach().numpy().copy() for p in net.parameters()]
     # Half a run, ZeRO's state dict consolidated on rank 0 and sent to every rank, loaded
     # into a new ZeRO over fastgd.torch, and the other half.
     half = STEPS // 2

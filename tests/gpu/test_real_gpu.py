@@ -183,6 +183,46 @@ def _late_grad(torch: Any, stream: Any, values: np.ndarray) -> Any:
     return grad
 
 
+@real_gpu
+def test_fastgd_torch_steps_cuda_tensors_on_torchs_current_stream():
+    """``fastgd.torch``'s optimizers step CUDA parameters as torch.optim does, with their
+    state as CUDA tensors, ordered on torch's current stream."""
+    torch = _torch()
+    import fastgd.torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
+                                torch.nn.Linear(64, 10)).cuda()
+    twin = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
+                               torch.nn.Linear(64, 10)).cuda()
+    twin.load_state_dict(model.state_dict())
+    ours = fastgd.torch.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    theirs = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
+    x, y = torch.randn(128, 32, device="cuda"), torch.randint(0, 10, (128,), device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for _ in range(20):
+            for net, opt in ((model, ours), (twin, theirs)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+    torch.cuda.synchronize()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
+    assert ours.state[model[0].weight]["exp_avg"].device.type == "cuda"
+    rng = np.random.default_rng(4)
+    values, start = rng.standard_normal(100_000), rng.standard_normal(100_000)
+    expected = [start.copy(), values, np.zeros(100_000), np.zeros(100_000)]
+    F.adam(*expected, step=1, lr=0.1)
+    param = torch.from_numpy(start).to("cuda")
+    opt = fastgd.torch.Adam([param], lr=0.1)
+    param.grad = _late_grad(torch, stream, values)
+    with torch.cuda.stream(stream):
+        opt.step()
+    torch.cuda.synchronize()
+    np.testing.assert_allclose(param.cpu().numpy(), expected[0], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("how", ["default", "torch-stream", "torch-current", "cupy-stream",
                                  "numba-stream", "handle"])
 @real_gpu
