@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from cases import ALL_NAMES, full_case, random_hyperparameters
 from test_torch_parity import TORCH_DTYPES, same_accumulator, torch_default_dtype
+from torch_models import assert_same_parameters, backward, batches, fit, mlp
 
 import fastgd
 
@@ -29,19 +30,6 @@ ft = pytest.importorskip("fastgd.torch")
 lr_scheduler = torch.optim.lr_scheduler
 
 STEPS = 12
-
-
-def mlp(seed: int = 0, dtype: Any = torch.float64) -> Any:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
-                               torch.nn.Linear(16, 3)).to(dtype)
-
-
-def batches(dtype: Any = torch.float64) -> Iterator[tuple[Any, Any]]:
-    g = torch.Generator().manual_seed(1)
-    while True:
-        yield (torch.randn(32, 6, generator=g, dtype=dtype),
-               torch.randn(32, 3, generator=g, dtype=dtype))
 
 
 def groups(model: Any) -> list[dict[str, Any]]:
@@ -98,16 +86,17 @@ def train_with_scheduler(cls: type, options: dict[str, Any], scheduler: str
     model = mlp()
     opt = cls(groups(model), **options)
     sched = SCHEDULERS[scheduler](opt)
-    seen, data = [], batches()
-    for t in range(STEPS):
-        x, y = next(data)
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        sched.step(METRICS[t]) if scheduler == "ReduceLROnPlateau" else sched.step()
-        seen.append([{k: g[k] for k in ("lr", "momentum", "betas") if k in g}
-                     for g in opt.param_groups])
-    return seen, [p.detach().clone() for p in model.parameters()]
+    seen = []
+
+    def after(t: int) -> None:  # (the scheduler's step after the optimizer's)
+        if t:
+            sched.step(METRICS[t - 1]) if scheduler == "ReduceLROnPlateau" else sched.step()
+            seen.append([{k: g[k] for k in ("lr", "momentum", "betas") if k in g}
+                         for g in opt.param_groups])
+
+    fit(model, opt, STEPS, before=after)
+    after(STEPS)
+    return seen, list(model.parameters())
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
@@ -121,30 +110,27 @@ def test_scheduler_drives_the_same_learning_rates_and_parameters(scheduler: str,
         seen, ours = train_with_scheduler(getattr(ft, optimizer), options, scheduler)
     assert seen == expected
     assert len({str(s) for s in seen}) > 1  # (the scheduler changed something)
-    for a, b in zip(ours, params, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_same_parameters(ours, params)
 
 
 def test_scheduler_state_and_optimizer_state_resume_together() -> None:
-    def run(cls: type, stop: int | None = None, resume: Any = None) -> Any:
+    def run(cls: type, stop: int = STEPS, resume: Any = None) -> Any:
         model = mlp()
         opt = cls(groups(model), lr=1e-2, weight_decay=1e-2)
         sched = lr_scheduler.OneCycleLR(opt, max_lr=5e-2, total_steps=STEPS)
-        data = batches()
-        start = 0
+        data, start = batches(), 0
         if resume is not None:
             model.load_state_dict(resume[0])
             sched.load_state_dict(resume[2])
             opt.load_state_dict(resume[1])  # (after the scheduler, as torch says)
             start = resume[3]
-            for _ in range(start):
-                next(data)
-        for _ in range(start, STEPS if stop is None else stop):
-            x, y = next(data)
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
-            sched.step()
+        for t in range(stop):
+            batch = next(data)
+            if t >= start:
+                opt.zero_grad()
+                backward(model, batch)
+                opt.step()
+                sched.step()
         return model, opt, sched
 
     torch_model, _, _ = run(torch.optim.AdamW)
@@ -153,10 +139,8 @@ def test_scheduler_state_and_optimizer_state_resume_together() -> None:
     # (a state dict holds the optimizer's tensors, which the optimizer loading it may keep)
     torch_resumed, _, _ = run(torch.optim.AdamW, resume=copy.deepcopy(saved))
     ours, _, _ = run(ft.AdamW, resume=copy.deepcopy(saved))
-    for a, b, c in zip(ours.parameters(), torch_resumed.parameters(),
-                       torch_model.parameters(), strict=True):
-        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
-        torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-12)
+    assert_same_parameters(ours, torch_model)
+    assert_same_parameters(torch_resumed, torch_model)
 
 
 # -- AMP, clipping, torch.compile ------------------------------------------------------------------
@@ -185,8 +169,7 @@ def train_with_scaler(cls: type, clip: bool) -> tuple[list[float], Any, list[Any
         scaler.step(opt)
         scaler.update()
         scales.append(scaler.get_scale())
-    first = next(iter(model.parameters()))
-    return scales, opt.state[first]["step"], [p.detach().clone() for p in model.parameters()]
+    return scales, opt.state[model[0].weight]["step"], list(model.parameters())
 
 
 @pytest.mark.parametrize("clip", [False, True], ids=["plain", "unscale+clip"])
@@ -195,40 +178,27 @@ def test_grad_scaler_skips_the_same_steps(clip: bool) -> None:
     our_scales, our_steps, ours = train_with_scaler(ft.AdamW, clip)
     assert our_scales == scales and len(set(scales)) > 1
     assert our_steps == int(steps) == STEPS - len(INF_STEPS)
-    for a, b in zip(ours, params, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_same_parameters(ours, params, rtol=1e-5, atol=1e-6)
 
 
 def test_clip_grad_norm_then_step() -> None:
-    results = []
-    for cls in (torch.optim.SGD, ft.SGD):
-        model, data = mlp(), batches()
+    models = [mlp(), mlp()]
+    for model, cls in zip(models, (torch.optim.SGD, ft.SGD), strict=True):
         opt = cls(model.parameters(), lr=0.1, momentum=0.9)
-        for _ in range(STEPS):
-            x, y = next(data)
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
+        def clip(opt: Any, args: Any, kwargs: Any, model: Any = model) -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-            opt.step()
-        results.append(list(model.parameters()))
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+        opt.register_step_pre_hook(clip)  # (between backward and step)
+        fit(model, opt, STEPS)
+    assert_same_parameters(*models)
 
 
 def test_compiled_model_trains_as_the_eager_model_with_torch_optim() -> None:
-    results = []
-    for cls, compiled in ((torch.optim.Adam, False), (ft.Adam, True)):
-        model, data = mlp(), batches()
-        forward = torch.compile(model) if compiled else model
-        opt = cls(model.parameters(), lr=1e-2)
-        for _ in range(5):
-            x, y = next(data)
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(forward(x), y).backward()
-            opt.step()
-        results.append(list(model.parameters()))
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    models = [mlp(), mlp()]
+    fit(models[0], torch.optim.Adam(models[0].parameters(), lr=1e-2), 5)
+    fit(models[1], ft.Adam(models[1].parameters(), lr=1e-2), 5,
+        forward=torch.compile(models[1]))
+    assert_same_parameters(*models, rtol=1e-9, atol=1e-11)
 
 
 def test_compiled_training_step_with_the_optimizer_step_inside() -> None:
@@ -236,24 +206,21 @@ def test_compiled_training_step_with_the_optimizer_step_inside() -> None:
     traced)."""
     results = []
     for cls, compiled in ((torch.optim.Adam, False), (ft.Adam, True)):
-        model, data = mlp(), batches()
+        model = mlp()
         opt = cls(model.parameters(), lr=1e-2)
-        x, y = next(data)
+        batch = next(batches())
 
-        def train_step(model: Any = model, opt: Any = opt, x: Any = x, y: Any = y) -> Any:
+        def train_step(model: Any = model, opt: Any = opt, batch: Any = batch) -> Any:
             opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
+            loss = backward(model, batch)
             opt.step()
             return loss
 
         step = torch.compile(train_step) if compiled else train_step
-        losses = [step().item() for _ in range(5)]
-        results.append((losses, list(model.parameters())))
-    (losses, params), (ours, our_params) = results
+        results.append(([step().item() for _ in range(5)], model))
+    (losses, theirs), (ours, model) = results
     np.testing.assert_allclose(ours, losses, rtol=1e-12)
-    for a, b in zip(our_params, params, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_same_parameters(model, theirs)
 
 
 # -- state dicts, both ways ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cases import ALL_NAMES, example, optimizer_class
+from torch_models import assert_same_parameters, backward, batches, fit, mlp
 
 import fastgd
 from fastgd.algorithms import ALGORITHMS
@@ -225,23 +226,15 @@ def test_storage_formats_equal_the_numpy_face(name: str, fmt: str,
 
 # -- torch.optim's semantics ---------------------------------------------------------------------
 
-def mlp(seed: int = 0, dtype: Any = torch.float64) -> Any:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(),
-                               torch.nn.Linear(16, 3)).to(dtype)
-
-
-def data(seed: int = 1, dtype: Any = torch.float64) -> tuple[Any, Any]:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(32, 6, generator=g, dtype=dtype),
-            torch.randn(32, 3, generator=g, dtype=dtype))
+def one_batch(model: Any) -> None:
+    """Gradients of :func:`mlp`'s loss on a batch in every parameter's ``.grad``."""
+    backward(model, next(batches()))
 
 
 def test_state_is_torch_tensors_updated_in_place() -> None:
     model = mlp()
     opt = ft.Adam(model.parameters(), lr=1e-2)
-    x, y = data()
-    torch.nn.functional.mse_loss(model(x), y).backward()
+    one_batch(model)
     opt.step()
     weight = model[0].weight
     entry = opt.state[weight]
@@ -260,8 +253,7 @@ def test_parameters_without_gradient_are_skipped_and_zero_grad_resets() -> None:
     model = mlp()
     opt = ft.SGD(model.parameters(), lr=0.1, momentum=0.9)
     frozen = model[2].bias
-    x, y = data()
-    torch.nn.functional.mse_loss(model(x), y).backward()
+    one_batch(model)
     frozen.grad = None
     before = frozen.detach().clone()
     opt.step()
@@ -269,7 +261,7 @@ def test_parameters_without_gradient_are_skipped_and_zero_grad_resets() -> None:
     assert model[0].weight in opt.state
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
-    torch.nn.functional.mse_loss(model(x), y).backward()
+    one_batch(model)
     opt.zero_grad(set_to_none=False)
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
@@ -280,23 +272,20 @@ def test_closure_add_param_group_and_named_parameters_like_torch() -> None:
         model = mlp()
         first, second = list(model[0].named_parameters()), list(model[2].named_parameters())
         opt = make(first, lr=1e-2, weight_decay=0.1)
-        x, y = data()
+        batch = next(batches())
 
-        def closure(model: Any = model, opt: Any = opt, x: Any = x, y: Any = y) -> Any:
+        def closure(model: Any = model, opt: Any = opt, batch: Any = batch) -> Any:
             opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            return loss
+            return backward(model, batch)
 
         losses = [opt.step(closure).item() for _ in range(3)]
         opt.add_param_group({"params": second, "lr": 5e-3})
         losses += [opt.step(closure).item() for _ in range(4)]
         assert opt.param_groups[1]["param_names"] == ["weight", "bias"]
-        results.append((losses, [p.detach().clone() for p in model.parameters()]))
-    (losses, params), (ours, our_params) = results
+        results.append((losses, model))
+    (losses, theirs), (ours, model) = results
     np.testing.assert_allclose(ours, losses, rtol=1e-12)
-    for a, b in zip(our_params, params, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert_same_parameters(model, theirs)
 
 
 def test_step_and_state_dict_hooks_run() -> None:
@@ -319,8 +308,7 @@ def test_step_and_state_dict_hooks_run() -> None:
 
     opt.register_load_state_dict_pre_hook(drop_marker)
     opt.register_load_state_dict_post_hook(lambda o: calls.append("load post"))
-    x, y = data()
-    torch.nn.functional.mse_loss(model(x), y).backward()
+    one_batch(model)
     opt.step()
     sd = opt.state_dict()
     assert sd["marker"] == 1
@@ -333,8 +321,7 @@ def test_copy_and_pickle_keep_a_working_optimizer() -> None:
 
     model = mlp()
     opt = ft.NAdam(model.parameters(), lr=1e-2)
-    x, y = data()
-    torch.nn.functional.mse_loss(model(x), y).backward()
+    one_batch(model)
     opt.step()
     clones = [copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))]
     opt.step()
@@ -394,8 +381,7 @@ def test_bad_input_refused_before_anything_changes() -> None:
 def test_mismatched_state_dicts_refused_with_nothing_changed() -> None:
     model = mlp()
     opt = ft.Adam(model.parameters(), lr=1e-2)
-    x, y = data()
-    torch.nn.functional.mse_loss(model(x), y).backward()
+    one_batch(model)
     opt.step()
     saved = copy.deepcopy(opt.state_dict())
     other = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -413,22 +399,19 @@ def test_mismatched_state_dicts_refused_with_nothing_changed() -> None:
 def test_parameters_whose_memory_moves_are_followed_like_torch() -> None:
     """``p.data = ...`` (as ZeRO's bucket views do) moves a parameter: torch.optim steps it
     where it now is, and so does fastgd.torch; a new shape is refused."""
-    results = []
-    for cls in (torch.optim.Adam, ft.Adam):
-        model = mlp()
-        opt = cls(model.parameters(), lr=1e-2)
-        x, y = data()
-        for t in range(6):
-            if t == 3:
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.data = p.data.clone()
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
-        results.append(list(model.parameters()))
-    for a, b in zip(*results, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    def move(t: int, model: Any) -> None:
+        if t == 3:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.data = p.data.clone()
+
+    models = [mlp(), mlp()]
+    opts = [torch.optim.Adam(models[0].parameters(), lr=1e-2),
+            ft.Adam(models[1].parameters(), lr=1e-2)]
+    for model, opt in zip(models, opts, strict=True):
+        fit(model, opt, 6, before=lambda t, model=model: move(t, model))
+    assert_same_parameters(*models)
+    model, opt = models[1], opts[1]
     weight = model[0].weight
     weight.data = torch.zeros(2, 2, dtype=weight.dtype)
     weight.grad = torch.zeros(2, 2, dtype=weight.dtype)

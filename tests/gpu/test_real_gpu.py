@@ -7,6 +7,8 @@ kernels cannot update are refused. Under the simulator, whose arrays expose no
 
 from __future__ import annotations
 
+import copy
+import importlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -141,24 +143,31 @@ def test_functional_api_updates_in_place(which):
 
 
 @real_gpu
-def test_torch_parameters_step_from_their_grads_as_torch_optim_does():
+@pytest.mark.parametrize("face", ["fastgd", "fastgd.torch"])
+def test_torch_parameters_step_from_their_grads_as_torch_optim_does(face):
+    """Both class faces step CUDA parameters as torch.optim does (``fastgd.torch``'s on
+    torch's current stream, here a side stream), and torch loads their state dicts."""
     torch = _torch()
+    classes = importlib.import_module(face)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
                                 torch.nn.Linear(64, 10)).cuda()
     twin = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
                                torch.nn.Linear(64, 10)).cuda()
     twin.load_state_dict(model.state_dict())
-    ours = fastgd.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    ours = classes.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     theirs = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
     x, y = torch.randn(128, 32, device="cuda"), torch.randint(0, 10, (128,), device="cuda")
+    stream = torch.cuda.Stream() if face == "fastgd.torch" else torch.cuda.current_stream()
 
     def train_alike(pairs, steps):
-        for _ in range(steps):
-            for net, opt in pairs:
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(net(x), y).backward()
-                opt.step()
+        with torch.cuda.stream(stream):
+            for _ in range(steps):
+                for net, opt in pairs:
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(net(x), y).backward()
+                    opt.step()
+        torch.cuda.synchronize()
         for a, b in zip(model.parameters(), twin.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
 
@@ -167,7 +176,7 @@ def test_torch_parameters_step_from_their_grads_as_torch_optim_does():
     state = ours.state_dict()
     assert state["state"][0]["exp_avg"].device.type == "cuda"
     again = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
-    again.load_state_dict(state)
+    again.load_state_dict(copy.deepcopy(state))
     train_alike(((model, ours), (twin, again)), 1)
 
 
@@ -183,48 +192,8 @@ def _late_grad(torch: Any, stream: Any, values: np.ndarray) -> Any:
     return grad
 
 
-@real_gpu
-def test_fastgd_torch_steps_cuda_tensors_on_torchs_current_stream():
-    """``fastgd.torch``'s optimizers step CUDA parameters as torch.optim does, with their
-    state as CUDA tensors, ordered on torch's current stream."""
-    torch = _torch()
-    import fastgd.torch
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
-                                torch.nn.Linear(64, 10)).cuda()
-    twin = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
-                               torch.nn.Linear(64, 10)).cuda()
-    twin.load_state_dict(model.state_dict())
-    ours = fastgd.torch.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
-    theirs = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1, foreach=False)
-    x, y = torch.randn(128, 32, device="cuda"), torch.randint(0, 10, (128,), device="cuda")
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for _ in range(20):
-            for net, opt in ((model, ours), (twin, theirs)):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(net(x), y).backward()
-                opt.step()
-    torch.cuda.synchronize()
-    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=2e-5)
-    assert ours.state[model[0].weight]["exp_avg"].device.type == "cuda"
-    rng = np.random.default_rng(4)
-    values, start = rng.standard_normal(100_000), rng.standard_normal(100_000)
-    expected = [start.copy(), values, np.zeros(100_000), np.zeros(100_000)]
-    F.adam(*expected, step=1, lr=0.1)
-    param = torch.from_numpy(start).to("cuda")
-    opt = fastgd.torch.Adam([param], lr=0.1)
-    param.grad = _late_grad(torch, stream, values)
-    with torch.cuda.stream(stream):
-        opt.step()
-    torch.cuda.synchronize()
-    np.testing.assert_allclose(param.cpu().numpy(), expected[0], rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("how", ["default", "torch-stream", "torch-current", "cupy-stream",
-                                 "numba-stream", "handle"])
+                                 "numba-stream", "handle", "fastgd.torch-current"])
 @real_gpu
 def test_updates_are_ordered_with_the_callers_stream(how):
     torch = _torch()
@@ -238,7 +207,7 @@ def test_updates_are_ordered_with_the_callers_stream(how):
         stream, ours = torch.cuda.default_stream(), None
     elif how == "torch-stream":
         stream = ours = torch.cuda.Stream()
-    elif how == "torch-current":
+    elif how in ("torch-current", "fastgd.torch-current"):
         stream = torch.cuda.Stream()
         ours = None
     elif how == "cupy-stream":
@@ -252,7 +221,15 @@ def test_updates_are_ordered_with_the_callers_stream(how):
         stream = torch.cuda.Stream()
         ours = stream.cuda_stream
     grad = _late_grad(torch, stream, values)
-    if how == "torch-current":
+    if how == "fastgd.torch-current":  # (fastgd.torch's optimizers: on torch's current one)
+        import fastgd.torch
+
+        opt = fastgd.torch.Adam([param], lr=0.1)
+        param.grad = grad
+        with torch.cuda.stream(stream):
+            opt.step()
+        v = opt.state[param]["exp_avg_sq"]
+    elif how == "torch-current":
         with torch.cuda.stream(stream):
             F.adam(param, grad, m, v, step=1, lr=0.1, stream=torch.cuda.current_stream())
     else:
