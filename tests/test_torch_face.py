@@ -316,6 +316,36 @@ def test_step_and_state_dict_hooks_run() -> None:
     assert calls == ["pre", "post", "sd pre", "sd post", "load pre", "load post"]
 
 
+def test_global_hooks_hooks_that_change_the_arguments_and_the_profilers_range() -> None:
+    model = mlp()
+    opt = ft.Adam(model.parameters(), lr=1e-2)
+    seen: list[Any] = []
+    from torch.optim.optimizer import (
+        register_optimizer_step_post_hook,
+        register_optimizer_step_pre_hook,
+    )
+
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: seen.append(("global pre", o))),
+               register_optimizer_step_post_hook(
+                   lambda o, a, k: seen.append(("global post", k)))]
+    opt.register_step_pre_hook(lambda o, a, k: (a, {**k, "max_norm": 1e-3}))
+    try:
+        one_batch(model)
+        info = opt.step()  # (the hook clips it)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert info.grad_norm > 1e-3 and seen == [("global pre", opt),
+                                              ("global post", {"max_norm": 1e-3})]
+    with pytest.raises(RuntimeError, match="must return None or a tuple"):
+        opt.register_step_pre_hook(lambda o, a, k: 1)
+        opt.step()
+    opt = ft.SGD(model.parameters(), lr=1e-2)
+    with torch.profiler.profile() as profile:
+        opt.step()
+    assert "Optimizer.step#SGD.step" in {e.key for e in profile.key_averages()}
+
+
 def test_copy_and_pickle_keep_a_working_optimizer() -> None:
     import pickle
 
