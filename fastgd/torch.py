@@ -108,6 +108,7 @@ class Optimizer(torch.optim.Optimizer):
         self._engine.check_options(defaults)
         self._indexed = _ByIndex(self)
         self._flat: list[torch.Tensor] = []
+        self._devices: set[int | None] = set()
         super().__init__(params, dict(defaults))
 
     @staticmethod
@@ -155,10 +156,12 @@ class Optimizer(torch.optim.Optimizer):
                 self._engine.check_options(options)
                 params = self._engine.new_params(originals, options)
         super().add_param_group(param_group)  # (torch's checks, then the group is added)
-        if len(params) != len(param_group["params"]):  # (what torch would refuse)
+        if len(params) != len(param_group["params"]):  # (not reached: torch refuses them)
+            self.param_groups.pop()
             raise TypeError("fastgd.torch optimizers take torch tensors")
         self._engine.params += params
         self._flat += param_group["params"]
+        self._devices |= {p.gpu for p in params}  # (None: the host)
 
     def parameters(self) -> list[Any]:
         """Every parameter, in order, as a zero-copy array (NumPy, or Numba for GPU
@@ -170,8 +173,10 @@ class Optimizer(torch.optim.Optimizer):
         return sum(v.nbytes for entry in self.state.values() for v in entry.values()
                    if is_torch(v))
 
-    @torch.compiler.disable  # (its kernels are Numba's: run as they are within a compiled
-    def step(self, closure: Callable[[], Any] | None = None, *,  # function, not traced)
+    # (inside a torch.compile'd function the step runs as it is: its kernels are Numba's,
+    # not something to trace)
+    @torch.compiler.disable
+    def step(self, closure: Callable[[], Any] | None = None, *,
              max_norm: float | None = None, skip_if_nonfinite: bool = False) -> Any:
         """One update of every parameter that has a ``.grad``, in place.
 
@@ -194,8 +199,10 @@ class Optimizer(torch.optim.Optimizer):
     def _stream(self) -> Any:
         """torch's current CUDA stream, where the parameters are CUDA tensors on one device
         and it is not the default stream (which the kernels use anyway)."""
-        devices = {p.gpu for p in self._engine.params}
-        if devices == {None} or len(devices) != 1:
+        if self._devices == {None}:  # (host parameters, as they were added)
+            return None
+        devices = {p.gpu for p in self._engine.params}  # (as they are now)
+        if len(devices) != 1 or None in devices:
             return None
         stream = torch.cuda.current_stream(devices.pop())
         return None if stream.cuda_stream == 0 else stream
@@ -231,10 +238,12 @@ class Optimizer(torch.optim.Optimizer):
         if "_engine" not in self.__dict__:  # (unpickled or copied: check the params again)
             self._engine = self._stepper()
             self._indexed = _ByIndex(self)
-            self._flat = []
+            self._flat, self._devices = [], set()
             for group in self.param_groups:
-                self._engine.params += self._engine.new_params(group["params"], group)
+                params = self._engine.new_params(group["params"], group)
+                self._engine.params += params
                 self._flat += group["params"]
+                self._devices |= {p.gpu for p in params}
 
 
 class ScheduleFreeOptimizer(optim.ScheduleFree, Optimizer):
