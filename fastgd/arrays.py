@@ -219,8 +219,8 @@ def check_like(arr: Any, ref: Any, order: str, name: str, ref_name: str = "param
     expected = ref.dtype if dtype is None else dtype
     if arr.dtype != expected:
         raise TypeError(f"{name} has dtype {arr.dtype}, expected {expected}"
-                        + (f" like {ref_name}" if dtype is None else f" for a {ref.dtype} "
-                           f"{ref_name}"))
+                        + (f" like {ref_name}" if dtype is None else
+                           f" for {ref_name} ({ref.dtype})"))
     if not arr.flags[f"{order}_CONTIGUOUS"]:
         raise ValueError(f"{name} must be contiguous in the same ({order}) order as "
                          f"{ref_name}; got strides {arr.strides}")

@@ -46,7 +46,8 @@ def _encode(value: Any) -> Any:
         return [_encode(v) for v in value]
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
+    if isinstance(value, (np.integer, np.floating, np.bool_)) or (
+            is_torch(value) and value.numel() == 1):  # (a tensor lr: its number)
         return value.item()
     raise TypeError(f"cannot store hyperparameter {value!r} in a checkpoint (only numbers, "
                     "bools and fastgd.schedules objects)")

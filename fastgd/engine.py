@@ -50,6 +50,7 @@ from fastgd.arrays import (
     memory_order,
     on_device_of,
     on_gpu,
+    plain,
     same_layout_address,
     state_dtype,
     storage,
@@ -862,6 +863,17 @@ class _Unit:
                               stream, self.device_table, self.fmt)
 
 
+def rounds_to(master: Any, param: Param) -> bool:
+    """Whether a float32 master copy rounds to its (float16 or bfloat16) parameter's values,
+    as a step leaves them (or is not a master copy of its shape, for the checks to refuse);
+    not when the parameter was changed without it (by another optimizer, or by hand)."""
+    values = plain(master)
+    if not isinstance(values, np.ndarray) or values.shape != param.shape or (
+            values.dtype != np.float32):
+        return True
+    return bool(np.array_equal(values.astype(param.view.dtype), param.view, equal_nan=True))
+
+
 def check_disjoint(params: list[Param]) -> None:
     """Parameters must not share memory (the same array twice would be updated twice)."""
     spans = sorted((p.gpu is not None, p.gpu or 0, p.address, p.nbytes, i)
@@ -879,6 +891,14 @@ class _Plan(NamedTuple):
     count: int
     units: list[_Unit]
     idle: tuple[int, ...]  # the parameters without a gradient
+
+
+def _option_values(group: Mapping[str, Any]) -> dict[str, Any]:
+    """A group's options to compare with those of the last step: an array or tensor by its
+    values (one changed in place, as torch's schedulers change a tensor ``lr``, is a changed
+    option)."""
+    return {k: v.tolist() if is_torch(v) or isinstance(v, np.ndarray) else v
+            for k, v in group.items() if k != "params"}
 
 
 class Stepper:
@@ -903,19 +923,25 @@ class Stepper:
         self._checked: dict[int, tuple[Any, ...]] = {}
         self._plan: _Plan | None = None
         self._simple = algorithm.inputs == ("step",)
+        #: whether the next step checks that each master copy rounds to its parameter
+        self._check_masters = False
 
-    def new_params(self, originals: Sequence[Any], group: Mapping[str, Any]) -> list[Param]:
+    def new_params(self, originals: Sequence[Any], group: Mapping[str, Any],
+                   first: int | None = None, others: list[Param] | None = None
+                   ) -> list[Param]:
         """The parameters of a new group (its options ``group``), checked (arrays that can
         be updated in place, a state precision they allow, matrices for an optimizer of
-        matrices, no memory shared with another parameter); they join :attr:`params` when
-        the caller adds them."""
-        first = len(self.params)
+        matrices, no memory shared with another parameter: with those of :attr:`params`,
+        or ``others``); they join :attr:`params` when the caller adds them (``first``: the
+        index of the first, by default after the last of :attr:`params`)."""
+        others = self.params if others is None else others
+        first = len(self.params) if first is None else first
         params = [Param(p, f"params[{first + i}]") for i, p in enumerate(originals)]
         for i, p in enumerate(params, first):
             check_state_precision(group["state_precision"], p.view, f"params[{i}]")
             if self.algorithm.matrices:
                 check_matrix(self.algorithm, p.shape, f"params[{i}]")
-        check_disjoint(self.params + params)
+        check_disjoint(others + params)
         return params
 
     def check_options(self, group: Mapping[str, Any]) -> dict[str, Any]:
@@ -957,11 +983,13 @@ class Stepper:
         return join_storage(param.storage, "master" if master else "", state)
 
     def forget(self) -> None:
-        """Drop what is kept between steps (after the state was replaced)."""
+        """Drop what is kept between steps (after the state was replaced: the next step
+        also checks that each master copy still rounds to its parameter)."""
         self._options.clear()
         self._units.clear()
         self._checked.clear()
         self._plan = None
+        self._check_masters = True
 
     def _group_options(self, index: int, group: Mapping[str, Any], t: int
                        ) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -969,14 +997,14 @@ class Stepper:
         they use: checked again only when an option changed; a schedule is evaluated (and
         its value checked) at ``t``."""
         cached = self._options.get(index)
+        values = _option_values(group)
         try:
-            same = cached is not None and cached[0] == group
+            same = cached is not None and cached[0] == values
         except (TypeError, ValueError):  # an option NumPy cannot compare as a whole
             same = False
         if not same:
             options = self.check_options(group)
-            cached = self._options[index] = (dict(group), options,
-                                             self.algorithm.present(options))
+            cached = self._options[index] = (values, options, self.algorithm.present(options))
         options = cached[1]
         lr = group["lr"]
         if callable(lr):
@@ -1111,6 +1139,15 @@ class Stepper:
             start += len(originals)
         return work
 
+    def current(self) -> list[Param]:
+        """The parameters, each where its memory now is (with :attr:`follow`: one that moved
+        is checked again there)."""
+        if self.follow:
+            for i, param in enumerate(self.params):
+                if not param.matches(param.original):
+                    self._moved(i)
+        return self.params
+
     def _moved(self, index: int) -> Param:
         """Parameter ``index`` checked again where its memory now is (same shape and dtype:
         its state still applies)."""
@@ -1172,7 +1209,10 @@ class Stepper:
             param = self.params[w.index]
             entry = state.setdefault(w.index, {})
             fmt = self.storage_format(param, w.options)
-            if split_storage(fmt)[1] and "master_param" not in entry:
+            if not split_storage(fmt)[1]:
+                entry.pop("master_param", None)  # (stale once the parameter steps alone)
+            elif "master_param" not in entry or (self._check_masters and not rounds_to(
+                    entry["master_param"], param)):  # (the parameter changed without it)
                 entry["master_param"] = from_host(param.view, param.view, np.float32)
             precision = self.precision(param, w.options)
             for name in self.algorithm.arrays(w.scalars.present, param.view.ndim):
@@ -1194,16 +1234,17 @@ class Stepper:
             if self.adopt is not None:
                 self.adopt(entry, param)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
+        self._check_masters = False
         if self.algorithm.two_phase is not None:
             self._run_two_phase(work, state, batches, stream)
             return []
-        units = []
-        for (_, _, _, fmt, _), items in batches.items():
-            unit = self._unit(items, state, fmt, items[0].scalars.present)
+        # (every launch made, so every state array checked, before the first runs)
+        units = [(self._unit(items, state, fmt, items[0].scalars.present), items)
+                 for (_, _, _, fmt, _), items in batches.items()]
+        for unit, items in units:
             unit.launch(items[0].scalars, [w.address for w in items], stream,
                         (items[0].options["rounding_seed"], items[0].step))
-            units.append(unit)
-        return units
+        return [unit for unit, _ in units]
 
     def _run_two_phase(self, work: list[_Work], state: dict[int, dict[str, Any]],
                        batches: Mapping[tuple[Any, ...], list[_Work]], stream: Any) -> None:

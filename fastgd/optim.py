@@ -327,6 +327,14 @@ class ScheduleFree:
         """Each parameter's state, by its index."""
         raise NotImplementedError
 
+    def add_param_group(self, param_group: Any) -> None:
+        """Add a group (see the base class); it starts in the optimizer's mode."""
+        modes = {group["train_mode"] for group in self.param_groups}
+        if len(modes) == 1 and isinstance(param_group, Mapping) and (
+                "train_mode" not in param_group):
+            param_group = {**param_group, "train_mode": modes.pop()}
+        super().add_param_group(param_group)  # type: ignore[misc]
+
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) and set(
             state_dict) == {"state", "param_groups"} else None
@@ -366,7 +374,7 @@ class ScheduleFree:
         self._move(False, stream)
 
     def _move(self, train: bool, stream: Any) -> None:
-        params, start, moves = self._engine.params, 0, []
+        params, start, moves = self._engine.current(), 0, []
         for group in self.param_groups:  # (every group checked before any is moved)
             count = len(group["params"])
             if group["train_mode"] != train:

@@ -12,13 +12,13 @@ the parameter's device.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from fastgd import lowbit
-from fastgd.algorithms import Algorithm, factor_shapes
+from fastgd.algorithms import ALGORITHMS, Algorithm, factor_shapes
 from fastgd.arrays import (
     check_state_precision,
     convert_state,
@@ -32,6 +32,11 @@ from fastgd.engine import Stepper
 
 #: Options of torch.optim's state dicts that choose an implementation, not the math.
 TORCH_IMPLEMENTATION_OPTIONS = frozenset({"foreach", "fused", "capturable", "differentiable"})
+#: Switches torch.optim added to its optimizers over the years: a dict of an older torch
+#: lacks them, and means their defaults.
+LATER_SWITCHES = frozenset({"maximize", "decoupled_weight_decay"})
+#: Every hyperparameter name of every algorithm.
+HYPERPARAMETERS = frozenset(h.name for a in ALGORITHMS.values() for h in a.hyperparameters)
 
 
 def check(engine: Stepper, groups: Sequence[Mapping[str, Any]], state_dict: Any, *,
@@ -52,17 +57,23 @@ def check(engine: Stepper, groups: Sequence[Mapping[str, Any]], state_dict: Any,
                      for g in saved_groups) or (isinstance(entries, Mapping) and any(
                          isinstance(e, Mapping) and any(map(is_torch, e.values()))
                          for e in entries.values()))
-    updates, options, start = [], [], 0
+    updates, options, positions = [], [], {}
     for i, (saved, group) in enumerate(zip(saved_groups, groups, strict=True)):
-        updates.append(checked_group(engine.algorithm, i, saved, group, start, foreign_options))
+        updates.append(checked_group(engine.algorithm, i, saved, group, foreign_options))
         options += [engine.check_options({**group, **updates[-1]})] * len(
             group["params"])
-        start += len(group["params"])
+        for key in saved["params"]:  # (the saved ids name the parameters in order)
+            if isinstance(key, bool) or not isinstance(key, Hashable) or key in positions:
+                raise ValueError(f"param_groups[{i}]['params'] holds {key!r}, not the id of "
+                                 "another parameter")
+            positions[key] = len(positions)
     if not isinstance(entries, Mapping):
         raise TypeError("state_dict['state'] must be a dict")
     new_state = {}
     for key, entry in entries.items():
-        index = state_index(key, len(engine.params))
+        index = state_index(key, positions)
+        if isinstance(entry, Mapping) and not entry:  # (looked up, never stepped)
+            continue
         new_state[index] = checked_state(engine, index, entry, from_torch, options[index])
     return updates, new_state
 
@@ -78,45 +89,55 @@ def from_torch_value(value: Any, array: bool) -> Any:
     return value.numpy()
 
 
-def state_index(key: Any, count: int) -> int:
-    """The parameter index of state key ``key`` (an int, or its digits), checked."""
-    if isinstance(key, str) and key.isdigit():
+def state_index(key: Any, positions: Mapping[Any, int]) -> int:
+    """The parameter index of state key ``key``: the position of the parameter whose id it
+    is in the saved groups (``positions``), as torch maps them; an integer id may be
+    spelled as its digits (a dict that went through JSON)."""
+    if isinstance(key, str) and key.isdigit() and key not in positions:
         key = int(key)
-    if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
-        raise ValueError(f"state key {key!r} is not a parameter index")
-    index = int(key)
-    if not 0 <= index < count:
-        raise ValueError(f"state key {key!r} is out of range for {count} parameters")
-    return index
+    if isinstance(key, bool) or not isinstance(key, Hashable) or key not in positions:
+        raise ValueError(f"state key {key!r} is not the id of a parameter of the saved "
+                         "param_groups")
+    return positions[key]
 
 
 def checked_group(algorithm: Algorithm, i: int, saved: Any, group: Mapping[str, Any],
-                  start: int, foreign_options: bool = False) -> dict[str, Any]:
-    """The options of saved group ``i`` to apply to ``group``, checked (``foreign_options``:
-    options the optimizer does not know, such as a torch scheduler's ``initial_lr``, are
-    kept, as torch keeps them; otherwise they are refused)."""
+                  foreign_options: bool = False) -> dict[str, Any]:
+    """The options of saved group ``i`` to apply to ``group``, checked. Every
+    hyperparameter must be there, but for the :data:`LATER_SWITCHES` a dict of an older
+    torch lacks: they take their defaults, as torch fills them in (fastgd's dicts, which
+    hold its class options, have every option). ``foreign_options``:
+    options the optimizer does not know (not hyperparameters of another algorithm), such
+    as a torch scheduler's ``initial_lr``, are kept, as torch keeps them; otherwise they
+    are refused."""
     if not isinstance(saved, Mapping):
         raise TypeError(f"param_groups[{i}] must be a dict")
     keys = set(saved) - TORCH_IMPLEMENTATION_OPTIONS - {"params", "param_names"}
-    required = set(algorithm.defaults)
-    allowed = keys if foreign_options else set(group) - {"params", "param_names"}
-    if "params" not in saved or not required <= keys <= allowed:
+    missing = set(algorithm.defaults) - keys
+    # (foreign options: not another algorithm's hyperparameters)
+    allowed = keys - (HYPERPARAMETERS - set(algorithm.defaults)) if foreign_options else (
+        set(group) - {"params", "param_names"})
+    # (fastgd's own dicts, which hold its class options, have every option)
+    if "params" not in saved or not keys <= allowed or not missing <= (
+            set() if "state_precision" in saved else LATER_SWITCHES):
         raise ValueError(f"param_groups[{i}] has options {sorted(saved)}, expected "
                          f"{sorted(allowed | {'params'})} (a state dict of another "
                          "optimizer?)")
     count = len(group["params"])
-    if list(saved["params"]) != list(range(start, start + count)):
-        raise ValueError(f"param_groups[{i}] holds {len(saved['params'])} parameters "
-                         f"{list(saved['params'])[:5]}..., expected {count}")
+    if isinstance(saved["params"], (str, bytes)) or not isinstance(saved["params"], Sequence) \
+            or len(saved["params"]) != count:
+        raise ValueError(f"param_groups[{i}] holds {saved['params']!r}, the ids of "
+                         f"{count} parameters expected")
     for name, value in algorithm.fixed.items():
-        if saved[name] != value:
+        if saved.get(name, value) != value:
             raise ValueError(f"param_groups[{i}]: {name} is always {value} for "
                              f"{algorithm.name}, got {saved[name]!r}")
     if "state_precision" in saved:  # (what the saved state was: it is converted to
         check_state_precision(saved["state_precision"])  # this optimizer's precision)
     # (how the state is stored stays this optimizer's choice: state_precision and, with
     # it, stochastic_rounding; the rounding seed comes with the run)
-    update = {k: saved[k] for k in keys - {"state_precision", "stochastic_rounding"}}
+    update = {**{k: algorithm.defaults[k] for k in missing},
+              **{k: saved[k] for k in keys - {"state_precision", "stochastic_rounding"}}}
     if "param_names" in saved:
         names = saved["param_names"]
         if (not isinstance(names, Sequence) or len(names) != count

@@ -21,8 +21,9 @@ current stream. Importing this module imports torch; ``import fastgd`` does not.
 from __future__ import annotations
 
 import functools
+import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any
 
@@ -86,10 +87,11 @@ class _ByIndex:
 
 
 def _tensors(params: Any) -> list[Any]:
-    """A group's ``params`` as torch's ``add_param_group`` will hold them (names dropped)."""
+    """A group's ``params`` (a tensor, or a list) as torch's ``add_param_group`` will hold
+    them (names dropped)."""
     if isinstance(params, torch.Tensor):
         return [params]
-    if isinstance(params, (set, frozenset)) or not isinstance(params, Iterable):
+    if isinstance(params, set):
         return []  # (torch refuses them)
     return [p[1] if isinstance(p, tuple) and len(p) == 2 else p for p in params]
 
@@ -150,6 +152,8 @@ class Optimizer(torch.optim.Optimizer):
         (options; tensors that can be updated in place) before the group is added."""
         params: list[Param] = []
         if isinstance(param_group, dict) and "params" in param_group:
+            if not isinstance(param_group["params"], (torch.Tensor, set)):  # (an iterator:
+                param_group["params"] = list(param_group["params"])  # read it once)
             originals = _tensors(param_group["params"])
             if all(isinstance(p, torch.Tensor) for p in originals):
                 options = {**self.defaults, **param_group}
@@ -166,7 +170,7 @@ class Optimizer(torch.optim.Optimizer):
     def parameters(self) -> list[Any]:
         """Every parameter, in order, as a zero-copy array (NumPy, or Numba for GPU
         memory), as :meth:`fastgd.Optimizer.parameters` (for :func:`fastgd.save`)."""
-        return [p.view for p in self._engine.params]
+        return [p.view for p in self._engine.current()]
 
     def state_nbytes(self) -> int:
         """Bytes held by the optimizer state (every state tensor)."""
@@ -191,7 +195,10 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        grads = [p.grad for p in self._flat]
+        flat = [p for group in self.param_groups for p in group["params"]]
+        if len(flat) != len(self._flat) or any(map(operator.is_not, flat, self._flat)):
+            self._attach(flat)  # (a group's params list changed by hand, as torch allows)
+        grads = [p.grad for p in flat]
         info = self._engine.step(self.param_groups, self._indexed, grads, max_norm=max_norm,
                                  skip_if_nonfinite=skip_if_nonfinite, stream=self._stream())
         return loss if closure is not None else info
@@ -233,17 +240,24 @@ class Optimizer(torch.optim.Optimizer):
         for hook in self._optimizer_load_state_dict_post_hooks.values():
             hook(self)
 
+    def _attach(self, flat: list[Any]) -> None:
+        """Check every parameter of the groups (``flat``: all of them, in order) and step
+        them from now on (the engine starts afresh); nothing changes if one is refused."""
+        engine, params = self._engine, []
+        for group in self.param_groups:
+            params += engine.new_params(group["params"], {**self.defaults, **group},
+                                        first=len(params), others=params)
+        engine.params = params
+        engine.forget()
+        self._flat = flat
+        self._devices = {p.gpu for p in params}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "_engine" not in self.__dict__:  # (unpickled or copied: check the params again)
             self._engine = self._stepper()
             self._indexed = _ByIndex(self)
-            self._flat, self._devices = [], set()
-            for group in self.param_groups:
-                params = self._engine.new_params(group["params"], group)
-                self._engine.params += params
-                self._flat += group["params"]
-                self._devices |= {p.gpu for p in params}
+            self._attach([p for group in self.param_groups for p in group["params"]])
 
 
 class ScheduleFreeOptimizer(optim.ScheduleFree, Optimizer):

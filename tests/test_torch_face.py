@@ -447,3 +447,175 @@ def test_parameters_whose_memory_moves_are_followed_like_torch() -> None:
     weight.grad = torch.zeros(2, 2, dtype=weight.dtype)
     with pytest.raises(ValueError, match=r"params\[0\] changed"):
         opt.step()
+
+
+# -- what torch allows of groups, parameters and state dicts -------------------------------------
+
+def test_groups_from_iterators_and_frozensets_like_torch() -> None:
+    model = mlp()
+    opt = ft.Adam([{"params": model[0].parameters()},
+                   {"params": frozenset(model[2].parameters()), "lr": 0.5}], lr=0.1)
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    extra = torch.zeros(3, requires_grad=True)
+    opt.add_param_group({"params": iter([extra])})
+    one_batch(model)
+    extra.grad = torch.ones(3)
+    opt.step()
+    assert extra.abs().max() > 0 and len(opt.state) == 5
+    with pytest.raises(TypeError, match="ordered collections"):
+        opt.add_param_group({"params": {torch.zeros(2, requires_grad=True)}})
+
+
+def test_parameters_appended_to_a_group_are_stepped_like_torch() -> None:
+    models = [mlp(), mlp()]
+    extras = [torch.ones(4, dtype=torch.float64, requires_grad=True) for _ in models]
+    for model, extra, cls in zip(models, extras, (torch.optim.SGD, ft.SGD), strict=True):
+        opt = cls(model[0].parameters(), lr=0.1, momentum=0.9)
+
+        def append(t: int, opt: Any = opt, model: Any = model, extra: Any = extra) -> None:
+            if t == 2:
+                opt.param_groups[0]["params"] += [*model[2].parameters(), extra]
+
+        opt.register_step_pre_hook(  # (after zero_grad and backward)
+            lambda o, a, k, extra=extra: setattr(extra, "grad", torch.full_like(extra, 0.5)))
+        fit(model, opt, 5, before=append)
+    assert_same_parameters(*models)
+    assert_same_parameters(extras[:1], extras[1:])
+    assert not torch.equal(extras[1], torch.ones(4, dtype=torch.float64))
+
+
+def test_a_tensor_lr_changed_in_place_is_read_again() -> None:
+    models = [mlp(), mlp()]
+    for model, cls in zip(models, (torch.optim.Adam, ft.Adam), strict=True):
+        opt = cls(model.parameters(), lr=torch.tensor(0.01, dtype=torch.float64))
+        schedule = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)  # (fill_ on the lr)
+        fit(model, opt, 6, before=lambda t, s=schedule: s.step() if t else None)
+    assert_same_parameters(*models)
+
+
+def test_state_dict_with_empty_entries_other_ids_and_missing_later_switches() -> None:
+    """torch's loading rules: an entry never stepped (``{}``) is no state; the ids of the
+    saved groups name the parameters in order, whatever they are; switches torch added
+    later (``maximize``, ``decoupled_weight_decay``) default when a dict lacks them; a
+    fastgd dict has every option."""
+    model = mlp()
+    theirs = torch.optim.Adam(model.parameters(), lr=0.01)
+    one_batch(model)
+    model[2].bias.grad = None
+    theirs.step()
+    _ = theirs.state[model[2].bias]  # (an empty entry)
+    sd = copy.deepcopy(theirs.state_dict())
+    names = ["a", "b", "c", "d"]
+    sd["state"] = {names[k]: v for k, v in sd["state"].items()}
+    sd["param_groups"][0]["params"] = names
+    for key in ("maximize", "decoupled_weight_decay"):
+        del sd["param_groups"][0][key]
+    ours = ft.Adam(model.parameters())
+    ours.load_state_dict(sd)
+    assert set(ours.state) == {model[0].weight, model[0].bias, model[2].weight}
+    assert ours.param_groups[0]["maximize"] is False
+    for opt in (ours, theirs):
+        one_batch(model)
+        opt.step()
+    mine = ours.state_dict()
+    del mine["param_groups"][0]["maximize"]
+    with pytest.raises(ValueError, match="another optimizer"):
+        ft.Adam(model.parameters()).load_state_dict(mine)
+    sd["param_groups"][0]["params"] = ["a", "a", "c", "d"]
+    with pytest.raises(ValueError, match="'a'"):
+        ours.load_state_dict(sd)
+
+
+def test_torch_distributed_checkpoint_state_dict_round_trip() -> None:
+    """``torch.distributed.checkpoint.state_dict`` keys the state by parameter name."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    models = [mlp(), mlp()]
+    opts = [torch.optim.AdamW(models[0].parameters(), lr=0.01),
+            ft.AdamW(models[1].parameters(), lr=0.01)]
+    for model, opt in zip(models, opts, strict=True):
+        fit(model, opt, 3)
+        saved = get_optimizer_state_dict(model, opt)
+        assert saved["param_groups"][0]["params"][0] == "0.weight"
+        fresh = type(opt)(model.parameters(), lr=0.01)
+        set_optimizer_state_dict(model, fresh, copy.deepcopy(saved))
+        fit(model, fresh, 3)
+    assert_same_parameters(*models)
+
+
+def test_moved_parameters_are_saved_loaded_and_moved_where_they_are(tmp_path: Any) -> None:
+    p = torch.ones(3, requires_grad=True)
+    opt = ft.Adam([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    p.data = torch.zeros(3)
+    fastgd.save(tmp_path / "opt.npz", opt)
+    np.testing.assert_array_equal(opt.parameters()[0], np.zeros(3, np.float32))
+    p.data = torch.full((3,), 5.0)
+    fastgd.load(tmp_path / "opt.npz", opt)
+    assert torch.equal(p, torch.zeros(3))
+    z = torch.ones(3, requires_grad=True)
+    sf = ft.ScheduleFreeSGD([z], lr=0.1)
+    sf.train()
+    z.grad = torch.ones(3)
+    sf.step()
+    z.data = z.data.clone()
+    sf.eval()
+    reference = fastgd.ScheduleFreeSGD([torch.ones(3)], lr=0.1)
+    reference.train()
+    reference.step([torch.ones(3)])
+    reference.eval()
+    torch.testing.assert_close(z.detach(), torch.from_numpy(reference.parameters()[0]))
+
+
+def test_master_copy_left_behind_by_another_optimizer_is_renewed() -> None:
+    """A master copy that no longer rounds to its parameter (the parameter stepped by
+    torch.optim meanwhile, or with master_weights off) starts again from the parameter."""
+    p = torch.randn(16).bfloat16().requires_grad_()
+    ours = ft.AdamW([p], lr=0.1, master_weights=True)
+    theirs = torch.optim.AdamW([p], lr=0.1)
+    for opt in (ours, theirs, ours):
+        opt.load_state_dict(copy.deepcopy((theirs if opt is ours else ours).state_dict()))
+        for _ in range(5):
+            before = p.detach().float()
+            p.grad = torch.ones(16, dtype=torch.bfloat16)
+            opt.step()
+            step = (p.detach().float() - before).abs()
+            assert (step < 0.2).all() and (step > 0.02).all()  # (about lr: no jump back)
+    ours.param_groups[0]["master_weights"] = False
+    p.grad = torch.ones(16, dtype=torch.bfloat16)
+    ours.step()
+    assert "master_param" not in ours.state[p]
+    ours.param_groups[0]["master_weights"] = True
+    before = p.detach().float()
+    ours.step()
+    assert ((p.detach().float() - before).abs() < 0.2).all()
+
+
+@pytest.mark.parametrize("name", ["ScheduleFreeAdamW", "ScheduleFreeSGD"])
+def test_a_schedule_free_group_added_while_training_trains(name: str) -> None:
+    for module in (fastgd, ft):
+        a, b = torch.zeros(3, requires_grad=True), torch.zeros(2, requires_grad=True)
+        opt = getattr(module, name)([a])
+        opt.train()
+        opt.add_param_group({"params": [b]})
+        a.grad, b.grad = torch.ones(3), torch.ones(2)
+        opt.step()
+        assert b.abs().max() > 0
+
+
+def test_checkpoint_of_a_tensor_lr_and_of_scheduler_options(tmp_path: Any) -> None:
+    """``fastgd.save`` keeps a tensor ``lr`` as its number and the options torch's
+    schedulers add to the groups; ``fastgd.load`` restores them."""
+    model = mlp()
+    opt = ft.SGD(model.parameters(), lr=torch.tensor(0.1), momentum=0.9)
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=10)
+    fit(model, opt, 2)
+    fastgd.save(tmp_path / "opt.npz", opt)
+    fresh = ft.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fastgd.load(tmp_path / "opt.npz", fresh)
+    assert fresh.param_groups[0]["max_lr"] == 0.5
+    assert fresh.param_groups[0]["lr"] == pytest.approx(float(opt.param_groups[0]["lr"]))

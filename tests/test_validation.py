@@ -1413,3 +1413,24 @@ def test_one_parameter_per_group_gradients_flat_or_per_group():
         twin.step(grads)                          # one flat list
     for p, q in zip(params, twin_params, strict=True):
         assert np.array_equal(p, q)
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "Lion"])
+def test_a_bad_state_array_of_a_later_launch_refuses_the_whole_step(name):
+    """Every launch's state arrays are checked before the first launch runs: a state array
+    of the wrong dtype in the second group leaves the first group untouched too."""
+    params = [np.ones(5), np.ones(3)]
+    opt = cases.optimizer_class(name)([{"params": params[:1]},
+                                       {"params": params[1:], "lr": 0.5}],
+                                      **({"momentum": 0.9} if name == "SGD" else {}))
+    grads = [np.ones(5), np.ones(3)]
+    opt.step(grads)
+    state = ALGORITHMS[name].states[0].name
+    opt.state[1][state] = np.zeros(3, np.float32)  # (the parameter is float64)
+    before = copy.deepcopy((params, opt.state))
+    with pytest.raises(TypeError, match=r"state\[1\]"):
+        opt.step(grads)
+    for a, b in zip(params, before[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(opt.state[0][state], before[1][0][state])
+    assert opt.state[0]["step"] == 1
