@@ -893,12 +893,25 @@ class _Plan(NamedTuple):
     idle: tuple[int, ...]  # the parameters without a gradient
 
 
+#: option types compared as they are
+_PLAIN = frozenset({float, int, bool, str, type(None)})
+
+
 def _option_values(group: Mapping[str, Any]) -> dict[str, Any]:
-    """A group's options to compare with those of the last step: an array or tensor by its
-    values (one changed in place, as torch's schedulers change a tensor ``lr``, is a changed
-    option)."""
-    return {k: v.tolist() if is_torch(v) or isinstance(v, np.ndarray) else v
-            for k, v in group.items() if k != "params"}
+    """A group's options to compare with those of the last step, by value: an option
+    changed in place (a tensor ``lr`` filled by torch's schedulers, a list of ``betas``
+    assigned to) is a changed option."""
+    return {k: v if type(v) in _PLAIN else _value(v) for k, v in group.items()
+            if k != "params"}
+
+
+def _value(option: Any) -> Any:
+    """An option as values: arrays and tensors as lists, lists and tuples as tuples."""
+    if is_torch(option) or isinstance(option, np.ndarray):
+        return option.tolist()
+    if isinstance(option, (list, tuple)):
+        return tuple(v if type(v) in _PLAIN else _value(v) for v in option)
+    return option
 
 
 class Stepper:
@@ -923,8 +936,8 @@ class Stepper:
         self._checked: dict[int, tuple[Any, ...]] = {}
         self._plan: _Plan | None = None
         self._simple = algorithm.inputs == ("step",)
-        #: whether the next step checks that each master copy rounds to its parameter
-        self._check_masters = False
+        #: the parameters whose master copies were checked since the state was replaced
+        self._masters_checked: set[int] = set()
 
     def new_params(self, originals: Sequence[Any], group: Mapping[str, Any],
                    first: int | None = None, others: list[Param] | None = None
@@ -982,14 +995,28 @@ class Stepper:
             state = "sbf16sr"
         return join_storage(param.storage, "master" if master else "", state)
 
-    def forget(self) -> None:
-        """Drop what is kept between steps (after the state was replaced: the next step
-        also checks that each master copy still rounds to its parameter)."""
+    def forget(self, state: bool = True) -> None:
+        """Drop what is kept between steps (after the parameters moved; with ``state``, after
+        the state was replaced: each master copy is then checked again before its next use,
+        :meth:`current_master`)."""
         self._options.clear()
         self._units.clear()
         self._checked.clear()
         self._plan = None
-        self._check_masters = True
+        if state:
+            self._masters_checked.clear()
+
+    def current_master(self, index: int, entry: dict[str, Any], param: Param) -> None:
+        """Make parameter ``index``'s master copy (in its state ``entry``) current: made from
+        the parameter if there is none, or if it no longer rounds to the parameter (which
+        was changed without it: stepped by another optimizer, or by hand), checked once
+        after the state was replaced."""
+        if "master_param" not in entry or (index not in self._masters_checked and not (
+                rounds_to(entry["master_param"], param))):
+            entry["master_param"] = from_host(param.view, param.view, np.float32)
+            if self.adopt is not None:
+                self.adopt(entry, param)
+        self._masters_checked.add(index)
 
     def _group_options(self, index: int, group: Mapping[str, Any], t: int
                        ) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -1149,14 +1176,14 @@ class Stepper:
         return self.params
 
     def _moved(self, index: int) -> Param:
-        """Parameter ``index`` checked again where its memory now is (same shape and dtype:
-        its state still applies)."""
+        """Parameter ``index`` checked again where its memory now is (and as it now is: its
+        state, if any, is checked against it before the next step uses it)."""
         param = self.params[index]
         moved = Param(param.original, f"params[{index}]")
-        if moved.shape != param.shape or moved.dtype != param.dtype:
-            param.recheck(param.original, index)  # (refused)
+        if self.algorithm.matrices:
+            check_matrix(self.algorithm, moved.shape, f"params[{index}]")
         check_disjoint(self.params[:index] + [moved] + self.params[index + 1:])
-        self.forget()  # (the launches of the last steps hold its old address)
+        self.forget(state=False)  # (the launches of the last steps hold its old address)
         self.params[index] = moved
         return moved
 
@@ -1198,22 +1225,56 @@ class Stepper:
     def _launch(self, work: list[_Work], state: dict[int, dict[str, Any]], stream: Any
                 ) -> list[_Unit]:
         """Create missing state, then run the tensors of each group that share dtype,
-        device, storage format and scalars as one launch each; returns the launches."""
-        spec = self.algorithm.spec
+        device, storage format and scalars as one launch each; returns the launches. Every
+        launch's arrays are checked before the first runs; if one is refused, the state is
+        left as it was."""
         for w in work:  # (before any state is made or converted)
             param = self.params[w.index]
             check_state_precision(w.options["state_precision"], param.view,
                                   f"params[{w.index}]")
+        before = {w.index: dict(state.get(w.index) or {}) for w in work}
+        checked = set(self._masters_checked)
+        try:  # (state made, then every launch's arrays checked; or all of it undone)
+            batches = self._make_state(work, state)
+            if self.algorithm.two_phase is not None:
+                kept = [self._two_phase_state(w, state[w.index]) for w in work]
+                if self.algorithm.two_phase.direction is not None:
+                    for w in work:
+                        orthogonalize.require(self.params[w.index].view)
+            else:
+                units = [(self._unit(items, state, fmt, items[0].scalars.present), items)
+                         for (_, _, _, fmt, _), items in batches.items()]
+        except BaseException:
+            for index, old in before.items():
+                entry = state.get(index)
+                if entry is not None:
+                    entry.clear()
+                    entry.update(old)
+            self._masters_checked = checked
+            raise
+        if self.algorithm.two_phase is not None:
+            self._run_two_phase(work, kept, batches, stream)
+            return []
+        for unit, items in units:
+            unit.launch(items[0].scalars, [w.address for w in items], stream,
+                        (items[0].options["rounding_seed"], items[0].step))
+        return [unit for unit, _ in units]
+
+    def _make_state(self, work: list[_Work], state: dict[int, dict[str, Any]]
+                    ) -> dict[tuple[Any, ...], list[_Work]]:
+        """Create the missing state of the step's parameters (or convert it to their
+        groups' precision); the tensors of each launch: those that share group, dtype,
+        device, storage format and scalars."""
+        spec = self.algorithm.spec
         batches: dict[tuple[Any, ...], list[_Work]] = {}
         for w in work:
             param = self.params[w.index]
             entry = state.setdefault(w.index, {})
             fmt = self.storage_format(param, w.options)
-            if not split_storage(fmt)[1]:
+            if split_storage(fmt)[1]:
+                self.current_master(w.index, entry, param)
+            else:
                 entry.pop("master_param", None)  # (stale once the parameter steps alone)
-            elif "master_param" not in entry or (self._check_masters and not rounds_to(
-                    entry["master_param"], param)):  # (the parameter changed without it)
-                entry["master_param"] = from_host(param.view, param.view, np.float32)
             precision = self.precision(param, w.options)
             for name in self.algorithm.arrays(w.scalars.present, param.view.ndim):
                 if name in self.algorithm.factored:
@@ -1227,36 +1288,23 @@ class Stepper:
                 if name not in entry:
                     value = self.algorithm.initial_value(name, w.options)
                     if value is None:  # (a copy of the parameter, or of its master copy)
-                        value = entry.get("master_param", param.view)
+                        value = plain(entry.get("master_param", param.view))
                     entry.update(lowbit.make(param.view, name, value, target, quantized))
                 elif lowbit.form_of(entry, name, param.view) not in (None, target):
                     lowbit.convert(entry, name, param.view, target, quantized)  # (changed)
             if self.adopt is not None:
                 self.adopt(entry, param)
             batches.setdefault((w.group, param.dtype, param.gpu, fmt, w.key), []).append(w)
-        self._check_masters = False
-        if self.algorithm.two_phase is not None:
-            self._run_two_phase(work, state, batches, stream)
-            return []
-        # (every launch made, so every state array checked, before the first runs)
-        units = [(self._unit(items, state, fmt, items[0].scalars.present), items)
-                 for (_, _, _, fmt, _), items in batches.items()]
-        for unit, items in units:
-            unit.launch(items[0].scalars, [w.address for w in items], stream,
-                        (items[0].options["rounding_seed"], items[0].step))
-        return [unit for unit, _ in units]
+        return batches
 
-    def _run_two_phase(self, work: list[_Work], state: dict[int, dict[str, Any]],
+    def _run_two_phase(self, work: list[_Work], kept: list[tuple[Any, ...]],
                        batches: Mapping[tuple[Any, ...], list[_Work]], stream: Any) -> None:
-        """A two-phase step: every tensor checked first; then host tensors batch by batch
-        (each pass one parallel region over the batch), GPU tensors and lone host tensors
-        one by one (the same sums and results: the chunks of the sums are the same)."""
-        kept = [self._two_phase_state(w, state[w.index]) for w in work]  # (all checked)
+        """A two-phase step (every tensor checked: ``kept``, :meth:`_two_phase_state`): host
+        tensors batch by batch (each pass one parallel region over the batch), GPU tensors
+        and lone host tensors one by one (the same sums and results: the chunks of the sums
+        are the same)."""
         kept_of = {w.index: k for w, k in zip(work, kept, strict=True)}
         algorithm = self.algorithm
-        if algorithm.two_phase.direction is not None:
-            for w in work:
-                orthogonalize.require(self.params[w.index].view)
         for (_, dtype, gpu, fmt, _), items in batches.items():
             factored = [w for w in items if algorithm.factored
                         and self.params[w.index].view.ndim >= 2]

@@ -147,7 +147,11 @@ class Optimizer:
     def parameters(self) -> list[Any]:
         """Every parameter, in order, as a zero-copy array (a NumPy array, or a Numba
         device array for GPU memory)."""
-        return [p.view for p in self._engine.params]
+        return [p.view for p in self._current()]
+
+    def _current(self) -> list[Param]:
+        """The checked parameters, as they are now."""
+        return self._engine.current()
 
     # -- stepping -----------------------------------------------------------------------------
     def step(self, grads: Any = None, *, max_norm: float | None = None,
@@ -330,9 +334,8 @@ class ScheduleFree:
     def add_param_group(self, param_group: Any) -> None:
         """Add a group (see the base class); it starts in the optimizer's mode."""
         modes = {group["train_mode"] for group in self.param_groups}
-        if len(modes) == 1 and isinstance(param_group, Mapping) and (
-                "train_mode" not in param_group):
-            param_group = {**param_group, "train_mode": modes.pop()}
+        if len(modes) == 1 and isinstance(param_group, dict):
+            param_group.setdefault("train_mode", modes.pop())
         super().add_param_group(param_group)  # type: ignore[misc]
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -374,7 +377,7 @@ class ScheduleFree:
         self._move(False, stream)
 
     def _move(self, train: bool, stream: Any) -> None:
-        params, start, moves = self._engine.current(), 0, []
+        params, start, moves = self._current(), 0, []
         for group in self.param_groups:  # (every group checked before any is moved)
             count = len(group["params"])
             if group["train_mode"] != train:
@@ -393,12 +396,14 @@ class ScheduleFree:
         for group in self.param_groups:
             group["train_mode"] = train
 
-    def _points(self, index: int, entry: Mapping[str, Any], options: Mapping[str, Any]
+    def _points(self, index: int, entry: dict[str, Any], options: Mapping[str, Any]
                 ) -> tuple[Param | None, Param]:
         """The checked master copy (if the group's parameters have one: it holds the
         point) and ``z`` of parameter ``index``."""
         param = self._engine.params[index]
         keeps = split_storage(self._engine.storage_format(param, options))[1]
+        if keeps and "master_param" in entry:  # (renewed if the parameter changed alone)
+            self._engine.current_master(index, entry, param)
         master = entry.get("master_param") if keeps else None
         return (None if master is None else state_array(
                     param, master, f"state[{index}]['master_param']",

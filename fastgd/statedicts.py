@@ -62,7 +62,7 @@ def check(engine: Stepper, groups: Sequence[Mapping[str, Any]], state_dict: Any,
         updates.append(checked_group(engine.algorithm, i, saved, group, foreign_options))
         options += [engine.check_options({**group, **updates[-1]})] * len(
             group["params"])
-        for key in saved["params"]:  # (the saved ids name the parameters in order)
+        for key in list(saved["params"]):  # (the saved ids name the parameters in order)
             if isinstance(key, bool) or not isinstance(key, Hashable) or key in positions:
                 raise ValueError(f"param_groups[{i}]['params'] holds {key!r}, not the id of "
                                  "another parameter")
@@ -72,8 +72,8 @@ def check(engine: Stepper, groups: Sequence[Mapping[str, Any]], state_dict: Any,
     new_state = {}
     for key, entry in entries.items():
         index = state_index(key, positions)
-        if isinstance(entry, Mapping) and not entry:  # (looked up, never stepped)
-            continue
+        if isinstance(entry, Mapping) and all(v is None for v in entry.values()):
+            continue  # (looked up, never stepped: {}, or torch 1.x SGD's momentum_buffer=None)
         new_state[index] = checked_state(engine, index, entry, from_torch, options[index])
     return updates, new_state
 
@@ -124,8 +124,9 @@ def checked_group(algorithm: Algorithm, i: int, saved: Any, group: Mapping[str, 
                          f"{sorted(allowed | {'params'})} (a state dict of another "
                          "optimizer?)")
     count = len(group["params"])
-    if isinstance(saved["params"], (str, bytes)) or not isinstance(saved["params"], Sequence) \
-            or len(saved["params"]) != count:
+    ids = saved.get("params")
+    if not isinstance(ids, (Sequence, np.ndarray)) or isinstance(ids, (str, bytes)) or (
+            len(ids) != count):
         raise ValueError(f"param_groups[{i}] holds {saved['params']!r}, the ids of "
                          f"{count} parameters expected")
     for name, value in algorithm.fixed.items():

@@ -110,6 +110,7 @@ class Optimizer(torch.optim.Optimizer):
         self._engine.check_options(defaults)
         self._indexed = _ByIndex(self)
         self._flat: list[torch.Tensor] = []
+        self._counts: list[int] = []  # (the parameters of each group)
         self._devices: set[int | None] = set()
         super().__init__(params, dict(defaults))
 
@@ -165,12 +166,22 @@ class Optimizer(torch.optim.Optimizer):
             raise TypeError("fastgd.torch optimizers take torch tensors")
         self._engine.params += params
         self._flat += param_group["params"]
+        self._counts.append(len(params))
         self._devices |= {p.gpu for p in params}  # (None: the host)
 
     def parameters(self) -> list[Any]:
         """Every parameter, in order, as a zero-copy array (NumPy, or Numba for GPU
         memory), as :meth:`fastgd.Optimizer.parameters` (for :func:`fastgd.save`)."""
-        return [p.view for p in self._engine.current()]
+        return [p.view for p in self._current()]
+
+    def _current(self) -> list[Param]:
+        """The checked parameters, as the groups now hold them and where their memory now
+        is (torch lets both change between steps)."""
+        flat = [p for group in self.param_groups for p in group["params"]]
+        counts = [len(group["params"]) for group in self.param_groups]
+        if counts != self._counts or any(map(operator.is_not, flat, self._flat)):
+            self._attach(flat)  # (a group's params list changed by hand, as torch allows)
+        return self._engine.current()
 
     def state_nbytes(self) -> int:
         """Bytes held by the optimizer state (every state tensor)."""
@@ -195,10 +206,8 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        flat = [p for group in self.param_groups for p in group["params"]]
-        if len(flat) != len(self._flat) or any(map(operator.is_not, flat, self._flat)):
-            self._attach(flat)  # (a group's params list changed by hand, as torch allows)
-        grads = [p.grad for p in flat]
+        self._current()
+        grads = [p.grad for p in self._flat]
         info = self._engine.step(self.param_groups, self._indexed, grads, max_norm=max_norm,
                                  skip_if_nonfinite=skip_if_nonfinite, stream=self._stream())
         return loss if closure is not None else info
@@ -226,6 +235,7 @@ class Optimizer(torch.optim.Optimizer):
             result = hook(self, state_dict)
             if result is not None:
                 state_dict = result
+        self._current()
         updates, by_index = statedicts.check(self._engine, self.param_groups, state_dict,
                                              foreign_options=True)
         state: defaultdict[torch.Tensor, dict[str, Any]] = defaultdict(dict)
@@ -248,8 +258,9 @@ class Optimizer(torch.optim.Optimizer):
             params += engine.new_params(group["params"], {**self.defaults, **group},
                                         first=len(params), others=params)
         engine.params = params
-        engine.forget()
+        engine.forget(state=False)
         self._flat = flat
+        self._counts = [len(group["params"]) for group in self.param_groups]
         self._devices = {p.gpu for p in params}
 
     def __setstate__(self, state: dict[str, Any]) -> None:

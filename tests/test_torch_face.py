@@ -428,7 +428,8 @@ def test_mismatched_state_dicts_refused_with_nothing_changed() -> None:
 
 def test_parameters_whose_memory_moves_are_followed_like_torch() -> None:
     """``p.data = ...`` (as ZeRO's bucket views do) moves a parameter: torch.optim steps it
-    where it now is, and so does fastgd.torch; a new shape is refused."""
+    where it now is, and so does fastgd.torch; a new shape that its state does not fit is
+    refused, naming the state, with nothing changed."""
     def move(t: int, model: Any) -> None:
         if t == 3:
             with torch.no_grad():
@@ -445,8 +446,10 @@ def test_parameters_whose_memory_moves_are_followed_like_torch() -> None:
     weight = model[0].weight
     weight.data = torch.zeros(2, 2, dtype=weight.dtype)
     weight.grad = torch.zeros(2, 2, dtype=weight.dtype)
-    with pytest.raises(ValueError, match=r"params\[0\] changed"):
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape"):
         opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 # -- what torch allows of groups, parameters and state dicts -------------------------------------
@@ -619,3 +622,97 @@ def test_checkpoint_of_a_tensor_lr_and_of_scheduler_options(tmp_path: Any) -> No
     fastgd.load(tmp_path / "opt.npz", fresh)
     assert fresh.param_groups[0]["max_lr"] == 0.5
     assert fresh.param_groups[0]["lr"] == pytest.approx(float(opt.param_groups[0]["lr"]))
+
+
+def test_groups_regrouped_or_grown_by_hand_load_and_step_like_torch() -> None:
+    """Changes to the groups' params lists reach every method, not only ``step``."""
+    start = [torch.randn(3, dtype=torch.float64) for _ in range(3)]
+    saved = torch.optim.Adam([{"params": [t.clone().requires_grad_() for t in start]}], lr=0.1)
+    for i, t in enumerate(saved.param_groups[0]["params"]):
+        t.grad = torch.full((3,), float(i + 1), dtype=torch.float64)
+    saved.step()
+    sd = saved.state_dict()
+    results = []
+    for cls in (torch.optim.Adam, ft.Adam):
+        a, b, c = (t.clone().requires_grad_() for t in start)
+        opt = cls([{"params": [a, c]}], lr=0.1)
+        opt.param_groups[0]["params"].insert(1, b)  # (by hand, before the load)
+        opt.load_state_dict(copy.deepcopy(sd))
+        assert set(opt.state) == {a, b, c}
+        group = opt.param_groups[0]  # (the same parameters, in two groups now)
+        opt.param_groups[:] = [{**group, "params": [a, b]}, {**group, "params": [c], "lr": 0.5}]
+        for t in (a, b, c):
+            t.grad = torch.ones(3, dtype=torch.float64)
+        opt.step()
+        results.append([a, b, c])
+    assert_same_parameters(*results)
+    assert len(opt.parameters()) == 3
+
+
+def test_a_refused_step_leaves_the_state_as_it_was() -> None:
+    p1 = torch.zeros(4, requires_grad=True)
+    p2 = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    for cls in (ft.Adam, fastgd.Adam):
+        opt = cls([p1, p2], lr=0.1)
+        state = opt.state[p2] if cls is ft.Adam else opt.state.setdefault(1, {})
+        state.update(step=1, exp_avg=torch.zeros(4), exp_avg_sq=torch.zeros(4))
+        p1.grad, p2.grad = torch.ones(4), torch.ones(4, dtype=torch.float64)
+        with pytest.raises(TypeError, match=r"state\[1\]"):
+            opt.step()
+        first = opt.state.get(p1 if cls is ft.Adam else 0)
+        assert not first and not p1.any()
+        state.clear()
+        opt.step()
+        assert (p1 < 0).all()
+        p1.data.zero_()
+
+
+def test_options_changed_in_place_inside_a_tuple() -> None:
+    models = [mlp(), mlp()]
+    for model, cls in zip(models, (torch.optim.Adam, ft.Adam), strict=True):
+        betas = tuple(torch.tensor(b, dtype=torch.float64) for b in (0.9, 0.999))
+        opt = cls(model.parameters(), lr=0.01, betas=betas)
+        fit(model, opt, 6, before=lambda t, b=betas: b[0].fill_(0.9 - 0.1 * t))
+    assert_same_parameters(*models)
+
+
+def test_an_idle_parameters_stale_master_copy_is_renewed_when_it_steps() -> None:
+    p, q = (torch.randn(16).bfloat16().requires_grad_() for _ in range(2))
+    ours = ft.AdamW([p, q], lr=0.1, master_weights=True)
+    theirs = torch.optim.AdamW([p, q], lr=0.1)
+    p.grad, q.grad = torch.ones(16, dtype=torch.bfloat16), torch.ones(16, dtype=torch.bfloat16)
+    for opt in (ours, theirs):
+        opt.load_state_dict(copy.deepcopy((theirs if opt is ours else ours).state_dict()))
+        for _ in range(3):
+            opt.step()
+    ours.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    grad = q.grad
+    q.grad = None
+    ours.step()  # (q idle)
+    q.grad, before = grad, q.detach().float()
+    ours.step()
+    assert ((q.detach().float() - before).abs() < 0.2).all()
+
+
+def test_torch_1x_sgd_dicts_and_ids_as_arrays_load() -> None:
+    model = mlp()
+    opt = ft.SGD(model.parameters(), lr=0.1)
+    sd = {"state": {i: {"momentum_buffer": None} for i in range(4)},
+          "param_groups": [{"lr": 0.05, "momentum": 0, "dampening": 0, "weight_decay": 0,
+                            "nesterov": False, "params": np.arange(4)}]}
+    opt.load_state_dict(sd)
+    assert dict(opt.state) == {} and opt.param_groups[0]["lr"] == 0.05
+
+
+def test_schedule_free_eval_renews_a_master_copy_left_behind() -> None:
+    p = torch.zeros(8).bfloat16().requires_grad_()
+    opt = ft.ScheduleFreeAdamW([p], lr=0.01, master_weights=True)
+    opt.train()
+    for _ in range(3):
+        p.grad = torch.ones(8, dtype=torch.bfloat16)
+        opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    p.data.fill_(5.0)  # (changed without the optimizer)
+    opt.load_state_dict(sd)
+    opt.eval()
+    assert ((p.float() - 5.0).abs() < 1.0).all()  # (x = (y - (1 - beta) z) / beta, from y = 5)
