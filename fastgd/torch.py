@@ -177,11 +177,16 @@ class Optimizer(torch.optim.Optimizer):
     def _current(self) -> list[Param]:
         """The checked parameters, as the groups now hold them and where their memory now
         is (torch lets both change between steps)."""
+        self._regroup()
+        return self._engine.current()
+
+    def _regroup(self) -> None:
+        """Take the groups' params lists as they are now (changed by hand, as torch
+        allows)."""
         flat = [p for group in self.param_groups for p in group["params"]]
         counts = [len(group["params"]) for group in self.param_groups]
         if counts != self._counts or any(map(operator.is_not, flat, self._flat)):
-            self._attach(flat)  # (a group's params list changed by hand, as torch allows)
-        return self._engine.current()
+            self._attach(flat)
 
     def state_nbytes(self) -> int:
         """Bytes held by the optimizer state (every state tensor)."""
@@ -206,7 +211,7 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._current()
+        self._regroup()  # (the engine follows parameters whose memory moved)
         grads = [p.grad for p in self._flat]
         info = self._engine.step(self.param_groups, self._indexed, grads, max_norm=max_norm,
                                  skip_if_nonfinite=skip_if_nonfinite, stream=self._stream())
