@@ -101,6 +101,16 @@ def _torch_bfloat16_view(x: Any, name: str) -> np.ndarray:
                         ) from None
 
 
+def torch_view(arr: np.ndarray) -> Any:
+    """A torch CPU tensor over a NumPy array's memory, without a copy (bfloat16 ones
+    through their bits): the inverse of :func:`as_ndarray` on a torch tensor."""
+    import torch
+
+    if storage(arr) == "bf16":
+        return torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(arr)
+
+
 def as_device_array(x: Any, name: str, *, writable: bool, codes: bool = False) -> Any:
     """Zero-copy Numba device-array view of a CUDA array (Numba, CuPy, torch CUDA);
     ``codes``: uint8 is accepted too (8-bit state)."""

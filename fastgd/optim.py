@@ -46,8 +46,8 @@ from fastgd.arrays import (
     is_array,
     is_torch,
     state_dtype,
-    storage,
     to_host,
+    torch_view,
 )
 from fastgd.engine import Param, StepInfo, Stepper, move_point, state_array
 from fastgd.hyperparams import number
@@ -271,14 +271,7 @@ class Optimizer:
     @staticmethod
     def _export(value: Any, param: Param) -> Any:
         host = to_host(value)
-        if param.torch is None:
-            return host
-        import torch
-
-        if storage(host) == "bf16":
-            return torch.from_numpy(host.view(np.int16)).view(torch.bfloat16).to(
-                param.torch[3])
-        return torch.from_numpy(host).to(param.torch[3])
+        return host if param.torch is None else torch_view(host).to(param.torch[3])
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`, or a ``torch.optim`` state dict of the same

@@ -106,10 +106,9 @@ def checked_group(algorithm: Algorithm, i: int, saved: Any, group: Mapping[str, 
     """The options of saved group ``i`` to apply to ``group``, checked. Every
     hyperparameter must be there, but for the :data:`LATER_SWITCHES` a dict of an older
     torch lacks: they take their defaults, as torch fills them in (fastgd's dicts, which
-    hold its class options, have every option). ``foreign_options``:
-    options the optimizer does not know (not hyperparameters of another algorithm), such
-    as a torch scheduler's ``initial_lr``, are kept, as torch keeps them; otherwise they
-    are refused."""
+    hold its class options, have every option). ``foreign_options``: options the optimizer
+    does not know (not hyperparameters of another algorithm), such as a torch scheduler's
+    ``initial_lr``, are kept, as torch keeps them; otherwise they are refused."""
     if not isinstance(saved, Mapping):
         raise TypeError(f"param_groups[{i}] must be a dict")
     keys = set(saved) - TORCH_IMPLEMENTATION_OPTIONS - {"params", "param_names"}

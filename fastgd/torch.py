@@ -27,13 +27,12 @@ from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any
 
-import numpy as np
 import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from fastgd import optim, statedicts
 from fastgd.algorithms import ALGORITHMS, Algorithm
-from fastgd.arrays import is_device, is_torch, storage
+from fastgd.arrays import is_device, is_torch, torch_view
 from fastgd.engine import Param, StepInfo, Stepper
 
 
@@ -44,9 +43,7 @@ def as_tensor(array: Any, device: torch.device) -> torch.Tensor:
         return array
     if is_device(array):
         return torch.as_tensor(array, device=device)
-    if storage(array) == "bf16":
-        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
+    return torch_view(array)
 
 
 def _adopt(entry: dict[str, Any], param: Param) -> None:
@@ -111,7 +108,6 @@ class Optimizer(torch.optim.Optimizer):
         self._indexed = _ByIndex(self)
         self._flat: list[torch.Tensor] = []
         self._counts: list[int] = []  # (the parameters of each group)
-        self._devices: set[int | None] = set()
         super().__init__(params, dict(defaults))
 
     @staticmethod
@@ -160,14 +156,11 @@ class Optimizer(torch.optim.Optimizer):
                 options = {**self.defaults, **param_group}
                 self._engine.check_options(options)
                 params = self._engine.new_params(originals, options)
-        super().add_param_group(param_group)  # (torch's checks, then the group is added)
-        if len(params) != len(param_group["params"]):  # (not reached: torch refuses them)
-            self.param_groups.pop()
-            raise TypeError("fastgd.torch optimizers take torch tensors")
+        # (torch's checks, which refuse what was not checked above; then the group is added)
+        super().add_param_group(param_group)
         self._engine.params += params
         self._flat += param_group["params"]
         self._counts.append(len(params))
-        self._devices |= {p.gpu for p in params}  # (None: the host)
 
     def parameters(self) -> list[Any]:
         """Every parameter, in order, as a zero-copy array (NumPy, or Numba for GPU
@@ -220,9 +213,7 @@ class Optimizer(torch.optim.Optimizer):
     def _stream(self) -> Any:
         """torch's current CUDA stream, where the parameters are CUDA tensors on one device
         and it is not the default stream (which the kernels use anyway)."""
-        if self._devices == {None}:  # (host parameters, as they were added)
-            return None
-        devices = {p.gpu for p in self._engine.params}  # (as they are now)
+        devices = {p.gpu for p in self._engine.params}
         if len(devices) != 1 or None in devices:
             return None
         stream = torch.cuda.current_stream(devices.pop())
@@ -266,7 +257,6 @@ class Optimizer(torch.optim.Optimizer):
         engine.forget(state=False)
         self._flat = flat
         self._counts = [len(group["params"]) for group in self.param_groups]
-        self._devices = {p.gpu for p in params}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
