@@ -43,7 +43,9 @@ from fastgd.kernelgen import (
     array_args,
     check_names,
     computes_in_float32,
+    OUT,
     join_storage,
+    out_of_place,
     rule_call,
     scalar_args,
     split_storage,
@@ -276,18 +278,21 @@ def eight_bit_source(spec: RuleSpec, present: tuple[str, ...], storage: str) -> 
     runs the variant's full-precision element loop on the block (the same rule, the same
     float32 arithmetic) and encodes the scratch arrays back, each with its new absmax.
     ``__parallel`` gives the threads runs of 64 blocks; ``__run`` steps the tensors of an
-    address table one after the other (each large one over all threads)."""
+    address table one after the other (each large one over all threads). Out of place, the
+    blocks are decoded from the state's arrays and encoded into its ``out_`` arrays."""
     from fastgd.quantization import BLOCK_SIZE
 
     name = kernel_name(spec, present, storage)
     low, master, _ = split_storage(storage)
+    out = "out_" if out_of_place(storage) else ""
     arrays = array_args(spec, present, storage)
     scalars = ["coefficients", *spec.flags]
     quantized = [s for s in spec.present_states(present) if spec.quantized(s)]
     signed = {s: spec.quantized(s) == "signed" for s in quantized}
-    full_precision = join_storage(low, "master" if master else "")
-    inner = [f"{a}_block[:hi - lo]" if a in quantized else f"{a}[lo:hi]"
-             for a in array_args(spec, present, full_precision)]
+    full_precision = join_storage(low, "master" if master else "", OUT if out else "")
+    # (out of place, the block's scratch array is both the state read and the one written)
+    inner = [f"{a.removeprefix(out)}_block[:hi - lo]" if a.removeprefix(out) in quantized
+             else f"{a}[lo:hi]" for a in array_args(spec, present, full_precision)]
     task = 64 * BLOCK_SIZE
     sliced = [f"{a}[lo // {BLOCK_SIZE}:(hi + {BLOCK_SIZE - 1}) // {BLOCK_SIZE}]"
               if a.endswith(ABSMAX) else f"{a}[lo:hi]" for a in arrays]
@@ -299,8 +304,8 @@ def eight_bit_source(spec: RuleSpec, present: tuple[str, ...], storage: str) -> 
                                for s in quantized] or ["pass"]),
         decode="\n        ".join(f"decode_block({s}[lo:hi], {s}{ABSMAX}[b], "
                                   f"{s}_block[:hi - lo], {signed[s]})" for s in quantized),
-        encode="\n        ".join(f"{s}{ABSMAX}[b] = encode_block({s}_block[:hi - lo], "
-                                  f"{s}[lo:hi], {signed[s]})" for s in quantized),
+        encode="\n        ".join(f"{out}{s}{ABSMAX}[b] = encode_block({s}_block[:hi - lo], "
+                                  f"{out}{s}[lo:hi], {signed[s]})" for s in quantized),
         inner_args=", ".join(inner + scalars), sliced=", ".join(sliced + scalars),
         scalars=", ".join(scalars), views=table_views(arrays, 8),
         arrays=", ".join(arrays))
@@ -544,6 +549,7 @@ def likes(spec: RuleSpec, present: tuple[str, ...], storage: str, dtype: Any
     empty["grad"] = empty["param"]
     result = []
     for name in array_args(spec, present, storage):
+        name = name.removeprefix("out_")  # (an out array has the dtype of its array)
         if name in empty:
             result.append(empty[name])
         elif name.endswith(ABSMAX):

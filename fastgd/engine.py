@@ -49,6 +49,7 @@ from fastgd.arrays import (
     kernel_view,
     memory_order,
     on_device_of,
+    shares_memory,
     on_gpu,
     plain,
     same_layout_address,
@@ -59,6 +60,7 @@ from fastgd.arrays import (
 from fastgd.halfprec import to_float32
 from fastgd.hyperparams import Flag, Parts, integer, learning_rate, number, step_count
 from fastgd.kernelgen import (
+    OUT,
     STATE_STORAGE,
     array_args,
     computes_in_float32,
@@ -159,11 +161,11 @@ def check_inputs(algorithm: Algorithm, values: Sequence[Any]) -> dict[str, Any]:
 
 # -- the functional face: one parameter, explicit state -----------------------------------------
 
-def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
-            ) -> tuple[list[Any], str, tuple[tuple[int, ...], str]]:
-    """Check ``param``, ``grad`` and the state arrays; return their flat kernel views in
-    order, the storage format of the kernel (:mod:`fastgd.kernelgen`), and the parameter's
-    shape and memory order.
+def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any,
+            writable: bool = True) -> tuple[list[Any], str, tuple[tuple[int, ...], str]]:
+    """Check ``param``, ``grad`` and the state arrays (``writable``: those but ``grad``
+    must be); return their flat kernel views in order, the storage format of the kernel
+    (:mod:`fastgd.kernelgen`), and the parameter's shape and memory order.
 
     Host arrays give NumPy views, GPU arrays Numba device-array views. State arrays have
     :func:`~fastgd.arrays.state_dtype`, all of them: full precision, or bfloat16 for a
@@ -180,8 +182,8 @@ def prepare(param: Any, grad: Any, states: Mapping[str, Any], spec: Any
     for name, value in inputs.items():  # a host/GPU mix is refused before any conversion
         if is_device(value) != device:
             as_array(value, name, writable=False, device=device)
-    arrays = {name: as_array(value, name, writable=name != "grad", device=device,
-                             codes=eight_bit)
+    arrays = {name: as_array(value, name, writable=writable and name != "grad",
+                             device=device, codes=eight_bit)
               for name, value in inputs.items()}
     p = arrays["param"]
     order = memory_order(p, "param")
@@ -284,9 +286,10 @@ class Functional:
         return options, present, used, pick
 
     def __call__(self, param: Any, grad: Any, states: tuple[Any, ...],
-                 values: tuple[Any, ...], inputs: tuple[Any, ...], stream: Any = None) -> Any:
+                 values: tuple[Any, ...], inputs: tuple[Any, ...], stream: Any = None,
+                 out: Sequence[Any] | None = None) -> Any:
         """One step; returns the new per-parameter scalar (a tuple of them if several, None
-        if the algorithm has none)."""
+        if the algorithm has none). ``out``: see :meth:`_into`."""
         algorithm = self.algorithm
         last = self._last  # (the options of the last call, when the same values come again)
         if last is not None and all(map(operator.is_, last[0], values)):
@@ -307,12 +310,90 @@ class Functional:
             scalars, new = step_scalars(algorithm, options, checked, present)
             self._scalars = (options, inputs, (scalars, new))
         arrays = pick(states)
-        kept = self._kept.get(id(param)) if stream is None else None
-        if kept is None or not kept.run(param, grad, arrays, used, scalars):
-            self._first(param, grad, arrays, used, present, scalars, stream)
+        if out is not None:
+            self._into(param, grad, arrays, used, present, scalars, self._outs(out, states, used),
+                       stream)
+        else:
+            self._in_place(param, grad, arrays, used, present, scalars, stream)
         if not new:
             return None
         return next(iter(new.values())) if len(new) == 1 else tuple(new.values())
+
+    def _in_place(self, param: Any, grad: Any, arrays: tuple[Any, ...], used: tuple[str, ...],
+                  present: tuple[str, ...], scalars: StepScalars, stream: Any) -> None:
+        kept = self._kept.get(id(param)) if stream is None else None
+        if kept is None or not kept.run(param, grad, arrays, used, scalars):
+            self._first(param, grad, arrays, used, present, scalars, stream)
+
+    def _outs(self, out: Any, states: tuple[Any, ...], used: tuple[str, ...]
+              ) -> tuple[Any, tuple[Any, ...]]:
+        """The ``out`` argument checked: ``(param's, the states' in the order of
+        ``used``)``. It has an entry per array argument, None where the call updates none
+        (a state given as None, or one these hyperparameters do not use)."""
+        names = ("param", *self._states)
+        if not isinstance(out, (tuple, list)) or len(out) != len(names):
+            raise TypeError(f"out must be a tuple of {len(names)} arrays, one per array "
+                            f"argument ({', '.join(names)}; None where a state is None or "
+                            f"unused), got {type(out).__name__}"
+                            + (f" of {len(out)}" if isinstance(out, (tuple, list)) else ""))
+        for k, (name, state) in enumerate(zip(names, (None, *states), strict=True)):
+            updated = k == 0 or (state is not None and name in used)
+            if (out[k] is None) == updated:
+                raise ValueError(f"out[{k}] ({name}) must be "
+                                 + ("an array: the call updates it" if updated else
+                                    "None: the call does not update it"))
+        return out[0], tuple(out[names.index(n)] for n in used)
+
+    def _into(self, param: Any, grad: Any, arrays: tuple[Any, ...], used: tuple[str, ...],
+              present: tuple[str, ...], scalars: StepScalars,
+              out: tuple[Any, tuple[Any, ...]], stream: Any) -> None:
+        """A step *out of place*: ``param`` and the states (which may be read-only) are
+        read and their new values written into the arrays of ``out`` (each like the array
+        it replaces: shape, dtype, memory order; 8-bit state as ``(codes, absmax)``), moving
+        the same bytes as in place (:data:`~fastgd.kernelgen.OUT` kernels). An ``out``
+        array may be the array it replaces (updated in place) but share no other memory.
+        Host arrays only. (A step whose passes read the state twice or whose state is
+        factored, :attr:`~fastgd.algorithms.Algorithm.two_phase`, copies the arrays into
+        ``out`` and steps those in place.)"""
+        algorithm = self.algorithm
+        out_param, outs = out
+        if stream is not None or is_device(param):
+            raise TypeError("out= is for host arrays (NumPy, torch CPU tensors); GPU arrays "
+                            "are updated in place")
+        for name, array in zip(used, arrays, strict=True):
+            if array is None and name in present:
+                raise ValueError(f"{name} is required with these hyperparameters (got None)")
+        given = {n: a for n, a in zip(used, arrays, strict=True) if a is not None}
+        targets = {n: a for n, a in zip(used, outs, strict=True) if a is not None}
+        if algorithm.two_phase is not None:
+            sources = {"param": as_array(param, "param", writable=False, device=False),
+                       **{n: as_array(a, n, writable=False, device=False)
+                          for n, a in given.items()}}
+            copies = {n: as_array(a, f"out {n}", writable=True, device=False)
+                      for n, a in {"param": out_param, **targets}.items()}
+            for name, source in sources.items():
+                check_like(copies[name], source, memory_order(source, name), f"out {name}",
+                           name)
+            _check_out_overlap(list(sources.values()), list(copies.values()),
+                               list(sources))
+            for name, source in sources.items():
+                if not _same_memory(source, copies[name]):
+                    np.copyto(copies[name], source)
+            self._first(out_param, grad, outs, used, present, scalars, None)
+            return
+        spec = algorithm.spec
+        views, fmt, (shape, order) = prepare(param, grad, given, spec, writable=False)
+        check_like(as_array(out_param, "out param", writable=True, device=False),
+                   as_array(param, "param", writable=False, device=False), order, "out param")
+        written, out_fmt, _ = prepare(out_param, grad, targets, spec)
+        if out_fmt != fmt:
+            raise TypeError("out's state arrays must have the dtypes of the state arrays "
+                            f"(kernel formats {out_fmt!r} and {fmt!r})")
+        written = [written[0], *written[2:]]
+        _check_out_overlap([views[0], *views[2:]], written,
+                           ["param", *(n for n in array_args(spec, present, fmt)[2:])],
+                           views[1])
+        launch(spec, views + written, scalars, None, join_storage(fmt, OUT))
 
     def _first(self, param: Any, grad: Any, arrays: tuple[Any, ...], used: tuple[str, ...],
                present: tuple[str, ...], scalars: StepScalars, stream: Any) -> None:
@@ -396,6 +477,24 @@ class Functional:
             self._kept[id(param)] = _Kept(checked, table)
         except TypeError:  # an array type without weak references: check it every time
             pass
+
+
+def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.size == 0 or (address(a) == address(b) and a.nbytes == b.nbytes)
+
+
+def _check_out_overlap(sources: Sequence[np.ndarray], outs: Sequence[np.ndarray],
+                       names: Sequence[str], grad: np.ndarray | None = None) -> None:
+    """An out-of-place step's arrays: each ``out`` array is the array it replaces (same
+    memory) or shares memory with none of the arrays read (nor with ``grad``)."""
+    for name, target in zip(names, outs, strict=True):
+        for other, source in zip(names, sources, strict=True):
+            if (other != name or not _same_memory(source, target)) and shares_memory(
+                    source, target):
+                raise ValueError(f"out {name} shares memory with {other}; pass a separate "
+                                 "array (or that array itself, to update it in place)")
+        if grad is not None and shares_memory(grad, target):
+            raise ValueError(f"out {name} shares memory with grad")
 
 
 class _Kept:

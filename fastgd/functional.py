@@ -21,6 +21,15 @@ Low-precision state (host arrays, parameters that compute in float32): bfloat16 
 :func:`fastgd.quantization.quantize_blockwise` for each state the algorithm quantizes (the
 others full-precision arrays), updated in place like the arrays (see :mod:`fastgd.lowbit`).
 
+``out=(param_out, *states_out)`` makes the call *out of place*: ``param`` and the state
+arrays are read (they may be read-only) and their new values written into the ``out``
+arrays, in the same single pass (the bytes an in-place call moves), as a pure function needs
+(:mod:`fastgd.dask`). ``out`` has one entry per array argument, None where no array is
+updated (a state given as None or unused by the hyperparameters); each like the array it
+replaces (shape, dtype, memory order; a ``(codes, absmax)`` pair for 8-bit state). An out
+array may be the array it replaces (then that one is updated in place), but no other memory
+may be shared. Host arrays only.
+
 Host arrays run on the CPU. GPU arrays (anything with ``__cuda_array_interface__``: Numba
 device arrays, CuPy, torch CUDA tensors) run on the GPU, in place, queued on ``stream``
 (default: the legacy default stream, see :mod:`fastgd.cuda`); mixing host and GPU arrays is
@@ -74,10 +83,10 @@ from __future__ import annotations
 
 
 def {algorithm.function_name}(param: ArrayLike, grad: ArrayLike, {", ".join(positional)}, *,
-        {", ".join(keywords + ["stream: Any = None"])}) -> Any:
+        {", ".join(keywords + ["stream: Any = None", "out: Any = None"])}) -> Any:
     return _CALL(param, grad, ({"".join(f"{s}, " for s in states)}),
                  ({"".join(f"{v}, " for v in values)}),
-                 ({"".join(f"{n}, " for n in inputs)}), stream)
+                 ({"".join(f"{n}, " for n in inputs)}), stream, out)
 '''
 
 

@@ -16,7 +16,11 @@ parts joined by ``_``:
 * ``"s8"``: 8-bit blockwise state (:mod:`fastgd.quantization`): each quantized state is two
   arrays, its uint8 codes and ``<state>_absmax`` (float32, one per block of 256 elements);
   the kernel decodes a block into float32, runs the full-precision element loop over it and
-  encodes it again (:func:`fastgd.cpu.eight_bit_source`).
+  encodes it again (:func:`fastgd.cpu.eight_bit_source`);
+* ``"out"`` (CPU kernels of element-wise rules, with any of the above but stochastic
+  rounding): *out of place*: the kernel reads ``param`` and the states and writes their new
+  values into the arrays ``out_param``, ``out_<state>`` (and ``out_master``, 8-bit
+  ``out_<state>_absmax``) that follow them, moving the same bytes as in place.
 """
 
 from __future__ import annotations
@@ -52,11 +56,16 @@ def join_storage(*parts: str) -> str:
 
 #: the formats of param (and grad) a CPU kernel is generated for
 PARAM_STORAGES = ("", "f16", "bf16", "f16_master", "bf16_master")
-#: every storage format a CPU kernel is generated for: each param format with full-precision
-#: state (that of the computation) and with bfloat16 state
-STORAGES = PARAM_STORAGES + tuple(join_storage(p, state) for state in ("sbf16", "sbf16sr",
+#: the storage part of out-of-place kernels
+OUT = "out"
+#: the formats of the in-place CPU kernels: each param format with full-precision state
+#: (that of the computation), with bfloat16 state and with 8-bit state
+IN_PLACE = PARAM_STORAGES + tuple(join_storage(p, state) for state in ("sbf16", "sbf16sr",
                                                                         "s8")
-                                   for p in PARAM_STORAGES)
+                                  for p in PARAM_STORAGES)
+#: every storage format a CPU kernel is generated for: the in-place ones, and out of place
+#: all of them but those of stochastic rounding
+STORAGES = IN_PLACE + tuple(join_storage(s, OUT) for s in IN_PLACE if "sbf16sr" not in s)
 _STATE_PARTS = {"sbf16": "bf16", "sbf16sr": "bf16", "s8": "8bit"}
 #: the storage part of each state precision (round to nearest for bfloat16)
 STATE_STORAGE = {"full": "", "bf16": "sbf16", "8bit": "s8"}
@@ -71,6 +80,11 @@ def stochastic(storage: str) -> bool:
     return "sbf16sr" in storage.split("_")
 
 
+def out_of_place(storage: str) -> bool:
+    """Whether a storage format's kernels write out of place (into ``out_`` arrays)."""
+    return OUT in storage.split("_")
+
+
 def split_storage(storage: str) -> tuple[str, bool, str]:
     """``"bf16_master_sbf16"`` -> ``("bf16", True, "bf16")``: the param's low-precision
     format (``""``: none), whether there is a master copy, the state's (``""``: full,
@@ -83,14 +97,18 @@ def split_storage(storage: str) -> tuple[str, bool, str]:
 
 def array_args(spec: RuleSpec, present: tuple[str, ...], storage: str = "") -> list[str]:
     """The arrays a kernel takes: param, grad, [master], the present states in rule order
-    (with 8-bit state, a quantized state's codes and then its ``_absmax``)."""
+    (with 8-bit state, a quantized state's codes and then its ``_absmax``); out of place,
+    then the ``out_`` array of each of them but grad."""
     _, master, state_format = split_storage(storage)
     states = []
     for state in spec.present_states(present):
         states.append(state)
         if state_format == "8bit" and spec.quantized(state):
             states.append(state + ABSMAX)
-    return ["param", "grad", *(["master"] if master else []), *states]
+    arrays = ["param", "grad", *(["master"] if master else []), *states]
+    if out_of_place(storage):
+        arrays += [f"out_{a}" for a in arrays if a != "grad"]
+    return arrays
 
 
 def computes_in_float32(storage: str) -> bool:
@@ -146,9 +164,10 @@ def eight_bit_kernels(spec: RuleSpec) -> bool:
 
 
 def storages(spec: RuleSpec) -> tuple[str, ...]:
-    """The storage formats kernels of ``spec`` are generated for."""
+    """The storage formats kernels of ``spec`` are generated for (those with 8-bit state
+    and those out of place only for element-wise rules, :func:`eight_bit_kernels`)."""
     return STORAGES if eight_bit_kernels(spec) else tuple(
-        s for s in STORAGES if split_storage(s)[2] != "8bit")
+        s for s in IN_PLACE if split_storage(s)[2] != "8bit")
 
 
 def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
@@ -164,6 +183,7 @@ def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
     decoded on load and encoded on store.
     """
     low, master, state_low = split_storage(storage)
+    out = "out_" if out_of_place(storage) else ""
 
     def read(expr: str, fmt: str) -> str:
         # (np.float32: a no-op when compiled; the CUDA simulator, which runs the kernel as
@@ -174,9 +194,9 @@ def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
     param, grad = f"param_{u}", f"grad_{u}"
     loads = [f"{param} = {f'master[{i}]' if master else read(f'param[{i}]', low)}",
              f"{grad} = {read(f'grad[{i}]', low)} * grad_scale"]
-    stores = [f"master[{i}] = {param}"] if master else []
-    stores.append(f"param[{i}] = halfprec.{CONVERSIONS[low][1]}({param})" if low
-                  else f"param[{i}] = {param}")
+    stores = [f"{out}master[{i}] = {param}"] if master else []
+    stores.append(f"{out}param[{i}] = halfprec.{CONVERSIONS[low][1]}({param})" if low
+                  else f"{out}param[{i}] = {param}")
     if spec.sums:  # (a first pass, which does not change the parameter)
         stores.clear()
     inputs, outputs = [param, grad], [param]
@@ -193,17 +213,17 @@ def element_code(spec: RuleSpec, present: tuple[str, ...], i: str, u: int = 0,
         if quantized:
             decode, encode = EIGHT_BIT_NAMES[quantized]
             loads.append(f"{value} = {decode}[{state}[{i}]] * {state}_scale")
-            stores.append(f"{state}[{i}] = quantization.encode_with(({value} * {state}_pre)"
+            stores.append(f"{out}{state}[{i}] = quantization.encode_with(({value} * {state}_pre)"
                           f" * {state}_inv, {encode}, {quantized == 'signed'})")
         elif form == "bf16":
             loads.append(f"{value} = {read(f'{state}[{i}]', 'bf16')}")
             stores.append(
-                f"{state}[{i}] = halfprec.float32_to_bfloat16_stochastic({value}, "
+                f"{out}{state}[{i}] = halfprec.float32_to_bfloat16_stochastic({value}, "
                 f"rounding_key + {n}, rounding_base + {i})" if stochastic(storage) else
-                f"{state}[{i}] = halfprec.{CONVERSIONS['bf16'][1]}({value})")
+                f"{out}{state}[{i}] = halfprec.{CONVERSIONS['bf16'][1]}({value})")
         else:
             loads.append(f"{value} = {state}[{i}]")
-            stores.append(f"{state}[{i}] = {value}")
+            stores.append(f"{out}{state}[{i}] = {value}")
         if state in spec.read_only:
             stores.pop()
             outputs[-1] = f"_absent{n}"
