@@ -44,7 +44,12 @@ def is_array(x: Any) -> bool:
     Array libraries make their arrays iterable (over rows), so this is asked before ``x`` is
     treated as a sequence."""
     return (isinstance(x, np.ndarray) or is_torch(x) or hasattr(x, "__array_interface__")
-            or is_device(x))
+            or is_device(x) or is_dask(x))
+
+
+def is_dask(x: Any) -> bool:
+    """Whether ``x`` is a Dask array (without importing Dask)."""
+    return type(x).__module__.startswith("dask.array") and hasattr(x, "chunks")
 
 
 def _where(device: bool) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fastgd import schedules
-from fastgd.arrays import bfloat16, is_device, is_torch, storage, to_host
+from fastgd.arrays import bfloat16, is_dask, is_device, is_torch, storage, to_host
 from fastgd.optim import Optimizer
 
 try:
@@ -118,7 +118,7 @@ def save(path: str | os.PathLike[str], optimizer: Optimizer, *, params: bool = T
     meta["bfloat16"] = sorted(k for k, v in arrays.items() if storage(v) == "bf16")
     arrays = {k: _portable(v) for k, v in arrays.items()}
     if params:
-        arrays.update({f"param/{i}": _portable(to_host(v))
+        arrays.update({f"param/{i}": _portable(np.asarray(v) if is_dask(v) else to_host(v))
                        for i, v in enumerate(optimizer.parameters())})
     path = Path(path)
     _remove_stale_temporaries(path)
@@ -181,6 +181,10 @@ def load(path: str | os.PathLike[str], optimizer: Optimizer) -> None:
                 view.dtype if target is None else target.dtype):
             raise ValueError(f"{path}: saved param/{i} does not match the optimizer's")
     optimizer.load_state_dict({"state": state, "param_groups": groups})  # checks, then sets
+    if any(map(is_dask, views)):  # (immutable arrays: the optimizer takes new ones)
+        optimizer.load_parameters({i: value.view(views[i].dtype)
+                                   for i, value in saved_params.items()})
+        return
     for i, value in saved_params.items():
         view = views[i]
         if is_device(view):

@@ -38,12 +38,12 @@ from fastgd.chunks import ALIGN, BLOCK, chunk_table
 from fastgd.codegen import load_generated
 from fastgd.kernelgen import (
     ABSMAX,
+    OUT,
     ROUNDING_ARGS,
     accumulator,
     array_args,
     check_names,
     computes_in_float32,
-    OUT,
     join_storage,
     out_of_place,
     rule_call,
@@ -374,6 +374,30 @@ def kernel(spec: RuleSpec, present: tuple[str, ...], kind: str | bool, storage: 
 
 _PARALLEL_LOCK = threading.Lock()
 _serialise_parallel = True
+_LIMIT = threading.local()
+
+
+@contextmanager
+def threads(count: int) -> Iterator[None]:
+    """Context in which the calling thread's launches use at most ``count`` threads (Numba's
+    thread count is per calling thread): with 1, every launch runs its serial kernel, with
+    no thread pool and no lock, so that several Python threads (a Dask worker's) each run
+    one kernel on their own core."""
+    previous = getattr(_LIMIT, "count", 0)
+    old = numba.get_num_threads()
+    _LIMIT.count = count
+    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        _LIMIT.count = previous
+        numba.set_num_threads(old)
+
+
+def serial_only(size: int) -> bool:
+    """Whether work of ``size`` elements runs on the calling thread alone: below
+    :data:`PARALLEL_THRESHOLD`, or under :func:`threads` ``(1)``."""
+    return size < PARALLEL_THRESHOLD or getattr(_LIMIT, "count", 0) == 1
 
 
 @contextmanager
@@ -397,7 +421,7 @@ def parallel_guard() -> Iterator[None]:
 def _run(serial: Any, parallel: Any, arrays: list[Any], scalars: tuple[Any, ...]) -> None:
     """Run the serial or the parallel kernel of a pair, by the arrays' size."""
     size = arrays[0].size
-    if size < PARALLEL_THRESHOLD:
+    if serial_only(size):
         if size:
             serial(*arrays, *scalars)
         return
@@ -442,7 +466,7 @@ def reduce(spec: RuleSpec, arrays: list[Any], scalars: tuple[Any, ...], storage:
     elements), added in order."""
     size = arrays[0].size
     partials = np.zeros((max(1, -(-size // BLOCK)), len(spec.sums)))
-    if size >= PARALLEL_THRESHOLD:
+    if not serial_only(size):
         with parallel_guard():
             kernel(spec, (), "parallel", storage)(*arrays, *scalars, partials)
     elif size:

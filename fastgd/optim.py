@@ -96,12 +96,14 @@ class Optimizer:
     """
 
     algorithm: Algorithm
+    #: the engine's class (a face over other arrays derives its own)
+    engine_class: type[Stepper] = Stepper
 
     def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
         self.defaults = dict(defaults)
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[int, dict[str, Any]] = {}
-        self._engine = Stepper(self.algorithm)
+        self._engine = self.engine_class(self.algorithm)
         self._named: bool | None = None
         groups, self._single = _param_groups(params)
         self._engine.check_options(self.defaults)
@@ -317,8 +319,9 @@ class ScheduleFree:
     _engine: Stepper
     param_groups: list[dict[str, Any]]
 
-    def __init__(self, params: Any, defaults: Mapping[str, Any]) -> None:
-        super().__init__(params, {**defaults, "train_mode": False})  # type: ignore[call-arg]
+    def __init__(self, params: Any, defaults: Mapping[str, Any], **face: Any) -> None:
+        super().__init__(params, {**defaults, "train_mode": False},  # type: ignore[call-arg]
+                         **face)
 
     def _entries(self) -> Mapping[int, dict[str, Any]]:
         """Each parameter's state, by its index."""
@@ -370,7 +373,7 @@ class ScheduleFree:
         self._move(False, stream)
 
     def _move(self, train: bool, stream: Any) -> None:
-        params, start, moves = self._current(), 0, []
+        start, moves = 0, []
         for group in self.param_groups:  # (every group checked before any is moved)
             count = len(group["params"])
             if group["train_mode"] != train:
@@ -380,14 +383,23 @@ class ScheduleFree:
                 for i in range(start, start + count):
                     entry = self._entries().get(i, {})
                     if "z" in entry:
-                        moves.append((params[i], *self._points(i, entry, options), weight))
+                        moves.append((i, entry, options, weight))
             start += count
-        if stream is not None:
-            check_stream(stream, [param.view for param, *_ in moves])
-        for param, master, z, weight in moves:
-            move_point(param, master, z, weight, stream)
+        self._apply_moves(moves, stream)
         for group in self.param_groups:
             group["train_mode"] = train
+
+    def _apply_moves(self, moves: list[tuple[int, dict[str, Any], Mapping[str, Any], float]],
+                     stream: Any) -> None:
+        """Move parameters between their points: ``(index, state entry, group options,
+        weight)`` each (all of them checked first)."""
+        params = self._current()
+        points = [(params[i], *self._points(i, entry, options), weight)
+                  for i, entry, options, weight in moves]
+        if stream is not None:
+            check_stream(stream, [param.view for param, *_ in points])
+        for param, master, z, weight in points:
+            move_point(param, master, z, weight, stream)
 
     def _points(self, index: int, entry: dict[str, Any], options: Mapping[str, Any]
                 ) -> tuple[Param | None, Param]:
@@ -436,9 +448,13 @@ def _class_doc(algorithm: Algorithm) -> str:
 
 
 def make_class(algorithm: Algorithm, base: type = Optimizer,
-               schedule_free: type = ScheduleFreeOptimizer, module: str = __name__) -> type:
+               schedule_free: type = ScheduleFreeOptimizer, module: str = __name__,
+               face_options: Mapping[str, Any] | None = None) -> type:
     """The optimizer class of ``algorithm`` (a subclass of ``base``, or of ``schedule_free``
-    for a Schedule-Free algorithm) with a real signature and the math in its docstring."""
+    for a Schedule-Free algorithm) with a real signature and the math in its docstring.
+    ``face_options``: keyword-only options of the face (with their defaults), passed to
+    the base class's ``__init__`` as keyword arguments (not parameter-group options)."""
+    face_options = dict(face_options or {})
     hypers = algorithm.hyperparameters
 
     def argument(h: Hyper) -> str:
@@ -448,19 +464,21 @@ def make_class(algorithm: Algorithm, base: type = Optimizer,
     positional = [argument(h) for h in hypers if not h.keyword_only]
     keyword = [argument(h) for h in hypers if h.keyword_only]
     keyword += [f"{n}: {type(v).__name__} = {v!r}" for n, v in CLASS_OPTIONS.items()]
+    keyword += [f"{n}: Any = _FACE[{n!r}]" for n in face_options]
     options = ", ".join([f"{h.name!r}: {h.name}" for h in hypers] + ["**_FIXED"]
                         + [f"{n!r}: {n}" for n in CLASS_OPTIONS])
+    face = "".join(f", {n}={n}" for n in face_options)
     source = f'''\
 from __future__ import annotations
 
 
 def __init__(self, params: Any, {", ".join(positional)}, *, {", ".join(keyword)}) -> None:
-    _BASE.__init__(self, params, {{{options}}})
+    _BASE.__init__(self, params, {{{options}}}{face})
 '''
     base = schedule_free if algorithm.schedule_free else base
     namespace: dict[str, Any] = {"Any": Any, "_BASE": base,
                                  "_DEFAULTS": {h.name: h.default for h in hypers},
-                                 "_FIXED": dict(algorithm.fixed)}
+                                 "_FIXED": dict(algorithm.fixed), "_FACE": face_options}
     exec(source, namespace)  # noqa: S102 - a signature generated from the table
     init = namespace["__init__"]
     init.__qualname__ = f"{algorithm.name}.__init__"

@@ -37,6 +37,12 @@ def _sum_of_squares(addresses, sizes, table, like):  # pragma: no cover - jit
 
 def global_norm(grads: Sequence[np.ndarray]) -> float:
     """``sqrt(sum_i ||g_i||^2)`` over flat, contiguous host arrays (float32 or float64)."""
+    return math.sqrt(sum_of_squares(grads))
+
+
+def sum_of_squares(grads: Sequence[np.ndarray]) -> float:
+    """``sum_i ||g_i||^2`` over flat, contiguous host arrays (float32 or float64), in
+    float64."""
     total = 0.0
     for dtype in {g.dtype for g in grads}:
         same = [g for g in grads if g.dtype == dtype and g.size]
@@ -47,7 +53,7 @@ def global_norm(grads: Sequence[np.ndarray]) -> float:
         table = chunk_table(addresses, sizes, dtype.itemsize)
         with cpu.parallel_guard():
             total += _sum_of_squares(addresses, sizes, table, same[0][:0])
-    return math.sqrt(total)
+    return total
 
 
 def clip_scale(norm: float, max_norm: float) -> float:
