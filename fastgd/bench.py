@@ -614,7 +614,7 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
             pass
     for fn in fns.values():
         fn()  # warm-up
-    times = _interleaved_times(fns, repeat)
+    times = interleaved_times(fns, repeat)
     step = times["fastgd"]
     moved = bytes_per_step(case, total, dtype, precision, factored=bool(
         case.algorithm.factored) and all(p.ndim >= 2 for p in params))
@@ -641,21 +641,21 @@ def run_case(case: Case, size: int, dtype: Any, repeat: int, baselines: bool = T
         optax_speedup=ratio("optax"))
 
 
-def _interleaved_times(fns: dict[str, Callable[[], Any]], repeat: int
-                       ) -> dict[str, np.ndarray]:
+def interleaved_times(fns: dict[str, Callable[[], Any]], repeat: int,
+                      settle: float = _SETTLE) -> dict[str, np.ndarray]:
     """Seconds per call of each function, ``repeat`` times, interleaved.
 
     The memory bandwidth of a shared machine drifts by tens of percent over seconds, so the
     contenders take turns: repetition ``r`` times each of them once, in an order that is
     reversed on every other repetition (a linear drift then hits all alike), and ratios are
-    taken within a repetition.
+    taken within a repetition (``settle``: seconds of rest before each timing).
     """
     numbers = {key: _calls_per_block(fn) for key, fn in fns.items()}
     keys = list(fns)
     times: dict[str, list[float]] = {k: [] for k in keys}
     for r in range(repeat):
         for key in keys if r % 2 == 0 else keys[::-1]:
-            time.sleep(_SETTLE)
+            time.sleep(settle)
             times[key].append(_timed(fns[key], numbers[key]))
     return {k: np.array(v) for k, v in times.items()}
 

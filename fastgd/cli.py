@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "roofline), with NumPy and with torch.optim when installed.")
     b.add_argument("--algorithms", type=_csv(list(bench.CASES)), default=list(bench.CASES),
                    help="comma-separated (default: all)")
-    b.add_argument("--sizes", type=_sizes, default=[2**24],
-                   help="comma-separated element counts, e.g. 1e3,1e5,2**24 (default 2**24)")
+    b.add_argument("--sizes", type=_sizes, default=None,
+                   help="comma-separated element counts, e.g. 1e3,1e5,2**24 (default 2**24; "
+                        "2**25 with --dask)")
     b.add_argument("--dtypes", type=_csv(["float32", "float64"]),
                    default=["float32", "float64"])
     b.add_argument("--state-precision", type=_csv(list(STATE_PRECISIONS)), default=["full"],
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--markdown", metavar="FILE.md",
                    help="write the table and the targets met or missed as Markdown")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--dask", type=int, metavar="N",
+                   help="instead: an Adam step over a Dask array (--sizes, default 2**25) on "
+                        "a local cluster of N worker processes against the single-process "
+                        "step, and the overhead per chunk (needs the dask extra)")
+    b.add_argument("--chunks", type=int, metavar="K",
+                   help="with --dask: chunks of the array (default: the cluster's threads)")
     demo.add_arguments(sub.add_parser(
         "demo", help="watch the optimizers on toy problems (tables and PNG pictures)",
         description="Gradient descent on x^2, a linear regression and 2-D test surfaces, every "
@@ -83,11 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _bench(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise SystemExit("fastgd bench: --repeat must be >= 1")
+    if args.dask is not None:
+        return _bench_dask(args)
     from fastgd import bench_cuda
 
     use_gpu = args.device == "cuda" or (args.device == "auto" and bench_cuda.available())
     if args.device == "cuda" and not bench_cuda.available():
         raise SystemExit("fastgd bench: --device cuda needs a CUDA GPU and numba-cuda")
+    args.sizes = args.sizes or [2**24]
     results = []
     if args.device != "cuda":
         results += bench.run(args.algorithms, args.sizes, args.dtypes, args.repeat,
@@ -122,6 +132,25 @@ def _bench(args: argparse.Namespace) -> int:
         from fastgd.plotting import plot_bench
 
         plot_bench(results, args.plot)
+    return 0
+
+
+def _bench_dask(args: argparse.Namespace) -> int:
+    if args.dask < 1 or (args.chunks is not None and args.chunks < 1):
+        raise SystemExit("fastgd bench: --dask and --chunks must be >= 1")
+    from fastgd import bench_dask
+
+    results = [bench_dask.run(args.dask, size, args.chunks, args.repeat)
+               for size in args.sizes or [2**25]]
+    if args.json:
+        text = json.dumps({"machine": _machine(), "dask": results}, indent=2)
+        if args.json == "-":
+            print(text)
+            return 0
+        with open(args.json, "w") as handle:
+            handle.write(text + "\n")
+    for result in results:
+        print(bench_dask.format_result(result))
     return 0
 
 

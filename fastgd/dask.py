@@ -59,6 +59,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
@@ -153,6 +154,33 @@ def _threads() -> int:
     return max(1, worker.state.nthreads // running)
 
 
+#: Per process: the memory of the chunks the tasks wrote, by size in bytes, for reuse once
+#: nothing holds their chunk any more (see :func:`_fresh`).
+_BUFFERS: dict[int, list[np.ndarray]] = {}
+
+
+def _fresh(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A new array for a task's output, in the memory of an earlier output that nothing
+    references any more (a chunk the worker has released), else newly allocated.
+
+    A step writes every parameter and state chunk anew; memory allocated anew for them
+    (large blocks are mapped afresh by ``malloc``) is faulted in page by page as the kernel
+    first writes it, which costs about as much as the write. A buffer is free when only this
+    pool refers to it: each array made from it holds a reference to it (NumPy's ``base``),
+    so its reference count tells. Free buffers beyond one per size are let go."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    pool = _BUFFERS.setdefault(nbytes, [])
+    free = [k for k in range(len(pool)) if sys.getrefcount(pool[k]) <= 2]  # (pool, call)
+    for k in reversed(free[1:]):
+        del pool[k]
+    if free:
+        buffer = pool[free[0]]
+    else:
+        buffer = np.empty(nbytes, np.uint8)
+        pool.append(buffer)
+    return buffer.view(dtype).reshape(shape)
+
+
 def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
@@ -161,7 +189,7 @@ def _update_chunks(param: np.ndarray, grad: np.ndarray, *states: np.ndarray,
                    plan: _Plan) -> tuple[np.ndarray, ...]:
     """One chunk's step, out of place: the new parameter and states, in fresh arrays."""
     read = [_contiguous(a) for a in (param, grad, *states)]
-    written = [np.empty(a.shape, a.dtype) for a in (param, *states)]
+    written = [_fresh(a.shape, a.dtype) for a in (param, *states)]
     with cpu.threads(_threads()):
         engine.launch(SPECS[plan.spec], [kernel_view(a, "C") for a in read + written],
                       plan.scalars, None, join_storage(plan.fmt, OUT))

@@ -1,10 +1,10 @@
 """The functional API out of place (``out=``): the arrays read, their new values written into
 the ``out`` arrays, bit for bit what the in-place call writes."""
 
+import cases
 import numpy as np
 import pytest
 
-import cases
 from fastgd import functional as F
 from fastgd.arrays import bfloat16
 from fastgd.quantization import quantize_blockwise
