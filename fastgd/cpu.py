@@ -384,14 +384,16 @@ def threads(count: int) -> Iterator[None]:
     no thread pool and no lock, so that several Python threads (a Dask worker's) each run
     one kernel on their own core."""
     previous = getattr(_LIMIT, "count", 0)
-    old = numba.get_num_threads()
     _LIMIT.count = count
-    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+    old = None if count == 1 else numba.get_num_threads()  # (1: the pool is never started)
+    if old is not None:
+        numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:
         _LIMIT.count = previous
-        numba.set_num_threads(old)
+        if old is not None:
+            numba.set_num_threads(old)
 
 
 def serial_only(size: int) -> bool:

@@ -238,7 +238,7 @@ def _save_block(block: np.ndarray, path: str, block_info: Any = None) -> np.ndar
     target = os.path.join(path, f"{where}.npy")
     tmp = f"{target}.{os.getpid()}.tmp"
     with open(tmp, "wb") as handle:
-        np.save(handle, np.ascontiguousarray(data), allow_pickle=False)
+        np.save(handle, _contiguous(data), allow_pickle=False)
     os.replace(tmp, target)
     return np.zeros((1,) * block.ndim, np.int8)
 

@@ -84,7 +84,7 @@ def _assert_same(ref, opt):
 def test_every_algorithm_equals_the_numpy_face_bit_for_bit(client, name):
     """21 steps with every option on: float32 on the cluster, over three chunkings (the
     gradients of the last chunked otherwise), and float64 on Dask's synchronous scheduler
-    (the same tasks, in this process) over two."""
+    (the same tasks, in this process) over two; clipped by global norm, within 1e-12."""
     hp = cases.example(name, seed=11)
     for dtype, scheduler, chunkings in [(np.float32, None, (0, 1, 2)),
                                         (np.float64, "sync", (0, 2))]:
@@ -93,6 +93,14 @@ def test_every_algorithm_equals_the_numpy_face_bit_for_bit(client, name):
             with dask.config.set(scheduler=scheduler or client):
                 ref, opt = _run_both(name, hp, _shapes(name), dtype, chunking, rng)
                 _assert_same(ref, opt)
+    with dask.config.set(scheduler="sync"):  # (clipped: the norm is summed per chunk)
+        ref, opt = _run_both(name, hp, _shapes(name), np.float64, 0,
+                             np.random.default_rng(4), max_norm=0.5)
+    for ours, theirs in zip(opt.params, ref.parameters(), strict=True):
+        assert cases.relative(ours.compute(), theirs) <= 1e-12
+    for i, entry in ref.state_dict()["state"].items():
+        for key, value in entry.items():
+            assert cases.relative(opt.state_dict()["state"][i][key], value) <= 1e-12, key
 
 
 @pytest.mark.parametrize("name", ["Adam", "SGD", "LAMB", "Adafactor"])
@@ -295,3 +303,53 @@ def test_chunk_kernels_use_the_worker_threads_once(client):
     assert not cpu.serial_only(10**9)
     for a, b in zip((p, m, v), expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_lineage_cuts_write_chunk_files_to_the_store(client, tmp_path):
+    rng = np.random.default_rng(10)
+    p0 = rng.standard_normal((37, 29)).astype(np.float32)
+    ref = fastgd.RMSprop([p0.copy()], lr=0.01, momentum=0.9)
+    opt = fd.RMSprop([da.from_array(p0, chunks=(19, 15))], lr=0.01, momentum=0.9,
+                     lineage=3, store=tmp_path / "run")
+    for t in range(1, 8):
+        g = rng.standard_normal((37, 29)).astype(np.float32)
+        ref.step([g])
+        opt.step([da.from_array(g, chunks=(37, 10))])
+        cuts = sorted(p.name for p in (tmp_path / "run").glob("cut-*"))
+        assert cuts == ([f"cut-{t // 3}"] if t >= 3 else []), cuts  # (the last one only)
+    files = sorted(p.name for p in (tmp_path / "run" / "cut-2").iterdir())
+    assert files == ["0-momentum_buffer", "0-param", "0-square_avg"]
+    assert len(list((tmp_path / "run" / "cut-2" / "0-param").glob("*.npy"))) == 4
+    _assert_same(ref, opt)
+
+
+def test_output_memory_is_recycled_only_once_released():
+    dtype = np.dtype(np.float32)
+    a, b = fd._fresh((1000,), dtype), fd._fresh((1000,), dtype)
+    assert not np.shares_memory(a, b)
+    a[:] = 1.0
+    address = a.__array_interface__["data"][0]
+    del a
+    c = fd._fresh((1000,), dtype)  # (a's memory, now that nothing holds it)
+    assert c.__array_interface__["data"][0] == address and not np.shares_memory(b, c)
+    view = c[10:20]
+    del c
+    d = fd._fresh((1000,), dtype)  # (a view keeps it: new memory)
+    assert not np.shares_memory(view, d) and not np.shares_memory(b, d)
+
+
+@pytest.mark.parametrize("name", ["Adam", "LAMB", "Adafactor", "ScheduleFreeSGD"])
+def test_scalar_and_empty_parameters(name):
+    values = [np.array(1.5), np.zeros(0), np.zeros((0, 3)), np.arange(6.0).reshape(2, 3)]
+    with dask.config.set(scheduler="sync"):
+        ref = cases.optimizer_class(name)([v.copy() for v in values], lr=0.1)
+        opt = getattr(fd, name)([da.from_array(v) for v in values], lr=0.1, lineage=2)
+        if cases.ALGORITHMS[name].schedule_free:
+            opt.train()
+        for t in range(5):  # (through two lineage cuts)
+            grads = [np.full(v.shape, 0.3 + t) for v in values]
+            ref.step(grads)
+            opt.step(grads)
+        for ours, theirs in zip(opt.params, ref.parameters(), strict=True):
+            got = ours.compute()
+            assert got.shape == theirs.shape and got.tobytes() == theirs.tobytes()

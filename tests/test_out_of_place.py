@@ -138,3 +138,19 @@ def test_bad_out_is_refused_with_nothing_written():
             np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="out"):  # (two-phase steps check theirs too)
         F.lamb(p, g, m, v, step=1, out=(good[0][:3], good[1], good[2]))
+
+
+def test_torch_tensors_in_and_out():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    p, g, square_avg, momentum, grad_avg = (
+        torch.from_numpy(rng.standard_normal(3000).astype(np.float32)) for _ in range(5))
+    square_avg.abs_()
+    square_avg.add_(grad_avg * grad_avg)
+    inputs = (p, square_avg, momentum, grad_avg)
+    expected = [t.clone() for t in inputs]
+    F.rmsprop(expected[0], g, *expected[1:], lr=0.01, momentum=0.9, centered=True)
+    outs = [torch.empty_like(t) for t in inputs]
+    F.rmsprop(p, g, *inputs[1:], lr=0.01, momentum=0.9, centered=True, out=tuple(outs))
+    for a, b in zip(outs, expected, strict=True):
+        assert torch.equal(a, b)

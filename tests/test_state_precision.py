@@ -137,7 +137,7 @@ def test_bf16_state_follows_the_float64_reference(name):
             expected[i] = ref.step(expected[i], g.astype(np.float64))
             for key, value in ref.state.items():
                 if isinstance(value, np.ndarray) and in_bf16(name, key):
-                    ref.state[key] = value.astype(BF16).astype(np.float64)
+                    ref.state[key] = value.astype(np.float32).astype(BF16).astype(np.float64)
     for i, (p, e, ref) in enumerate(zip(params, expected, refs, strict=True)):
         # bfloat16 keeps 8 bits: one rounding of the state moves a step by up to 2**-8 of
         # itself, and the steps of 30 updates add up.

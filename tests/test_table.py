@@ -84,19 +84,19 @@ def test_the_original_functions_keep_their_signatures() -> None:
     """The functional API is public: these names (and their order) must not change."""
     expected = {
         "sgd": "param grad momentum_buffer first_step lr momentum dampening weight_decay "
-               "nesterov maximize stream",
-        "adagrad": "param grad sum step lr lr_decay weight_decay eps maximize stream",
-        "adadelta": "param grad square_avg acc_delta lr rho eps weight_decay maximize stream",
+               "nesterov maximize stream out",
+        "adagrad": "param grad sum step lr lr_decay weight_decay eps maximize stream out",
+        "adadelta": "param grad square_avg acc_delta lr rho eps weight_decay maximize stream out",
         "rmsprop": "param grad square_avg momentum_buffer grad_avg lr alpha eps weight_decay "
-                   "momentum centered maximize stream",
+                   "momentum centered maximize stream out",
         "adam": "param grad exp_avg exp_avg_sq max_exp_avg_sq step lr beta1 beta2 eps "
-                "weight_decay maximize decoupled_weight_decay stream",
+                "weight_decay maximize decoupled_weight_decay stream out",
         "adamw": "param grad exp_avg exp_avg_sq max_exp_avg_sq step lr beta1 beta2 eps "
-                 "weight_decay maximize stream",
+                 "weight_decay maximize stream out",
         "adamax": "param grad exp_avg exp_inf step lr beta1 beta2 eps weight_decay maximize "
-                  "stream",
+                  "stream out",
         "nadam": "param grad exp_avg exp_avg_sq step mu_product lr beta1 beta2 eps "
-                 "weight_decay momentum_decay decoupled_weight_decay maximize stream",
+                 "weight_decay momentum_decay decoupled_weight_decay maximize stream out",
     }
     for name, parameters in expected.items():
         signature = inspect.signature(getattr(F, name))
