@@ -4,6 +4,8 @@ chunk.
 
 * **single process**: ``fastgd.Adam`` on one array of ``size`` float32 elements, in place,
   on every thread of this machine;
+* **out of place**: the same step in the same process, out of place into arrays allocated
+  once (``out=``, what each chunk's task runs): the kernel's own cost of purity;
 * **fastgd.dask**: ``fastgd.dask.Adam`` on the same number of elements, in ``chunks`` chunks
   spread over the workers (each worker gets ``cores // N`` threads), gradients persisted on
   the workers like the parameters; a step is timed until its new parameters and state are
@@ -67,7 +69,17 @@ def run(workers: int, size: int = 2**25, chunks: int | None = None, repeat: int 
         local_grad = [rng.standard_normal(size, np.float32) * np.float32(1e-3)]
         single = fastgd.Adam(local, lr=1e-3)
         single.step(local_grad)
+        state = single.state[0]
+        moments = (state["exp_avg"], state["exp_avg_sq"])
+        outs = tuple(np.empty_like(a) for a in (local[0], *moments))
+
+        def out_of_place() -> None:
+            fastgd.functional.adam(local[0], local_grad[0], *moments, step=2, lr=1e-3,
+                                   out=(*outs, None))
+
+        out_of_place()
         fns = {"single process": lambda: single.step(local_grad),
+               "out of place": out_of_place,
                "fastgd.dask": _dask_adam(client, size, chunks, rng),
                f"{many} small chunks": _dask_adam(client, 1024 * many, many, rng),
                "1 small chunk": _dask_adam(client, 1024, 1, rng)}
@@ -78,6 +90,8 @@ def run(workers: int, size: int = 2**25, chunks: int | None = None, repeat: int 
             "chunks": chunks, "seconds": median,
             "dask_over_single": float(np.median(times["fastgd.dask"]
                                                 / times["single process"])),
+            "out_of_place_over_single": float(np.median(times["out of place"]
+                                                        / times["single process"])),
             "per_chunk_seconds": float(np.median(per_chunk))}
 
 
@@ -87,6 +101,7 @@ def format_result(result: dict[str, Any]) -> str:
              f"worker processes x {result['threads_per_worker']} threads, "
              f"{result['chunks']} chunks"]
     lines += [f"  {name:<20} {value * 1e3:9.2f} ms" for name, value in seconds.items()]
+    lines.append(f"  out of place / single process: {result['out_of_place_over_single']:.2f}")
     lines.append(f"  fastgd.dask / single process: {result['dask_over_single']:.2f}")
     lines.append(f"  overhead per chunk: {result['per_chunk_seconds'] * 1e3:.3f} ms")
     return "\n".join(lines)

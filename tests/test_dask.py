@@ -353,3 +353,18 @@ def test_scalar_and_empty_parameters(name):
         for ours, theirs in zip(opt.params, ref.parameters(), strict=True):
             got = ours.compute()
             assert got.shape == theirs.shape and got.tobytes() == theirs.tobytes()
+
+
+def test_bench_dask_runs(tmp_path):
+    import json
+
+    from fastgd import cli
+
+    out = tmp_path / "dask.json"
+    assert cli.main(["bench", "--dask", "1", "--sizes", "5000", "--repeat", "1",
+                     "--json", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["dask"]
+    assert result["workers"] == 1 and result["size"] == 5000
+    assert set(result["seconds"]) == {"single process", "out of place", "fastgd.dask",
+                                      "64 small chunks", "1 small chunk"}
+    assert all(v > 0 for v in result["seconds"].values())
