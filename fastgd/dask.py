@@ -61,6 +61,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -157,6 +158,7 @@ def _threads() -> int:
 #: Per process: the memory of the chunks the tasks wrote, by size in bytes, for reuse once
 #: nothing holds their chunk any more (see :func:`_fresh`).
 _BUFFERS: dict[int, list[np.ndarray]] = {}
+_BUFFERS_LOCK = threading.Lock()  # (a worker's threads run tasks at once)
 
 
 def _fresh(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -169,16 +171,17 @@ def _fresh(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     pool refers to it: each array made from it holds a reference to it (NumPy's ``base``),
     so its reference count tells. Free buffers beyond one per size are let go."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    pool = _BUFFERS.setdefault(nbytes, [])
-    free = [k for k in range(len(pool)) if sys.getrefcount(pool[k]) <= 2]  # (pool, call)
-    for k in reversed(free[1:]):
-        del pool[k]
-    if free:
-        buffer = pool[free[0]]
-    else:
-        buffer = np.empty(nbytes, np.uint8)
-        pool.append(buffer)
-    return buffer.view(dtype).reshape(shape)
+    with _BUFFERS_LOCK:  # (the array made before another thread looks: it is then taken)
+        pool = _BUFFERS.setdefault(nbytes, [])
+        free = [k for k in range(len(pool)) if sys.getrefcount(pool[k]) <= 2]  # (pool, call)
+        for k in reversed(free[1:]):
+            del pool[k]
+        if free:
+            buffer = pool[free[0]]
+        else:
+            buffer = np.empty(nbytes, np.uint8)
+            pool.append(buffer)
+        return buffer.view(dtype).reshape(shape)
 
 
 def _contiguous(a: np.ndarray) -> np.ndarray:

@@ -368,3 +368,20 @@ def test_bench_dask_runs(tmp_path):
     assert set(result["seconds"]) == {"single process", "out of place", "fastgd.dask",
                                       "64 small chunks", "1 small chunk"}
     assert all(v > 0 for v in result["seconds"].values())
+
+
+def test_output_memory_is_never_shared_between_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(mark):
+        for _ in range(2000):
+            a = fd._fresh((64,), np.dtype(np.float64))
+            a[:] = mark
+            b = fd._fresh((64,), np.dtype(np.float64))
+            b[:] = -mark
+            if not ((a == mark).all() and (b == -mark).all()):
+                return False
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(1, 9)))
