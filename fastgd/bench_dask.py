@@ -60,7 +60,8 @@ def run(workers: int, size: int = 2**25, chunks: int | None = None, repeat: int 
 
     cores = os.cpu_count() or 1
     threads = max(1, cores // workers)
-    chunks = chunks or workers * threads
+    step = -(-size // (chunks or workers * threads))
+    chunks = -(-size // step)  # (the chunks the array gets)
     rng = np.random.default_rng(0)
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=threads,
                                   processes=True, dashboard_address=None) as cluster, \

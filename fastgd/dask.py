@@ -36,8 +36,18 @@ chunk into ``store`` (one ``.npy`` file per chunk, written by the worker holding
 reads them back as arrays without history: a lost chunk is then recomputed from those files
 and at most ``lineage`` steps, and the scheduler's task table stays bounded over any number
 of steps. ``store`` must be a directory that every worker can read and write (a shared
-filesystem); by default a temporary directory of this machine, which serves a local cluster
-(removed with the optimizer). ``lineage=None`` never cuts the history.
+filesystem); by default the temporary directory of this machine, which serves a local
+cluster. Each optimizer writes into a directory of its own there, removed with the
+optimizer. ``lineage=None`` never cuts the history. (A cut that fails -- a full disk -- is
+a warning: the step it follows is done.)
+
+Options changed in ``param_groups`` between steps take effect as in the NumPy face (state
+converted to a new ``state_precision``, a master copy made or dropped with
+``master_weights``). The steps are asynchronous: ``step`` returns once the step's tasks are
+submitted, so an error inside a task (a gradient whose own computation fails) surfaces when
+the new arrays are used, and the optimizer then holds arrays that fail too (keep
+checkpoints). Against the NumPy face, "bit for bit" means on C-ordered arrays: the
+whole-tensor steps sum their norms in memory order.
 
 **Threads.** Numba's parallel kernels inside a multi-threaded worker would multiply threads.
 A chunk's kernel uses ``nthreads // running`` threads of its worker (``running``: the tasks
@@ -62,6 +72,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -75,6 +86,8 @@ from dask.highlevelgraph import HighLevelGraph
 from fastgd import cpu, engine, lowbit, optim
 from fastgd.algorithms import ALGORITHMS, SCHEDULE_FREE_MODE, SPECS, factor_shapes
 from fastgd.arrays import (
+    FLOAT_DTYPES,
+    LOW_PRECISION,
     bfloat16,
     check_state_precision,
     from_host,
@@ -102,10 +115,10 @@ class _Chunked:
         if not is_dask(array):
             raise TypeError(f"{name} must be a Dask array, got {type(array).__name__}")
         dtype = np.dtype(array.dtype)
-        self.view = np.broadcast_to(np.zeros((), dtype), array.shape)
-        if dtype.kind != "f" and dtype.name != "bfloat16":
+        if dtype not in FLOAT_DTYPES and dtype.name not in LOW_PRECISION:
             raise TypeError(f"{name} must have dtype float32, float64, float16 or bfloat16, "
                             f"got {dtype}")
+        self.view = np.broadcast_to(np.zeros((), dtype), array.shape)
         self.original, self.storage = array, storage(self.view)
         self.shape, self.dtype, self.torch, self.gpu = tuple(array.shape), dtype, None, None
 
@@ -122,12 +135,7 @@ class _Stepper(Stepper):
             check_state_precision(group["state_precision"], p.view, f"params[{i}]")
             if self.algorithm.matrices:
                 engine.check_matrix(self.algorithm, p.shape, f"params[{i}]")
-        names = [p.original.name for p in (others if others is not None else self.params)]
-        for i, p in enumerate(params, first):
-            if p.original.name in names:
-                raise ValueError(f"params[{i}] appears more than once among the parameters")
-            names.append(p.original.name)
-        return params
+        return params  # (Dask arrays are immutable: equal ones, even the same, may both step)
 
 
 class _Plan(NamedTuple):
@@ -159,6 +167,11 @@ def _threads() -> int:
 #: nothing holds their chunk any more (see :func:`_fresh`).
 _BUFFERS: dict[int, list[np.ndarray]] = {}
 _BUFFERS_LOCK = threading.Lock()  # (a worker's threads run tasks at once)
+#: the number of :func:`_fresh` calls so far, and of the last that asked for each size
+_CALLS = {"count": 0}
+_LAST_ASKED: dict[int, int] = {}
+#: a size not asked for in this many calls gives its free buffers back
+_IDLE_CALLS = 256
 
 
 def _fresh(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -169,9 +182,18 @@ def _fresh(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     (large blocks are mapped afresh by ``malloc``) is faulted in page by page as the kernel
     first writes it, which costs about as much as the write. A buffer is free when only this
     pool refers to it: each array made from it holds a reference to it (NumPy's ``base``),
-    so its reference count tells. Free buffers beyond one per size are let go."""
+    so its reference count tells. Free buffers beyond one per size are let go, and all the
+    free buffers of a size not asked for in :data:`_IDLE_CALLS` calls."""
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     with _BUFFERS_LOCK:  # (the array made before another thread looks: it is then taken)
+        _CALLS["count"] += 1
+        _LAST_ASKED[nbytes] = _CALLS["count"]
+        for size, last in list(_LAST_ASKED.items()):
+            if _CALLS["count"] - last > _IDLE_CALLS:
+                kept = [b for b in _BUFFERS[size] if sys.getrefcount(b) > 3]  # (in use)
+                _BUFFERS[size] = kept
+                if not kept:
+                    del _BUFFERS[size], _LAST_ASKED[size]
         pool = _BUFFERS.setdefault(nbytes, [])
         free = [k for k in range(len(pool)) if sys.getrefcount(pool[k]) <= 2]  # (pool, call)
         for k in reversed(free[1:]):
@@ -222,7 +244,9 @@ def _block_sum_of_squares(block: np.ndarray) -> np.ndarray:
     flat = _contiguous(block).reshape(-1)
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float32)
-    return np.array([sum_of_squares([flat])]).reshape((1,) * block.ndim)
+    with cpu.threads(_threads()):
+        total = sum_of_squares([flat])
+    return np.array([total]).reshape((1,) * block.ndim)
 
 
 def _new_state(param: np.ndarray, name: str, value: float | None, target: str,
@@ -265,8 +289,16 @@ class Optimizer(optim.Optimizer):
         self.lineage = None if lineage is None else integer("lineage", lineage, low=1)
         if store is not None and not isinstance(store, (str, os.PathLike)):
             raise TypeError(f"store must be a directory path, got {type(store).__name__}")
-        self._store = None if store is None else Path(store)
-        self._temporary: Path | None = None
+        self._store = None if store is None else Path(store).absolute()
+        if self._store is not None and self.lineage is not None:
+            try:
+                self._store.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(f"store {str(self._store)!r} is not a usable directory: "
+                                 f"{exc}") from None
+            if not os.access(self._store, os.W_OK | os.X_OK):
+                raise ValueError(f"store {str(self._store)!r} is not writable")
+        self._run: Path | None = None  # (this optimizer's own directory in the store)
         self._cuts = self._since_cut = 0
         self.info: StepInfo | None = None
         super().__init__(params, defaults)
@@ -309,6 +341,8 @@ class Optimizer(optim.Optimizer):
             raise TypeError("stream applies to GPU arrays; fastgd.dask steps host chunks")
         grads = [None if g is None else self._grad(i, g)
                  for i, g in enumerate(self._grad_list(grads))]
+        for group in self.param_groups:  # (options may have been changed since)
+            self._check_face_options(group)
         work = self._work(grads)
         self.info = None
         scale = 1.0
@@ -328,23 +362,26 @@ class Optimizer(optim.Optimizer):
         updates = [self._update(w, grads[w[0]], scale) for w in work]
         flat = [a for new, _ in updates for a in new.values()]
         persisted = iter(dask.persist(*flat))
-        for (new, finish), (i, *_) in zip(updates, work, strict=True):
-            entry = self.state.setdefault(i, {})
+        for (new, entry), (i, *_) in zip(updates, work, strict=True):
             values = {name: next(persisted) for name in new}
             self._set_param(i, values.pop("param"))
-            entry.update(values)
-            entry.update(finish)
+            self.state[i] = {**entry, **values}
         self._since_cut += bool(work)
         if self.lineage is not None and self._since_cut >= self.lineage:
-            self._cut_lineage()
+            try:
+                self._cut_lineage()
+            except OSError as exc:  # (the step is done: a retry must not take it again)
+                warnings.warn(f"fastgd.dask: the lineage cut after this step failed ({exc});"
+                              " the history keeps growing until a cut succeeds",
+                              RuntimeWarning, stacklevel=2)
         return self.params
 
     def _grad(self, index: int, grad: Any) -> Any:
         """Gradient ``index`` checked against its parameter, chunked like it."""
         param = self._engine.params[index]
         name = f"grads[{index}]"
-        if isinstance(grad, np.ndarray):
-            grad = da.from_array(grad, chunks=param.original.chunks)
+        if isinstance(grad, (np.ndarray, np.generic)):
+            grad = da.from_array(np.asarray(grad), chunks=param.original.chunks)
         elif not is_dask(grad):
             raise TypeError(f"{name} must be a Dask or NumPy array, got "
                             f"{type(grad).__name__}")
@@ -378,30 +415,37 @@ class Optimizer(optim.Optimizer):
     def _update(self, work: tuple[Any, ...], grad: Any, scale: float
                 ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The new arrays of one parameter's step (by state name, ``param`` first; not yet
-        computed) and its new numbers."""
+        computed) and its new state entry without them (numbers, the arrays it keeps)."""
         i, _, options, scalars, new, t = work
         algorithm, param = self.algorithm, self._engine.params[i]
         array = self.params[i]
         fmt = self._engine.storage_format(param, options)
-        entry = self.state.get(i, {})
+        entry = dict(self.state.get(i, {}))
         master = split_storage(fmt)[1]
         if master and "master_param" not in entry:
-            entry = {**entry, "master_param": array.map_blocks(
-                _new_state, "master_param", None, "full", True, dtype=np.float32)}
+            entry["master_param"] = array.map_blocks(
+                _new_state, "master_param", None, "full", True, dtype=np.float32)
+        elif not master:
+            entry.pop("master_param", None)  # (stale once the parameter steps alone)
         precision = self._engine.precision(param, options)
         for name in algorithm.arrays(scalars.present, len(param.shape)):
             if name in entry:
+                if name not in algorithm.factored:  # (the group's precision changed)
+                    target = algorithm.spec.form(name, precision)
+                    dtype = state_dtype(param.view, target)
+                    if entry[name].dtype != dtype:
+                        entry[name] = entry[name].map_blocks(_new_state, name, None, target,
+                                                             False, dtype=dtype)
                 continue
             if name in algorithm.factored:
-                entry = {**entry, name: da.zeros(factor_shapes(param.shape)[name],
-                                                  dtype=state_dtype(param.view))}
+                entry[name] = da.zeros(factor_shapes(param.shape)[name],
+                                       dtype=state_dtype(param.view))
                 continue
             target = algorithm.spec.form(name, precision)
             value = algorithm.initial_value(name, options)
             source = entry.get("master_param", array) if value is None else array
-            entry = {**entry, name: source.map_blocks(
-                _new_state, name, value, target, False,
-                dtype=state_dtype(param.view, target))}
+            entry[name] = source.map_blocks(_new_state, name, value, target, False,
+                                            dtype=state_dtype(param.view, target))
         scalars = scalars._replace(grad_scale=scalars.grad_scale * scale)
         names = array_args(algorithm.spec, scalars.present, fmt)[2:] if (
             algorithm.two_phase is None) else ["master"] * master + list(
@@ -414,8 +458,8 @@ class Optimizer(optim.Optimizer):
         else:
             outputs = self._chunks(_Plan(algorithm.spec.name, fmt, scalars), array, grad,
                                    states)
-        return (dict(zip(["param", *keys], outputs, strict=True)),
-                {"step": t, **new})
+        entry.update({"step": t, **new})
+        return dict(zip(["param", *keys], outputs, strict=True)), entry
 
     @staticmethod
     def _chunks(plan: _Plan, param: Any, grad: Any, states: Sequence[Any]) -> list[Any]:
@@ -450,13 +494,12 @@ class Optimizer(optim.Optimizer):
 
     # -- lineage ----------------------------------------------------------------------------------
     def _directory(self) -> Path:
-        if self._store is not None:
-            self._store.mkdir(parents=True, exist_ok=True)
-            return self._store
-        if self._temporary is None:
-            self._temporary = Path(tempfile.mkdtemp(prefix="fastgd-dask-"))
-            weakref.finalize(self, shutil.rmtree, str(self._temporary), True)
-        return self._temporary
+        """This optimizer's own directory for its cuts (made on first use, removed with
+        the optimizer): in ``store``, or a temporary directory."""
+        if self._run is None:
+            self._run = Path(tempfile.mkdtemp(prefix="fastgd-dask-", dir=self._store))
+            weakref.finalize(self, shutil.rmtree, str(self._run), True)
+        return self._run
 
     def _cut_lineage(self) -> None:
         """Write the parameters and state chunk by chunk to the store and read them back as

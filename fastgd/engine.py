@@ -365,27 +365,42 @@ class Functional:
                 raise ValueError(f"{name} is required with these hyperparameters (got None)")
         given = {n: a for n, a in zip(used, arrays, strict=True) if a is not None}
         targets = {n: a for n, a in zip(used, outs, strict=True) if a is not None}
+        spec = algorithm.spec
         if algorithm.two_phase is not None:
             sources = {"param": as_array(param, "param", writable=False, device=False),
                        **{n: as_array(a, n, writable=False, device=False)
                           for n, a in given.items()}}
+            order = memory_order(sources["param"], "param")
+            if algorithm.factored and sources["param"].ndim >= 2:  # (their own shapes)
+                self._factored_arrays(param, dict(zip(used, arrays, strict=True)), present)
+                for name in given:
+                    check_like(sources[name], factor_array_like(sources["param"], name),
+                               "C", name, f"param's {name}")
+                check_like(as_array(grad, "grad", writable=False, device=False),
+                           sources["param"], order, "grad")
+            else:
+                prepare(param, grad, given, spec, writable=False)
             copies = {n: as_array(a, f"out {n}", writable=True, device=False)
                       for n, a in {"param": out_param, **targets}.items()}
             for name, source in sources.items():
                 check_like(copies[name], source, memory_order(source, name), f"out {name}",
                            name)
             _check_out_overlap(list(sources.values()), list(copies.values()),
-                               list(sources))
+                               list(sources), as_array(grad, "grad", writable=False,
+                                                       device=False))
+            check_no_overlap({f"out {n}": c for n, c in copies.items()})
             for name, source in sources.items():
                 if not _same_memory(source, copies[name]):
                     np.copyto(copies[name], source)
             self._first(out_param, grad, outs, used, present, scalars, None)
             return
-        spec = algorithm.spec
         views, fmt, (shape, order) = prepare(param, grad, given, spec, writable=False)
         check_like(as_array(out_param, "out param", writable=True, device=False),
                    as_array(param, "param", writable=False, device=False), order, "out param")
-        written, out_fmt, _ = prepare(out_param, grad, targets, spec)
+        try:
+            written, out_fmt, _ = prepare(out_param, grad, targets, spec)
+        except (TypeError, ValueError) as exc:  # (the out arrays, named as what they replace)
+            raise type(exc)(f"out: {exc}") from None
         if out_fmt != fmt:
             raise TypeError("out's state arrays must have the dtypes of the state arrays "
                             f"(kernel formats {out_fmt!r} and {fmt!r})")
@@ -480,7 +495,13 @@ class Functional:
 
 
 def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.size == 0 or (address(a) == address(b) and a.nbytes == b.nbytes)
+    return a.size == 0 or (a.ctypes.data == b.ctypes.data and a.nbytes == b.nbytes)
+
+
+def factor_array_like(param: np.ndarray, name: str) -> np.ndarray:
+    """A stand-in (no memory) of the factored state ``name`` of ``param``: its shape and
+    :func:`~fastgd.arrays.state_dtype`."""
+    return np.broadcast_to(np.zeros((), state_dtype(param)), factor_shapes(param.shape)[name])
 
 
 def _check_out_overlap(sources: Sequence[np.ndarray], outs: Sequence[np.ndarray],

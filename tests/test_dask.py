@@ -256,8 +256,6 @@ def test_bad_input_is_refused_with_nothing_changed(client):
         fd.Adam([np.ones(3)])
     with pytest.raises(TypeError, match="dtype"):
         fd.Adam([da.ones(3, dtype=np.int32)])
-    with pytest.raises(ValueError, match="more than once"):
-        fd.Adam([p, p])
     with pytest.raises(ValueError, match="8bit"):
         fd.Adam([p], state_precision="8bit")
     with pytest.raises(ValueError, match="stochastic_rounding"):
@@ -311,16 +309,66 @@ def test_lineage_cuts_write_chunk_files_to_the_store(client, tmp_path):
     ref = fastgd.RMSprop([p0.copy()], lr=0.01, momentum=0.9)
     opt = fd.RMSprop([da.from_array(p0, chunks=(19, 15))], lr=0.01, momentum=0.9,
                      lineage=3, store=tmp_path / "run")
+    other = fd.RMSprop([da.from_array(-p0, chunks=(19, 15))], lr=0.01, lineage=1,
+                       store=tmp_path / "run")  # (the same store: a directory each)
     for t in range(1, 8):
         g = rng.standard_normal((37, 29)).astype(np.float32)
         ref.step([g])
         opt.step([da.from_array(g, chunks=(37, 10))])
-        cuts = sorted(p.name for p in (tmp_path / "run").glob("cut-*"))
+        other.step([g])
+        cuts = [] if opt._run is None else sorted(p.name for p in opt._run.glob("cut-*"))
         assert cuts == ([f"cut-{t // 3}"] if t >= 3 else []), cuts  # (the last one only)
-    files = sorted(p.name for p in (tmp_path / "run" / "cut-2").iterdir())
+    run = opt._run
+    assert run.parent == tmp_path / "run" and other._run.parent == run.parent != other._run
+    files = sorted(p.name for p in (run / "cut-2").iterdir())
     assert files == ["0-momentum_buffer", "0-param", "0-square_avg"]
-    assert len(list((tmp_path / "run" / "cut-2" / "0-param").glob("*.npy"))) == 4
+    assert len(list((run / "cut-2" / "0-param").glob("*.npy"))) == 4
     _assert_same(ref, opt)
+    del opt, other
+    import gc
+
+    gc.collect()
+    assert list((tmp_path / "run").iterdir()) == []  # (each removed with its optimizer)
+    (tmp_path / "file.txt").write_text("not a directory")
+    with pytest.raises(ValueError, match="store"):
+        fd.Adam([da.ones(3)], store=tmp_path / "file.txt" / "below")
+
+
+def test_options_changed_between_steps_as_in_the_numpy_face(client):
+    rng = np.random.default_rng(12)
+    p0 = rng.standard_normal((37, 29)).astype(np.float16)
+    ref = fastgd.AdamW([p0.copy()], lr=0.01, master_weights=True)
+    opt = fd.AdamW([da.from_array(p0, chunks=(19, 15))], lr=0.01, master_weights=True)
+    changes = {3: {"state_precision": "bf16"}, 6: {"master_weights": False},
+               9: {"state_precision": "full"}, 12: {"master_weights": True}}
+    for t in range(1, 16):
+        for key, value in changes.get(t, {}).items():
+            ref.param_groups[0][key] = value
+            opt.param_groups[0][key] = value
+        g = rng.standard_normal((37, 29)).astype(np.float16)
+        ref.step([g])
+        opt.step([g])
+    _assert_same(ref, opt)
+    before = {k: v for k, v in opt.state[0].items()}
+    for key, value in [("state_precision", "8bit"), ("stochastic_rounding", True)]:
+        opt.param_groups[0][key] = value
+        if key == "stochastic_rounding":
+            opt.param_groups[0]["state_precision"] = "bf16"
+        with pytest.raises(ValueError, match=key.split("_")[0]):
+            opt.step([g])
+        assert opt.state[0] == before
+        opt.param_groups[0].update(state_precision="full", stochastic_rounding=False)
+
+
+def test_parameters_that_are_equal_or_of_other_types(client):
+    opt = fd.SGD([da.zeros(5), da.zeros(5)], lr=0.1)  # (equal contents: two parameters)
+    opt.step([np.ones(5), np.full(5, 2.0)])
+    np.testing.assert_array_equal(opt.params[1].compute(), np.full(5, -0.2))
+    scalar = fd.SGD([da.from_array(np.array(1.0))], lr=0.5)
+    scalar.step([np.float64(1.0)])  # (a NumPy scalar gradient)
+    assert float(scalar.params[0].compute()) == 0.5
+    with pytest.raises(TypeError, match="dtype"):
+        fd.SGD([da.ones(3, dtype=np.longdouble)])
 
 
 def test_output_memory_is_recycled_only_once_released():

@@ -154,3 +154,31 @@ def test_torch_tensors_in_and_out():
     F.rmsprop(p, g, *inputs[1:], lr=0.01, momentum=0.9, centered=True, out=tuple(outs))
     for a, b in zip(outs, expected, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["lamb", "muon"])
+def test_two_phase_low_precision_and_checks_before_writing(name):
+    rng = np.random.default_rng(5)
+    f = getattr(F, name)
+    kw = {"step": 1} if name == "lamb" else {}
+    for pdtype, sdtype in [(np.float16, np.float32), (bfloat16(), np.float32),
+                           (np.float32, bfloat16())]:
+        p, g = (rng.standard_normal((20, 30)).astype(pdtype) for _ in range(2))
+        states = [np.zeros((20, 30), sdtype) for _ in range(2 if name == "lamb" else 1)]
+        expected = [p.copy(), *(s.copy() for s in states)]
+        f(expected[0], g, *expected[1:], **kw)
+        outs = [np.empty_like(a) for a in (p, *states)]
+        f(p, g, *states, **kw, out=tuple(outs))
+        for a, b in zip(outs, expected, strict=True):
+            assert a.tobytes() == b.tobytes()
+    p, g = (rng.standard_normal((20, 30)).astype(np.float32) for _ in range(2))
+    states = [np.zeros((20, 30), np.float32) for _ in range(2 if name == "lamb" else 1)]
+    outs = [np.zeros_like(p) for _ in range(1 + len(states))]
+    kept = g.copy()
+    for out, grad, match in [((g, *outs[1:]), g, "grad"),
+                             ((*outs[:-1], outs[0]), g, "share memory"),
+                             (tuple(outs), g[:10], "shape")]:
+        with pytest.raises(ValueError, match=match):
+            f(p, grad, *states, **kw, out=out)
+        assert not any(o.any() for o in outs)
+        np.testing.assert_array_equal(g, kept)
