@@ -47,6 +47,12 @@ def is_array(x: Any) -> bool:
             or is_device(x) or is_dask(x))
 
 
+def stand_in(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A read-only array of ``shape`` and ``dtype`` that holds no memory (every element is
+    one zero): what shape and dtype checks need of an array that is not there."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
 def is_dask(x: Any) -> bool:
     """Whether ``x`` is a Dask array (without importing Dask)."""
     return type(x).__module__.startswith("dask.array") and hasattr(x, "chunks")

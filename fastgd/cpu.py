@@ -380,20 +380,17 @@ _LIMIT = threading.local()
 @contextmanager
 def threads(count: int) -> Iterator[None]:
     """Context in which the calling thread's launches use at most ``count`` threads (Numba's
-    thread count is per calling thread): with 1, every launch runs its serial kernel, with
-    no thread pool and no lock, so that several Python threads (a Dask worker's) each run
-    one kernel on their own core."""
-    previous = getattr(_LIMIT, "count", 0)
+    thread count is per calling thread): with 1, every update launch runs its serial kernel,
+    with no parallel region and no lock, so that several Python threads (a Dask worker's)
+    each run one kernel on their own core (a parallel reduction runs on one thread)."""
+    previous, old = getattr(_LIMIT, "count", 0), numba.get_num_threads()
     _LIMIT.count = count
-    old = None if count == 1 else numba.get_num_threads()  # (1: the pool is never started)
-    if old is not None:
-        numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
+    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
     try:
         yield
     finally:
         _LIMIT.count = previous
-        if old is not None:
-            numba.set_num_threads(old)
+        numba.set_num_threads(old)
 
 
 def serial_only(size: int) -> bool:

@@ -93,6 +93,7 @@ from fastgd.arrays import (
     from_host,
     is_dask,
     kernel_view,
+    stand_in,
     state_dtype,
     storage,
 )
@@ -118,7 +119,7 @@ class _Chunked:
         if dtype not in FLOAT_DTYPES and dtype.name not in LOW_PRECISION:
             raise TypeError(f"{name} must have dtype float32, float64, float16 or bfloat16, "
                             f"got {dtype}")
-        self.view = np.broadcast_to(np.zeros((), dtype), array.shape)
+        self.view = stand_in(array.shape, dtype)
         self.original, self.storage = array, storage(self.view)
         self.shape, self.dtype, self.torch, self.gpu = tuple(array.shape), dtype, None, None
 
@@ -591,7 +592,7 @@ class ScheduleFreeOptimizer(optim.ScheduleFree, Optimizer):
             fmt = self._engine.storage_format(self._engine.params[i], options)
             master = split_storage(fmt)[1] and "master_param" in entry
             fmt = join_storage(split_storage(fmt)[0], "master" if master else "")
-            scalars = StepScalars((weight, 1.0 - weight), (abs(weight) < 0.5,))
+            scalars = engine.mode_scalars(weight)
             param = self.params[i]
             states = [entry["master_param"]] if master else []
             # (the mode's kernel reads the parameter as its gradient)

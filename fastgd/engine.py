@@ -53,6 +53,7 @@ from fastgd.arrays import (
     plain,
     same_layout_address,
     shares_memory,
+    stand_in,
     state_dtype,
     storage,
     storage_dtype,
@@ -370,14 +371,15 @@ class Functional:
             sources = {"param": as_array(param, "param", writable=False, device=False),
                        **{n: as_array(a, n, writable=False, device=False)
                           for n, a in given.items()}}
-            order = memory_order(sources["param"], "param")
+            read_grad = as_array(grad, "grad", writable=False, device=False)
             if algorithm.factored and sources["param"].ndim >= 2:  # (their own shapes)
                 self._factored_arrays(param, dict(zip(used, arrays, strict=True)), present)
+                p = sources["param"]
                 for name in given:
-                    check_like(sources[name], factor_array_like(sources["param"], name),
+                    check_like(sources[name], stand_in(factor_shapes(p.shape)[name],
+                                                       state_dtype(p)),
                                "C", name, f"param's {name}")
-                check_like(as_array(grad, "grad", writable=False, device=False),
-                           sources["param"], order, "grad")
+                check_like(read_grad, p, memory_order(p, "param"), "grad")
             else:
                 prepare(param, grad, given, spec, writable=False)
             copies = {n: as_array(a, f"out {n}", writable=True, device=False)
@@ -386,8 +388,7 @@ class Functional:
                 check_like(copies[name], source, memory_order(source, name), f"out {name}",
                            name)
             _check_out_overlap(list(sources.values()), list(copies.values()),
-                               list(sources), as_array(grad, "grad", writable=False,
-                                                       device=False))
+                               list(sources), read_grad)
             check_no_overlap({f"out {n}": c for n, c in copies.items()})
             for name, source in sources.items():
                 if not _same_memory(source, copies[name]):
@@ -406,7 +407,7 @@ class Functional:
                             f"(kernel formats {out_fmt!r} and {fmt!r})")
         written = [written[0], *written[2:]]
         _check_out_overlap([views[0], *views[2:]], written,
-                           ["param", *(n for n in array_args(spec, present, fmt)[2:])],
+                           ["param", *array_args(spec, present, fmt)[2:]],
                            views[1])
         launch(spec, views + written, scalars, None, join_storage(fmt, OUT))
 
@@ -498,10 +499,6 @@ def _same_memory(a: np.ndarray, b: np.ndarray) -> bool:
     return a.size == 0 or (a.ctypes.data == b.ctypes.data and a.nbytes == b.nbytes)
 
 
-def factor_array_like(param: np.ndarray, name: str) -> np.ndarray:
-    """A stand-in (no memory) of the factored state ``name`` of ``param``: its shape and
-    :func:`~fastgd.arrays.state_dtype`."""
-    return np.broadcast_to(np.zeros((), state_dtype(param)), factor_shapes(param.shape)[name])
 
 
 def _check_out_overlap(sources: Sequence[np.ndarray], outs: Sequence[np.ndarray],
@@ -723,9 +720,14 @@ def move_point(param: Param, master: Param | None, z: Param, weight: float,
     of a gradient."""
     fmt = join_storage(param.storage, "master" if master is not None else "")
     arrays = [param.flat, param.flat, *([master.flat] if master is not None else []), z.flat]
-    scalars = StepScalars((weight, 1.0 - weight), (abs(weight) < 0.5,))
     with on_gpu(param.gpu):
-        launch(SCHEDULE_FREE_MODE, arrays, scalars, stream, fmt)
+        launch(SCHEDULE_FREE_MODE, arrays, mode_scalars(weight), stream, fmt)
+
+
+def mode_scalars(weight: float) -> StepScalars:
+    """The scalars of :data:`~fastgd.algorithms.SCHEDULE_FREE_MODE` moving a point by
+    ``weight`` (``lerp`` computes from the nearer end, as torch's does)."""
+    return StepScalars((weight, 1.0 - weight), (abs(weight) < 0.5,))
 
 
 def schedule_free_point(param: Any, z: Any, weight: float, stream: Any = None) -> None:
